@@ -1,0 +1,53 @@
+/*
+ * pins.h - pinned-tenant override table (pure: no I/O beyond reading a file
+ * with stdio, which callers do off the event loop).
+ *
+ * A pin maps a tenant (opaque bytes, exact match: "42" and "042" differ) to a
+ * cluster index. The table is built once, then read-only: it is shared by
+ * snapshots and never changed after pins_seal().
+ */
+#ifndef TR_PINS_H
+#define TR_PINS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+#define PINS_MAX_TENANT_LEN 255
+
+struct pins;
+
+/* Names of the clusters a pin may name; index = cluster index. */
+struct pins_clusters {
+	const char *const *names; /* borrowed */
+	size_t n;
+};
+
+struct pins *pins_new(void) MUSTCHECK;
+void pins_free(struct pins *p);
+
+/*
+ * Adds one pin. Returns 0; -EEXIST if the tenant is already pinned to a
+ * different cluster (same cluster: 0, no change); -EINVAL for an empty or
+ * too long tenant; -ENOMEM.
+ */
+int pins_add(struct pins *p, const void *tenant, size_t len, uint16_t cluster) MUSTCHECK;
+
+/*
+ * Loads a pins file: one "TENANT CLUSTER" per line (separated by spaces or
+ * tabs), '#' starts a comment, blank lines are ignored. Every bad line is
+ * reported (up to a limit) as "PATH:LINE: reason\n" appended to err (NUL
+ * terminated, truncated to errlen). Returns the number of problems (0 = ok)
+ * or -errno if the file could not be read (reason in err).
+ */
+int pins_load_file(struct pins *p, const char *path, const struct pins_clusters *clusters,
+		   char *err, size_t errlen) MUSTCHECK;
+
+/* Cluster index pinned for this tenant, or -1. */
+int pins_lookup(const struct pins *p, const void *tenant, size_t len);
+
+size_t pins_count(const struct pins *p);
+
+#endif /* TR_PINS_H */
