@@ -11,8 +11,8 @@ DESTDIR ?=
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih
-PURE    := proto startup options ring pins route
-IO      := log config health client splice cancel server main sdnotify
+PURE    := proto startup ring pins route
+IO      := log config health client splice cancel main sdnotify
 
 ifeq ($(SAN),1)
 BUILD   := build/san

@@ -41,13 +41,26 @@ int pins_add(struct pins *p, const void *tenant, size_t len, uint16_t cluster) M
  * reported (up to a limit) as "PATH:LINE: reason\n" appended to err (NUL
  * terminated, truncated to errlen). Returns the number of problems (0 = ok)
  * or -errno if the file could not be read (reason in err).
+ * Reports are in line order, at most 20, then "... and N more\n". A tenant
+ * pinned to two clusters names both lines ("at line N" is left out when the
+ * first pin came from pins_add). Good lines are added even when others are
+ * bad: discard the table unless the result is 0.
  */
 int pins_load_file(struct pins *p, const char *path, const struct pins_clusters *clusters,
 		   char *err, size_t errlen) MUSTCHECK;
+
+/*
+ * Makes the table read-only (releases slack memory). After this, pins_add
+ * and pins_load_file are bugs (TR_ASSERT), and lookups may run concurrently.
+ */
+void pins_seal(struct pins *p);
 
 /* Cluster index pinned for this tenant, or -1. */
 int pins_lookup(const struct pins *p, const void *tenant, size_t len);
 
 size_t pins_count(const struct pins *p);
+
+/* Bytes the table has allocated (for logs and admin). */
+size_t pins_memory(const struct pins *p);
 
 #endif /* TR_PINS_H */

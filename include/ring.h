@@ -31,7 +31,8 @@ struct ring_member {
 
 /*
  * Builds a ring over n members (n >= 1). Returns NULL on bad input or out of
- * memory, with the reason in err. The caller owns the ring (ring_free).
+ * memory, with the reason in err (every problem found, joined by "; ",
+ * truncated to errlen; err may be NULL). The caller owns the ring (ring_free).
  */
 struct ring *ring_build(const struct ring_member *members, size_t n, uint32_t vnodes, char *err,
 			size_t errlen) MUSTCHECK;

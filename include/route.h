@@ -12,7 +12,8 @@ struct ring;
 
 /*
  * Returns the cluster index for the tenant; *pinned tells whether a pin
- * decided it. pins may be NULL (no pins).
+ * decided it (pinned may be NULL). pins may be NULL (no pins). Pins and
+ * ring must number clusters alike (the configuration order).
  */
 size_t route_lookup(const struct pins *pins, const struct ring *ring, const void *tenant,
 		    size_t len, bool *pinned);

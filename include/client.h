@@ -1,0 +1,30 @@
+/*
+ * client.h - a client session: accept -> startup -> route -> connect ->
+ * auth relay -> splice -> close.
+ */
+#ifndef TR_CLIENT_H
+#define TR_CLIENT_H
+
+#include <uv.h>
+
+struct router;
+
+enum client_state {
+	CLIENT_STARTUP,	   /* reading the startup packet (login timer) */
+	CLIENT_TLS,	   /* reserved for the TLS handshake */
+	CLIENT_ROUTING,	   /* tenant -> cluster -> writer (synchronous) */
+	CLIENT_CONNECTING, /* TCP connect to the writer (connect timer) */
+	CLIENT_AUTH_RELAY, /* relaying authentication until ReadyForQuery */
+	CLIENT_SPLICING,   /* bytes in, bytes out */
+	CLIENT_CLOSING,	   /* flushing, then closing handles */
+};
+
+const char *client_state_name(enum client_state s);
+
+/* Accepts one pending connection on listener and starts its session. */
+void client_accept(struct router *rt, uv_stream_t *listener);
+
+/* Closes every session now (shutdown timeout or second signal). */
+void client_close_all(struct router *rt);
+
+#endif /* TR_CLIENT_H */

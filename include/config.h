@@ -1,0 +1,93 @@
+/*
+ * config.h - the configuration snapshot.
+ *
+ * A struct config is built whole (INI parsed, validated, ring built, pins
+ * loaded), then never changed: a reload builds a new one off the event loop
+ * and swaps it in. Holders share it with config_ref()/config_unref(); the
+ * count is atomic so any thread may drop a reference.
+ */
+#ifndef TR_CONFIG_H
+#define TR_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "log.h"
+#include "startup.h"
+
+struct pins;
+struct ring;
+
+#define CONFIG_MAX_CLUSTERS 1024
+#define CONFIG_MAX_HOSTS    16 /* per cluster */
+#define CONFIG_MAX_LISTEN   16
+
+struct host_port {
+	char *host; /* owned; a name or an address, no brackets */
+	uint16_t port;
+};
+
+struct cluster_cfg {
+	char *name; /* owned */
+	uint32_t weight;
+	size_t nhosts;
+	struct host_port hosts[CONFIG_MAX_HOSTS];
+};
+
+struct config {
+	atomic_int refs;
+	char *path; /* owned */
+
+	/* [router] */
+	size_t nlisten;
+	struct host_port listen[CONFIG_MAX_LISTEN];
+	struct tenant_rule rule; /* rule.key: owned */
+	uint32_t max_client_conn;
+	uint64_t client_login_timeout_ms;
+	uint64_t server_connect_timeout_ms;
+	uint64_t shutdown_timeout_ms;
+	enum log_level log_level;
+
+	/* [health] */
+	uint64_t health_interval_ms;
+	uint64_t health_timeout_ms;
+	uint32_t health_fail_after;
+	char *health_conninfo; /* owned; may be "" */
+
+	/* [ring] */
+	uint32_t vnodes;
+
+	/* [cluster.NAME], in file order; the ring's member i is clusters[i]. */
+	size_t nclusters;
+	struct cluster_cfg *clusters; /* owned */
+	const char **cluster_names;   /* owned array, names borrowed from clusters */
+
+	struct ring *ring; /* owned */
+	struct pins *pins; /* owned */
+	char *pins_file;   /* owned; resolved path or NULL */
+};
+
+/*
+ * Loads and validates a configuration file, building its ring and pins.
+ * Returns NULL with every problem found written to err, one per line
+ * ("FILE:LINE: [section] key: reason"). May take seconds for a large pins
+ * file: call it off the event loop. The caller owns one reference.
+ */
+struct config *config_load(const char *path, char *err, size_t errlen) MUSTCHECK;
+
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c);
+
+/* Index of the cluster with this name, or -1. */
+int config_cluster_index(const struct config *c, const char *name);
+
+/* Parses "500ms", "5s", "1m", "1h" or bare seconds into milliseconds. */
+bool config_parse_duration(const char *s, uint64_t *ms);
+
+/* Parses "HOST:PORT", "[V6]:PORT" or "HOST" (port = defport). Owned copy in out->host. */
+bool config_parse_host_port(const char *s, uint16_t defport, struct host_port *out);
+
+#endif /* TR_CONFIG_H */

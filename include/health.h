@@ -1,0 +1,63 @@
+/*
+ * health.h - one non-blocking libpq checker per coordinator host.
+ *
+ * Each checker keeps a persistent connection and runs
+ * `SELECT pg_is_in_recovery()` every interval, driven by the event loop
+ * (PQconnectStart/PQconnectPoll and PQsendQuery on a uv_poll_t). A host is
+ * down after fail_after consecutive failures (at start-up, the first failure
+ * already counts as down: nothing is known yet) and up again on the first
+ * success. A cluster's writer is its first listed host that is up and not in
+ * recovery.
+ *
+ * Checkers are keyed by (cluster, host, port): a reload that keeps a host
+ * keeps its checker and its state, so routing never blinks.
+ */
+#ifndef TR_HEALTH_H
+#define TR_HEALTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+#include "common.h"
+
+struct config;
+struct health;
+
+enum health_state { HEALTH_UNKNOWN, HEALTH_UP, HEALTH_DOWN };
+
+/* What a session needs to reach a cluster's writer (a copy, not a reference). */
+struct health_target {
+	struct sockaddr_storage addr;
+	char host[256]; /* as configured, for messages */
+	uint16_t port;
+};
+
+/* Called once when every checker has finished its first check. */
+typedef void (*health_ready_fn)(void *arg);
+
+struct health *health_new(uv_loop_t *loop) MUSTCHECK;
+
+/*
+ * Starts, keeps or stops checkers to match cfg (holds no reference to cfg
+ * beyond the call). ready is called once, after the first round that
+ * follows the first health_apply (may be NULL).
+ */
+int health_apply(struct health *h, const struct config *cfg, health_ready_fn ready,
+		 void *arg) MUSTCHECK;
+
+/*
+ * Fills *t with cluster idx's current writer (idx into the cfg last given to
+ * health_apply). Returns false if it has none; *why then says why, for the
+ * client's error message (static or in h; valid until the next loop turn).
+ */
+bool health_writer(struct health *h, size_t idx, struct health_target *t, const char **why);
+
+/* Stops every checker; done is called when all handles are closed. */
+void health_stop(struct health *h, void (*done)(void *arg), void *arg);
+void health_free(struct health *h);
+
+#endif /* TR_HEALTH_H */

@@ -1,0 +1,48 @@
+/*
+ * log.h - leveled logging to stderr.
+ *
+ * One line per event, lower-case, key=value for greppable parts. When
+ * JOURNAL_STREAM is set (we run under systemd) each line gets a syslog
+ * priority prefix ("<3>") and no timestamp of our own.
+ */
+#ifndef TR_LOG_H
+#define TR_LOG_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#include "common.h"
+
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG, LOG_TRACE };
+
+void log_init(void);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* Parses "error".."trace"; returns false for anything else. */
+bool log_level_parse(const char *s, enum log_level *out);
+const char *log_level_name(enum log_level level);
+
+void log_msg(enum log_level level, const char *fmt, ...) PRINTF_LIKE(2, 3);
+void log_vmsg(enum log_level level, const char *prefix, const char *fmt, va_list ap)
+	PRINTF_LIKE(3, 0);
+
+static inline bool log_enabled(enum log_level level)
+{
+	return level <= log_get_level();
+}
+
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...)                                 \
+	do {                                           \
+		if (log_enabled(LOG_DEBUG))            \
+			log_msg(LOG_DEBUG, __VA_ARGS__); \
+	} while (0)
+#define log_trace(...)                                 \
+	do {                                           \
+		if (log_enabled(LOG_TRACE))            \
+			log_msg(LOG_TRACE, __VA_ARGS__); \
+	} while (0)
+
+#endif /* TR_LOG_H */

@@ -1,0 +1,809 @@
+/*
+ * client.c - one client session, from accept to close.
+ *
+ * A session is one allocation with its libuv handles embedded (client and
+ * server TCP, one timer); it is freed only in the last close callback.
+ * Its life is the enum client_state in client.h, changed only through
+ * set_state(). Every waiting state is bounded by the one timer: the login
+ * timeout from accept until ReadyForQuery, the connect timeout while
+ * connecting, a flush limit while closing.
+ *
+ * Until ReadyForQuery we keep a struct login on the side (the startup
+ * packet, the chosen server, a framer over the server's messages); once the
+ * session splices it is freed, so an idle session holds no buffer.
+ *
+ * While relaying authentication we watch the server's messages (never
+ * change them): BackendKeyData goes to the cancel map, an ErrorResponse is
+ * logged, ReadyForQuery ends the login. After that, bytes in, bytes out.
+ *
+ * What we never do: send a tenant to a second cluster. A session's cluster
+ * is chosen once, before connecting, and nothing afterwards re-routes it.
+ */
+#include "client.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "cancel.h"
+#include "config.h"
+#include "health.h"
+#include "log.h"
+#include "proto.h"
+#include "route.h"
+#include "router.h"
+#include "splice.h"
+#include "startup.h"
+
+/* How long a closing session may take to flush what it owes its peer. */
+#define CLOSE_FLUSH_MS 10000
+/* Room for the startup packet plus the tenant parameter we may add. */
+#define FORWARD_CAP (PROTO_MAX_STARTUP_LEN + 64 + STARTUP_MAX_TENANT_LEN + 2)
+/* Server messages during login are small; anything near this is broken. */
+#define AUTH_MSG_MAX (1u << 24)
+
+struct login {
+	uint8_t in[PROTO_MAX_STARTUP_LEN]; /* client bytes until the packet is whole */
+	size_t inlen;
+	bool overflow;
+	uint8_t nego; /* SSLRequest/GSSENCRequest answered */
+	const uint8_t *pkt; /* the packet to forward: in or fwd */
+	size_t pktlen;
+	uint8_t fwd[FORWARD_CAP];
+	struct health_target target;
+	bool pinned;
+	uv_connect_t connect;
+	/* Framer over server messages during the auth relay. */
+	uint8_t hdr[5];
+	size_t hlen;
+	size_t rem;
+	uint8_t body[512];
+	size_t blen;
+	bool ready; /* ReadyForQuery seen */
+};
+
+struct side {
+	uv_tcp_t tcp;
+	bool inited;
+	bool paused; /* reading stopped by back-pressure */
+};
+
+struct session {
+	struct router *rt; /* borrowed */
+	struct session *prev, *next;
+	uint64_t id;
+	enum client_state state;
+	struct side cl, sv;
+	uv_timer_t timer;
+	uv_shutdown_t shut;
+	int open_handles;
+	bool closed; /* handles are closing */
+	bool over_limit;
+	uint64_t login_deadline;
+	uint64_t started;
+	struct login *login; /* owned; NULL once spliced */
+	char *tenant;	     /* owned */
+	char cluster[64];
+	char peer[INET6_ADDRSTRLEN + 8];
+	struct cancel_entry ce;
+};
+
+static const char *const state_names[] = {"startup", "tls", "routing", "connecting",
+					  "auth_relay", "splicing", "closing"};
+
+const char *client_state_name(enum client_state s)
+{
+	return (size_t)s < ARRAY_SIZE(state_names) ? state_names[s] : "?";
+}
+
+static void slog(struct session *s, enum log_level level, const char *fmt, ...) PRINTF_LIKE(3, 4);
+
+static void slog(struct session *s, enum log_level level, const char *fmt, ...)
+{
+	char prefix[512];
+	va_list ap;
+
+	if (!log_enabled(level))
+		return;
+	snprintf(prefix, sizeof(prefix), "c=%llu peer=%s tenant=%s cluster=%s",
+		 (unsigned long long)s->id, s->peer, s->tenant ? s->tenant : "-",
+		 s->cluster[0] ? s->cluster : "-");
+	va_start(ap, fmt);
+	log_vmsg(level, prefix, fmt, ap);
+	va_end(ap);
+}
+
+static void set_state(struct session *s, enum client_state next)
+{
+	static const unsigned allowed[] = {
+		[CLIENT_STARTUP] = 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
+		[CLIENT_TLS] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSING,
+		[CLIENT_ROUTING] = 1u << CLIENT_CONNECTING | 1u << CLIENT_CLOSING,
+		[CLIENT_CONNECTING] = 1u << CLIENT_AUTH_RELAY | 1u << CLIENT_CLOSING,
+		[CLIENT_AUTH_RELAY] = 1u << CLIENT_SPLICING | 1u << CLIENT_CLOSING,
+		[CLIENT_SPLICING] = 1u << CLIENT_CLOSING,
+		[CLIENT_CLOSING] = 0,
+	};
+
+	if (s->state == next)
+		return;
+	TR_ASSERT(allowed[s->state] & (1u << next));
+	if (log_enabled(LOG_TRACE))
+		slog(s, LOG_TRACE, "state %s -> %s", client_state_name(s->state),
+		     client_state_name(next));
+	s->state = next;
+}
+
+static void session_free(struct session *s)
+{
+	struct router *rt = s->rt;
+
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		rt->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	rt->nsessions--;
+	free(s->login);
+	free(s->tenant);
+	free(s);
+	if (rt->draining && rt->nsessions == 0 && rt->on_empty)
+		rt->on_empty(rt);
+}
+
+static void close_cb(uv_handle_t *h)
+{
+	struct session *s = h->data;
+
+	if (--s->open_handles == 0)
+		session_free(s);
+}
+
+/* Closes every handle now; pending writes are cancelled. */
+static void session_close(struct session *s)
+{
+	if (s->closed)
+		return;
+	if (s->state != CLIENT_CLOSING)
+		set_state(s, CLIENT_CLOSING);
+	s->closed = true;
+	cancel_unregister(s->rt->cancels, &s->ce);
+	slog(s, LOG_DEBUG, "closed age=%llums",
+	     (unsigned long long)(uv_now(s->rt->loop) - s->started));
+	uv_close((uv_handle_t *)&s->timer, close_cb);
+	uv_close((uv_handle_t *)&s->cl.tcp, close_cb);
+	if (s->sv.inited)
+		uv_close((uv_handle_t *)&s->sv.tcp, close_cb);
+}
+
+static void timer_cb(uv_timer_t *t);
+
+static void arm_timer(struct session *s, uint64_t ms)
+{
+	uv_timer_start(&s->timer, timer_cb, ms, 0);
+}
+
+static uint64_t login_left(struct session *s)
+{
+	uint64_t now = uv_now(s->rt->loop);
+
+	return s->login_deadline > now ? s->login_deadline - now : 0;
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+	session_close(req->data);
+}
+
+static void stop_reading(struct side *sd)
+{
+	if (sd->inited && !uv_is_closing((uv_handle_t *)&sd->tcp))
+		uv_read_stop((uv_stream_t *)&sd->tcp);
+}
+
+/*
+ * Stops reading both sides, lets what is queued for dst reach it, then
+ * closes everything (bounded by CLOSE_FLUSH_MS).
+ */
+static void begin_drain(struct session *s, struct side *dst)
+{
+	if (s->closed || s->state == CLIENT_CLOSING)
+		return;
+	set_state(s, CLIENT_CLOSING);
+	stop_reading(&s->cl);
+	stop_reading(&s->sv);
+	arm_timer(s, CLOSE_FLUSH_MS);
+	s->shut.data = s;
+	if (!dst->inited || uv_shutdown(&s->shut, (uv_stream_t *)&dst->tcp, shutdown_cb) < 0)
+		session_close(s);
+}
+
+static struct side *other(struct session *s, struct side *sd)
+{
+	return sd == &s->cl ? &s->sv : &s->cl;
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct session *s = req->data;
+	struct side *dst = req->handle == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
+	struct side *src = other(s, dst);
+
+	block_put(container_of(req, struct block, req));
+	if (status == UV_ECANCELED || s->closed)
+		return;
+	if (status < 0) {
+		slog(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
+		     uv_strerror(status));
+		/* The server is gone: still hand the client what it already sent. */
+		if (dst == &s->sv)
+			begin_drain(s, &s->cl);
+		else
+			session_close(s);
+		return;
+	}
+	if (src->paused && (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SPLICING) &&
+	    uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) < SPLICE_LOW_WATER) {
+		src->paused = false;
+		uv_read_start((uv_stream_t *)&src->tcp, splice_alloc_cb, read_cb);
+	}
+}
+
+/* Passes b (n bytes) to dst, pausing the source if dst has too much unsent. */
+static void forward(struct session *s, struct side *dst, struct block *b, size_t n)
+{
+	struct side *src = other(s, dst);
+	int rc = splice_send((uv_stream_t *)&dst->tcp, b, 0, n, s, write_cb);
+
+	if (rc < 0) {
+		slog(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
+		     uv_strerror(rc));
+		if (dst == &s->sv)
+			begin_drain(s, &s->cl);
+		else
+			session_close(s);
+		return;
+	}
+	if (uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) > SPLICE_HIGH_WATER &&
+	    !src->paused) {
+		src->paused = true;
+		uv_read_stop((uv_stream_t *)&src->tcp);
+	}
+}
+
+/* True when nothing partial has gone to the client, so a message may follow. */
+static bool client_at_boundary(struct session *s)
+{
+	return s->state == CLIENT_STARTUP || s->state == CLIENT_ROUTING ||
+	       s->state == CLIENT_CONNECTING ||
+	       (s->state == CLIENT_AUTH_RELAY && s->login && s->login->hlen == 0);
+}
+
+/*
+ * The one way to refuse a client: a FATAL ErrorResponse naming the router,
+ * with a hint, then close once it is flushed.
+ */
+static void client_refuse(struct session *s, const char *sqlstate, const char *hint,
+			  const char *fmt, ...) PRINTF_LIKE(4, 5);
+
+static void client_refuse(struct session *s, const char *sqlstate, const char *hint,
+			  const char *fmt, ...)
+{
+	char msg[768];
+	struct block *b;
+	struct wbuf w;
+	va_list ap;
+	int n;
+
+	if (s->closed || s->state == CLIENT_CLOSING)
+		return;
+	n = snprintf(msg, sizeof(msg), "tenant-router: ");
+	va_start(ap, fmt);
+	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	va_end(ap);
+	slog(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, msg + n);
+	if (!client_at_boundary(s)) {
+		session_close(s);
+		return;
+	}
+	if (s->sv.inited && !uv_is_closing((uv_handle_t *)&s->sv.tcp))
+		uv_close((uv_handle_t *)&s->sv.tcp, close_cb);
+	s->sv.inited = false;
+	b = block_get();
+	if (b == NULL) {
+		session_close(s);
+		return;
+	}
+	wb_init(&w, b->data, SPLICE_BLOCK_SIZE);
+	proto_error_response(&w, "FATAL", sqlstate, msg, NULL, hint);
+	TR_ASSERT(!w.failed);
+	if (splice_send((uv_stream_t *)&s->cl.tcp, b, 0, w.len, s, write_cb) < 0) {
+		session_close(s);
+		return;
+	}
+	begin_drain(s, &s->cl);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	const struct config *cfg = s->rt->cfg;
+
+	switch (s->state) {
+	case CLIENT_STARTUP:
+	case CLIENT_TLS:
+	case CLIENT_ROUTING:
+		client_refuse(s, "08006", "Send a startup packet promptly after connecting.",
+			      "login timeout: no complete startup packet within %llu ms",
+			      (unsigned long long)cfg->client_login_timeout_ms);
+		break;
+	case CLIENT_CONNECTING:
+		if (login_left(s) == 0)
+			client_refuse(s, "08006", "Retry; if it persists, check the cluster.",
+				      "login timeout while connecting to cluster \"%s\"",
+				      s->cluster);
+		else
+			client_refuse(s, "08006",
+				      "The coordinator did not answer in time; retry, or check "
+				      "the cluster and the network.",
+				      "could not connect to cluster \"%s\" coordinator %s:%u: "
+				      "timed out",
+				      s->cluster, s->login->target.host, s->login->target.port);
+		break;
+	case CLIENT_AUTH_RELAY:
+		client_refuse(s, "08006", "Complete authentication within client_login_timeout.",
+			      "login to cluster \"%s\" did not complete within %llu ms", s->cluster,
+			      (unsigned long long)cfg->client_login_timeout_ms);
+		break;
+	case CLIENT_SPLICING:
+		break;
+	case CLIENT_CLOSING:
+		session_close(s);
+		break;
+	}
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* One whole server message seen during the auth relay. */
+static void auth_message(struct session *s, uint8_t type, size_t len)
+{
+	struct login *L = s->login;
+	struct proto_error_fields f;
+	int rc;
+
+	switch (type) {
+	case 'K':
+		/* BackendKeyData: pid, then a 4-byte (3.0) to 256-byte (3.2) secret. */
+		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY || len > L->blen)
+			break;
+		rc = cancel_register(s->rt->cancels, &s->ce, be32(L->body), L->body + 4, len - 4,
+				     (const struct sockaddr *)&L->target.addr);
+		if (rc < 0)
+			slog(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
+		break;
+	case 'E':
+		if (len <= L->blen && proto_parse_error(L->body, len, &f) == PROTO_OK)
+			slog(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
+			     f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
+		else
+			slog(s, LOG_INFO, "server refused login");
+		break;
+	case 'Z':
+		L->ready = true;
+		break;
+	default:
+		break;
+	}
+}
+
+/* Frames server bytes during the auth relay; false on a broken length. */
+static bool observe(struct session *s, const uint8_t *p, size_t n)
+{
+	struct login *L = s->login;
+
+	while (n > 0 && !L->ready) {
+		size_t take;
+
+		if (L->hlen < 5) {
+			uint32_t mlen;
+
+			take = 5 - L->hlen < n ? 5 - L->hlen : n;
+			memcpy(L->hdr + L->hlen, p, take);
+			L->hlen += take;
+			p += take;
+			n -= take;
+			if (L->hlen < 5)
+				break;
+			mlen = be32(L->hdr + 1);
+			if (mlen < 4 || mlen > AUTH_MSG_MAX)
+				return false;
+			L->rem = mlen - 4;
+			L->blen = 0;
+		} else {
+			take = L->rem < n ? L->rem : n;
+			if (L->blen < sizeof(L->body)) {
+				size_t c = sizeof(L->body) - L->blen < take ? sizeof(L->body) - L->blen
+									    : take;
+
+				memcpy(L->body + L->blen, p, c);
+				L->blen += c;
+			}
+			L->rem -= take;
+			p += take;
+			n -= take;
+		}
+		if (L->hlen == 5 && L->rem == 0) {
+			auth_message(s, L->hdr[0], be32(L->hdr + 1) - 4);
+			L->hlen = 0;
+		}
+	}
+	return true;
+}
+
+static void start_reading(struct session *s, struct side *sd)
+{
+	int rc = uv_read_start((uv_stream_t *)&sd->tcp, splice_alloc_cb, read_cb);
+
+	if (rc < 0) {
+		slog(s, LOG_WARN, "read_start failed: %s", uv_strerror(rc));
+		session_close(s);
+	}
+}
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+	struct session *s = req->data;
+	struct login *L;
+	int rc;
+
+	if (status == UV_ECANCELED || s->closed || s->state != CLIENT_CONNECTING)
+		return;
+	L = s->login;
+	if (status < 0) {
+		client_refuse(s, "08006",
+			      "The coordinator refused or dropped the connection; retry. Health "
+			      "checks will mark it down if it stays unreachable.",
+			      "could not connect to cluster \"%s\" coordinator %s:%u: %s",
+			      s->cluster, L->target.host, L->target.port, uv_strerror(status));
+		return;
+	}
+	uv_tcp_nodelay(&s->sv.tcp, 1);
+	rc = splice_send_copy((uv_stream_t *)&s->sv.tcp, L->pkt, L->pktlen, s, write_cb);
+	if (rc < 0) {
+		client_refuse(s, "08006", "Retry.",
+			      "could not send the startup packet to cluster \"%s\": %s",
+			      s->cluster, uv_strerror(rc));
+		return;
+	}
+	set_state(s, CLIENT_AUTH_RELAY);
+	arm_timer(s, login_left(s));
+	start_reading(s, &s->cl);
+	if (!s->closed)
+		start_reading(s, &s->sv);
+}
+
+static void route(struct session *s, const struct startup *st, size_t len)
+{
+	struct router *rt = s->rt;
+	const struct config *cfg = rt->cfg;
+	struct login *L = s->login;
+	struct tenant t;
+	const char *why;
+	size_t idx;
+	int rc;
+
+	set_state(s, CLIENT_ROUTING);
+	uv_read_stop((uv_stream_t *)&s->cl.tcp);
+	if (rt->draining) {
+		client_refuse(s, "57P01", "Connect again in a moment.",
+			      "the router is shutting down");
+		return;
+	}
+	if (s->over_limit) {
+		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
+			      "too many client connections (max_client_conn = %u)",
+			      cfg->max_client_conn);
+		return;
+	}
+	switch (startup_find_tenant(st, &cfg->rule, &t)) {
+	case TENANT_FOUND:
+		break;
+	case TENANT_NONE:
+		client_refuse(s, "08004",
+			      "Put the tenant in the connection string, e.g. "
+			      "options='-c app.tenant_id=<tenant>' (PGOPTIONS, or the JDBC/DBeaver "
+			      "driver property \"options\").",
+			      "no tenant in the connection (expected setting \"%s\")",
+			      cfg->rule.key);
+		return;
+	case TENANT_CONFLICT:
+		client_refuse(s, "08004", "Give the tenant once, in one place.",
+			      "the connection names more than one tenant in \"%s\"", cfg->rule.key);
+		return;
+	case TENANT_TOO_LONG:
+		client_refuse(s, "08004", "Tenants are at most 255 bytes.",
+			      "the tenant in \"%s\" is too long", cfg->rule.key);
+		return;
+	}
+	idx = route_lookup(cfg->pins, cfg->ring, t.name, t.len, &L->pinned);
+	s->tenant = strdup(t.name);
+	snprintf(s->cluster, sizeof(s->cluster), "%s", cfg->clusters[idx].name);
+	if (s->tenant == NULL) {
+		session_close(s);
+		return;
+	}
+	if (!health_writer(rt->health, idx, &L->target, &why)) {
+		char hint[256];
+
+		snprintf(hint, sizeof(hint),
+			 "Only tenants of cluster \"%s\" are affected; retry once it has a healthy "
+			 "coordinator.",
+			 s->cluster);
+		client_refuse(s, "57P03", hint, "cluster \"%s\" has no healthy coordinator (%s)",
+			      s->cluster, why);
+		return;
+	}
+	if (t.strip_user || t.strip_database || t.source & (TENANT_SRC_USER | TENANT_SRC_DATABASE)) {
+		L->pktlen = startup_build_forward(st, &cfg->rule, &t, L->fwd, sizeof(L->fwd));
+		L->pkt = L->fwd;
+		if (L->pktlen == 0) {
+			client_refuse(s, "08P01", "Shorten the startup parameters.",
+				      "startup packet too long after adding the tenant");
+			return;
+		}
+	} else {
+		L->pkt = L->in;
+		L->pktlen = len;
+	}
+	slog(s, LOG_INFO, "routed host=%s:%u by=%s", L->target.host, L->target.port,
+	     L->pinned ? "pin" : "ring");
+	rc = uv_tcp_init(rt->loop, &s->sv.tcp);
+	if (rc < 0) {
+		client_refuse(s, "08006", "Retry.", "could not create a socket: %s",
+			      uv_strerror(rc));
+		return;
+	}
+	s->sv.inited = true;
+	s->sv.tcp.data = s;
+	s->open_handles++;
+	set_state(s, CLIENT_CONNECTING);
+	arm_timer(s, cfg->server_connect_timeout_ms < login_left(s) ? cfg->server_connect_timeout_ms
+								    : login_left(s));
+	L->connect.data = s;
+	rc = uv_tcp_connect(&L->connect, &s->sv.tcp, (const struct sockaddr *)&L->target.addr,
+			    connect_cb);
+	if (rc < 0)
+		client_refuse(s, "08006", "Retry.",
+			      "could not connect to cluster \"%s\" coordinator %s:%u: %s",
+			      s->cluster, L->target.host, L->target.port, uv_strerror(rc));
+}
+
+static void handle_cancel(struct session *s, const struct startup *st, size_t len)
+{
+	union cancel_addr addr;
+
+	/* No answer either way, as PostgreSQL does: the client just sees the close. */
+	if (cancel_lookup(s->rt->cancels, st->cancel_pid, st->cancel_key, st->cancel_key_len,
+			  &addr)) {
+		slog(s, LOG_DEBUG, "forwarding cancel request pid=%u", st->cancel_pid);
+		cancel_forward(s->rt->loop, &addr, s->login->in, len);
+	} else {
+		slog(s, LOG_DEBUG, "cancel request for an unknown key pid=%u", st->cancel_pid);
+	}
+	session_close(s);
+}
+
+static const uint8_t answer_no[1] = {'N'};
+
+static void process_startup(struct session *s)
+{
+	struct login *L = s->login;
+	struct startup st;
+	const char *why = NULL;
+	size_t total;
+	uint32_t code;
+
+	switch (proto_frame_startup(L->in, L->inlen, &total, &code)) {
+	case PROTO_NEED_MORE:
+		return;
+	case PROTO_BAD:
+		client_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
+			      "invalid startup packet length");
+		return;
+	case PROTO_OK:
+		break;
+	}
+	if (L->inlen < total) {
+		if (L->overflow)
+			client_refuse(s, "08P01", "Connect with a PostgreSQL client.",
+				      "startup packet too long");
+		return;
+	}
+	if (startup_parse(L->in, total, &st, &why) != PROTO_OK) {
+		client_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
+			      "invalid startup packet: %s", why ? why : "malformed");
+		return;
+	}
+	if (L->inlen > total || L->overflow) {
+		/* Nothing may follow a startup packet before the server answers it. */
+		client_refuse(s, "08P01", "Wait for the server's answer before sending more.",
+			      "unexpected data after the startup packet");
+		return;
+	}
+	switch (st.kind) {
+	case STARTUP_SSL:
+	case STARTUP_GSSENC:
+		if (++L->nego > 2) {
+			client_refuse(s, "08P01", "Send one SSLRequest or GSSENCRequest.",
+				      "too many encryption requests");
+			return;
+		}
+		/* Encryption is not offered (yet): 'N', then the client goes on in plaintext. */
+		L->inlen = 0;
+		if (splice_send_copy((uv_stream_t *)&s->cl.tcp, answer_no, 1, s, write_cb) < 0)
+			session_close(s);
+		return;
+	case STARTUP_CANCEL:
+		handle_cancel(s, &st, total);
+		return;
+	case STARTUP_V3:
+		route(s, &st, total);
+		return;
+	}
+}
+
+static void read_end(struct session *s, struct side *sd, ssize_t err)
+{
+	if (err != UV_EOF)
+		slog(s, LOG_DEBUG, "%s read error: %s", sd == &s->cl ? "client" : "server",
+		     uv_strerror((int)err));
+	switch (s->state) {
+	case CLIENT_AUTH_RELAY:
+	case CLIENT_SPLICING:
+		/* Whatever one side sent before leaving still goes to the other. */
+		begin_drain(s, other(s, sd));
+		break;
+	case CLIENT_CLOSING:
+		break;
+	default:
+		session_close(s);
+		break;
+	}
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct session *s = stream->data;
+	struct side *sd = stream == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
+	struct block *b = buf->base ? block_of(buf) : NULL;
+	size_t n;
+
+	if (nread <= 0) {
+		if (b)
+			block_put(b);
+		if (nread == UV_ENOBUFS) {
+			slog(s, LOG_ERROR, "out of memory for relay buffers, closing");
+			session_close(s);
+		} else if (nread < 0) {
+			read_end(s, sd, nread);
+		}
+		return;
+	}
+	n = (size_t)nread;
+	switch (s->state) {
+	case CLIENT_STARTUP: {
+		struct login *L = s->login;
+		size_t room = sizeof(L->in) - L->inlen;
+		size_t take = n < room ? n : room;
+
+		memcpy(L->in + L->inlen, b->data, take);
+		L->inlen += take;
+		L->overflow |= take < n;
+		block_put(b);
+		process_startup(s);
+		break;
+	}
+	case CLIENT_AUTH_RELAY:
+		if (sd == &s->sv) {
+			if (!observe(s, (const uint8_t *)b->data, n)) {
+				block_put(b);
+				slog(s, LOG_WARN, "server sent a malformed message during login");
+				session_close(s);
+				return;
+			}
+			forward(s, &s->cl, b, n);
+			if (s->login && s->login->ready && s->state == CLIENT_AUTH_RELAY) {
+				set_state(s, CLIENT_SPLICING);
+				uv_timer_stop(&s->timer);
+				slog(s, LOG_DEBUG, "login complete");
+				free(s->login);
+				s->login = NULL;
+			}
+		} else {
+			forward(s, &s->sv, b, n);
+		}
+		break;
+	case CLIENT_SPLICING:
+		forward(s, other(s, sd), b, n);
+		break;
+	default:
+		block_put(b);
+		break;
+	}
+}
+
+void client_accept(struct router *rt, uv_stream_t *listener)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	int rc;
+
+	if (s == NULL) {
+		log_error("out of memory accepting a connection");
+		return;
+	}
+	s->rt = rt;
+	s->id = ++rt->next_session_id;
+	uv_tcp_init(rt->loop, &s->cl.tcp);
+	s->cl.inited = true;
+	s->cl.tcp.data = s;
+	uv_timer_init(rt->loop, &s->timer);
+	s->timer.data = s;
+	s->open_handles = 2;
+	s->state = CLIENT_STARTUP;
+	s->started = uv_now(rt->loop);
+	snprintf(s->peer, sizeof(s->peer), "?");
+	/* Link first: the close path always unlinks. */
+	s->next = rt->sessions;
+	if (rt->sessions)
+		rt->sessions->prev = s;
+	rt->sessions = s;
+	rt->nsessions++;
+	rc = uv_accept(listener, (uv_stream_t *)&s->cl.tcp);
+	if (rc < 0) {
+		log_warn("accept failed: %s", uv_strerror(rc));
+		session_close(s);
+		return;
+	}
+	if (uv_tcp_getpeername(&s->cl.tcp, (struct sockaddr *)&ss, &len) == 0) {
+		char ip[INET6_ADDRSTRLEN] = "?";
+		unsigned port;
+
+		if (ss.ss_family == AF_INET6) {
+			uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		} else {
+			uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+			port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		}
+		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, port);
+	}
+	uv_tcp_nodelay(&s->cl.tcp, 1);
+	s->over_limit = rt->nsessions > rt->cfg->max_client_conn;
+	s->login = calloc(1, sizeof(*s->login));
+	if (s->login == NULL) {
+		log_error("out of memory for a new session");
+		session_close(s);
+		return;
+	}
+	s->login_deadline = s->started + rt->cfg->client_login_timeout_ms;
+	arm_timer(s, rt->cfg->client_login_timeout_ms);
+	start_reading(s, &s->cl);
+}
+
+void client_close_all(struct router *rt)
+{
+	for (struct session *s = rt->sessions; s; s = s->next)
+		session_close(s);
+}

@@ -1,0 +1,785 @@
+/*
+ * config.c - INI file -> immutable struct config.
+ *
+ * inih does the lexing; we count lines ourselves (through ini_parse_stream's
+ * reader) so every problem names its line, and we keep going after a problem
+ * so --check and a failed reload report all of them at once. Nothing here
+ * touches the event loop: a reload calls config_load() on a worker thread.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <ini.h>
+#include <libpq-fe.h>
+
+#include "pins.h"
+#include "ring.h"
+
+#define MAX_REPORTED 50
+
+struct inline_pin {
+	char *tenant;  /* owned */
+	char *cluster; /* owned */
+	int line;
+};
+
+struct loader {
+	struct config *c;
+	const char *path;
+	FILE *f;
+	int line;
+	/* Problems, one per line, in a growing buffer. */
+	char *errs;
+	size_t errlen, errcap;
+	int nerrs;
+	/* "section\nkey" of every setting seen, to refuse duplicates. */
+	char **seen;
+	size_t nseen;
+	struct inline_pin *pins;
+	size_t npins, pincap;
+	bool oom;
+};
+
+static void problem(struct loader *L, int line, const char *fmt, ...) PRINTF_LIKE(3, 4);
+
+/* Appends one line to the report. */
+static void add_line(struct loader *L, const char *text)
+{
+	size_t n = strlen(text);
+
+	L->nerrs++;
+	if (L->nerrs > MAX_REPORTED)
+		return;
+	if (L->errlen + n + 2 > L->errcap) {
+		size_t cap = (L->errcap + n + 2) * 2;
+		char *p = realloc(L->errs, cap);
+
+		if (p == NULL) {
+			L->oom = true;
+			return;
+		}
+		L->errs = p;
+		L->errcap = cap;
+	}
+	memcpy(L->errs + L->errlen, text, n);
+	L->errlen += n;
+	L->errs[L->errlen++] = '\n';
+	L->errs[L->errlen] = '\0';
+}
+
+static void problem(struct loader *L, int line, const char *fmt, ...)
+{
+	char msg[512], text[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(text, sizeof(text), "%s:%d: %s", L->path, line, msg);
+	else
+		snprintf(text, sizeof(text), "%s: %s", L->path, msg);
+	add_line(L, text);
+}
+
+bool config_parse_duration(const char *s, uint64_t *ms)
+{
+	char *end;
+	unsigned long long v;
+	uint64_t mult;
+
+	while (*s == ' ')
+		s++;
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0)
+		return false;
+	while (*end == ' ')
+		end++;
+	if (*end == '\0' || strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "min") == 0 || strcmp(end, "m") == 0)
+		mult = 60 * 1000;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600 * 1000;
+	else
+		return false;
+	/* A week is more than any timeout we take; this also keeps v * mult exact. */
+	if (v > 7ull * 24 * 3600 * 1000 / mult)
+		return false;
+	*ms = v * mult;
+	return true;
+}
+
+static bool parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+bool config_parse_host_port(const char *s, uint16_t defport, struct host_port *out)
+{
+	const char *host = s, *colon;
+	size_t hlen;
+	uint32_t port = defport;
+
+	if (*s == '[') {
+		const char *rb = strchr(s, ']');
+
+		if (rb == NULL)
+			return false;
+		host = s + 1;
+		hlen = (size_t)(rb - host);
+		colon = rb[1] == ':' ? rb + 1 : NULL;
+		if (rb[1] != '\0' && colon == NULL)
+			return false;
+	} else {
+		colon = strrchr(s, ':');
+		/* A bare IPv6 address has several colons and no port. */
+		if (colon && strchr(s, ':') != colon)
+			colon = NULL;
+		hlen = colon ? (size_t)(colon - s) : strlen(s);
+	}
+	if (hlen == 0 || hlen > 255)
+		return false;
+	if (colon && !parse_uint(colon + 1, 1, 65535, &port))
+		return false;
+	out->host = strndup(host, hlen);
+	if (out->host == NULL)
+		return false;
+	out->port = (uint16_t)port;
+	return true;
+}
+
+/* Splits a comma list in place; returns the number of items (trimmed). */
+static size_t split_list(char *s, char **items, size_t max)
+{
+	size_t n = 0;
+	char *save = NULL;
+
+	for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *e;
+
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		e = tok + strlen(tok);
+		while (e > tok && (e[-1] == ' ' || e[-1] == '\t'))
+			*--e = '\0';
+		if (*tok == '\0')
+			continue;
+		if (n == max)
+			return max + 1;
+		items[n++] = tok;
+	}
+	return n;
+}
+
+static bool valid_cluster_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 63)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '_' || ch == '-'))
+			return false;
+	}
+	return true;
+}
+
+static struct cluster_cfg *get_cluster(struct loader *L, const char *name)
+{
+	struct config *c = L->c;
+	struct cluster_cfg *nc;
+
+	for (size_t i = 0; i < c->nclusters; i++) {
+		if (strcmp(c->clusters[i].name, name) == 0)
+			return &c->clusters[i];
+	}
+	if (c->nclusters == CONFIG_MAX_CLUSTERS)
+		return NULL;
+	nc = realloc(c->clusters, (c->nclusters + 1) * sizeof(*nc));
+	if (nc == NULL)
+		return NULL;
+	c->clusters = nc;
+	nc = &c->clusters[c->nclusters];
+	memset(nc, 0, sizeof(*nc));
+	nc->name = strdup(name);
+	if (nc->name == NULL)
+		return NULL;
+	nc->weight = 1;
+	c->nclusters++;
+	return nc;
+}
+
+/* Records section+key; false if it was already set. */
+static bool first_time(struct loader *L, const char *section, const char *key)
+{
+	size_t sl = strlen(section), kl = strlen(key);
+	char *k, **ns;
+
+	for (size_t i = 0; i < L->nseen; i++) {
+		if (strncmp(L->seen[i], section, sl) == 0 && L->seen[i][sl] == '\n' &&
+		    strcmp(L->seen[i] + sl + 1, key) == 0)
+			return false;
+	}
+	k = malloc(sl + kl + 2);
+	ns = realloc(L->seen, (L->nseen + 1) * sizeof(*ns));
+	if (k == NULL || ns == NULL) {
+		free(k);
+		if (ns)
+			L->seen = ns;
+		L->oom = true;
+		return true;
+	}
+	memcpy(k, section, sl);
+	k[sl] = '\n';
+	memcpy(k + sl + 1, key, kl + 1);
+	L->seen = ns;
+	L->seen[L->nseen++] = k;
+	return true;
+}
+
+static bool parse_sources(const char *value, unsigned *out)
+{
+	char buf[256], *items[8];
+	size_t n;
+	unsigned src = 0;
+
+	if (strlen(value) >= sizeof(buf))
+		return false;
+	strcpy(buf, value);
+	n = split_list(buf, items, ARRAY_SIZE(items));
+	if (n == 0 || n > ARRAY_SIZE(items))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(items[i], "options") == 0)
+			src |= TENANT_SRC_OPTIONS;
+		else if (strcmp(items[i], "parameter") == 0)
+			src |= TENANT_SRC_PARAMETER;
+		else if (strcmp(items[i], "user") == 0)
+			src |= TENANT_SRC_USER;
+		else if (strcmp(items[i], "database") == 0)
+			src |= TENANT_SRC_DATABASE;
+		else
+			return false;
+	}
+	*out = src;
+	return true;
+}
+
+static void set_duration(struct loader *L, const char *sec, const char *key, const char *value,
+			 uint64_t *out)
+{
+	if (!config_parse_duration(value, out))
+		problem(L, L->line, "[%s] %s: \"%s\" is not a duration (use e.g. 500ms, 5s, 1m)", sec,
+			key, value);
+}
+
+static void set_uint(struct loader *L, const char *sec, const char *key, const char *value,
+		     uint32_t min, uint32_t max, uint32_t *out)
+{
+	if (!parse_uint(value, min, max, out))
+		problem(L, L->line, "[%s] %s: \"%s\" is not a whole number from %u to %u", sec, key,
+			value, min, max);
+}
+
+static void router_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+
+	if (strcmp(key, "listen") == 0) {
+		char buf[1024], *items[CONFIG_MAX_LISTEN];
+		size_t n;
+
+		for (size_t i = 0; i < c->nlisten; i++)
+			free(c->listen[i].host);
+		c->nlisten = 0;
+		if (strlen(value) >= sizeof(buf)) {
+			problem(L, L->line, "[router] listen: value too long");
+			return;
+		}
+		strcpy(buf, value);
+		n = split_list(buf, items, CONFIG_MAX_LISTEN);
+		if (n == 0 || n > CONFIG_MAX_LISTEN) {
+			problem(L, L->line, "[router] listen: give 1 to %d HOST:PORT addresses",
+				CONFIG_MAX_LISTEN);
+			return;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (!config_parse_host_port(items[i], 6432, &c->listen[c->nlisten]))
+				problem(L, L->line, "[router] listen: \"%s\" is not HOST:PORT",
+					items[i]);
+			else
+				c->nlisten++;
+		}
+	} else if (strcmp(key, "tenant_key") == 0) {
+		if (*value == '\0' || strlen(value) > 63 || strchr(value, '=') ||
+		    strpbrk(value, " \t\\")) {
+			problem(L, L->line,
+				"[router] tenant_key: \"%s\" is not a setting name (e.g. app.tenant_id)",
+				value);
+			return;
+		}
+		free((char *)c->rule.key);
+		c->rule.key = strdup(value);
+		if (c->rule.key == NULL)
+			L->oom = true;
+	} else if (strcmp(key, "tenant_sources") == 0) {
+		if (!parse_sources(value, &c->rule.sources))
+			problem(L, L->line,
+				"[router] tenant_sources: \"%s\" is not a list of options, "
+				"parameter, user, database",
+				value);
+	} else if (strcmp(key, "tenant_separator") == 0) {
+		if (strlen(value) != 1 || value[0] == ' ')
+			problem(L, L->line, "[router] tenant_separator: give exactly one character");
+		else
+			c->rule.separator = value[0];
+	} else if (strcmp(key, "max_client_conn") == 0) {
+		set_uint(L, "router", key, value, 1, 1000000, &c->max_client_conn);
+	} else if (strcmp(key, "client_login_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->client_login_timeout_ms);
+	} else if (strcmp(key, "server_connect_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->server_connect_timeout_ms);
+	} else if (strcmp(key, "shutdown_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->shutdown_timeout_ms);
+	} else if (strcmp(key, "log_level") == 0) {
+		if (!log_level_parse(value, &c->log_level))
+			problem(L, L->line,
+				"[router] log_level: \"%s\" is not error, warn, info, debug or trace",
+				value);
+	} else {
+		problem(L, L->line, "[router] %s: unknown setting", key);
+	}
+}
+
+static void health_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+
+	if (strcmp(key, "interval") == 0) {
+		set_duration(L, "health", key, value, &c->health_interval_ms);
+	} else if (strcmp(key, "timeout") == 0) {
+		set_duration(L, "health", key, value, &c->health_timeout_ms);
+	} else if (strcmp(key, "fail_after") == 0) {
+		set_uint(L, "health", key, value, 1, 100, &c->health_fail_after);
+	} else if (strcmp(key, "conninfo") == 0) {
+		char *perr = NULL;
+		PQconninfoOption *opts = PQconninfoParse(value, &perr);
+
+		if (opts == NULL) {
+			problem(L, L->line, "[health] conninfo: %s",
+				perr ? strtok(perr, "\n") : "out of memory");
+			PQfreemem(perr);
+			return;
+		}
+		for (PQconninfoOption *o = opts; o->keyword; o++) {
+			if (o->val && (strcmp(o->keyword, "host") == 0 ||
+				       strcmp(o->keyword, "hostaddr") == 0 ||
+				       strcmp(o->keyword, "port") == 0))
+				problem(L, L->line,
+					"[health] conninfo: remove %s=, hosts and ports come from "
+					"each [cluster.NAME] hosts",
+					o->keyword);
+		}
+		PQconninfoFree(opts);
+		free(c->health_conninfo);
+		c->health_conninfo = strdup(value);
+		if (c->health_conninfo == NULL)
+			L->oom = true;
+	} else {
+		problem(L, L->line, "[health] %s: unknown setting", key);
+	}
+}
+
+static void cluster_key(struct loader *L, const char *section, const char *key, const char *value)
+{
+	const char *name = section + strlen("cluster.");
+	struct cluster_cfg *cl;
+
+	if (!valid_cluster_name(name)) {
+		problem(L, L->line,
+			"[%s]: cluster names are 1 to 63 letters, digits, '_' or '-'", section);
+		return;
+	}
+	cl = get_cluster(L, name);
+	if (cl == NULL) {
+		problem(L, L->line, "[%s]: too many clusters (at most %d)", section,
+			CONFIG_MAX_CLUSTERS);
+		return;
+	}
+	if (strcmp(key, "hosts") == 0) {
+		char buf[2048], *items[CONFIG_MAX_HOSTS];
+		size_t n;
+
+		if (strlen(value) >= sizeof(buf)) {
+			problem(L, L->line, "[%s] hosts: value too long", section);
+			return;
+		}
+		strcpy(buf, value);
+		n = split_list(buf, items, CONFIG_MAX_HOSTS);
+		if (n == 0 || n > CONFIG_MAX_HOSTS) {
+			problem(L, L->line, "[%s] hosts: give 1 to %d HOST:PORT entries", section,
+				CONFIG_MAX_HOSTS);
+			return;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (!config_parse_host_port(items[i], 5432, &cl->hosts[cl->nhosts]))
+				problem(L, L->line, "[%s] hosts: \"%s\" is not HOST:PORT", section,
+					items[i]);
+			else
+				cl->nhosts++;
+		}
+	} else if (strcmp(key, "weight") == 0) {
+		set_uint(L, section, key, value, 1, 1000, &cl->weight);
+	} else {
+		problem(L, L->line, "[%s] %s: unknown setting", section, key);
+	}
+}
+
+static void pins_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+	struct inline_pin *p;
+
+	if (strcmp(key, "file") == 0) {
+		const char *slash = strrchr(L->path, '/');
+
+		free(c->pins_file);
+		/* A relative path is relative to the configuration file. */
+		if (value[0] == '/' || slash == NULL) {
+			c->pins_file = strdup(value);
+		} else {
+			size_t dl = (size_t)(slash - L->path) + 1;
+
+			c->pins_file = malloc(dl + strlen(value) + 1);
+			if (c->pins_file) {
+				memcpy(c->pins_file, L->path, dl);
+				strcpy(c->pins_file + dl, value);
+			}
+		}
+		if (c->pins_file == NULL)
+			L->oom = true;
+		return;
+	}
+	if (L->npins == L->pincap) {
+		size_t cap = L->pincap ? L->pincap * 2 : 16;
+
+		p = realloc(L->pins, cap * sizeof(*p));
+		if (p == NULL) {
+			L->oom = true;
+			return;
+		}
+		L->pins = p;
+		L->pincap = cap;
+	}
+	p = &L->pins[L->npins];
+	p->tenant = strdup(key);
+	p->cluster = strdup(value);
+	p->line = L->line;
+	if (p->tenant == NULL || p->cluster == NULL) {
+		free(p->tenant);
+		free(p->cluster);
+		L->oom = true;
+		return;
+	}
+	L->npins++;
+}
+
+static int handler(void *user, const char *section, const char *key, const char *value)
+{
+	struct loader *L = user;
+
+	if (strcmp(section, "pins") != 0 && !first_time(L, section, key)) {
+		problem(L, L->line, "[%s] %s: set twice", section, key);
+		return 1;
+	}
+	if (strcmp(section, "router") == 0)
+		router_key(L, key, value);
+	else if (strcmp(section, "health") == 0)
+		health_key(L, key, value);
+	else if (strcmp(section, "ring") == 0 && strcmp(key, "vnodes") == 0)
+		set_uint(L, "ring", key, value, 1, RING_MAX_VNODES, &L->c->vnodes);
+	else if (strcmp(section, "ring") == 0)
+		problem(L, L->line, "[ring] %s: unknown setting", key);
+	else if (strncmp(section, "cluster.", 8) == 0)
+		cluster_key(L, section, key, value);
+	else if (strcmp(section, "pins") == 0)
+		pins_key(L, key, value);
+	else
+		problem(L, L->line, "[%s]: unknown section", section);
+	/* We report our own problems; a 0 here would only add a vaguer one. */
+	return 1;
+}
+
+/* fgets() for inih that counts lines and refuses lines inih would cut. */
+static char *reader(char *str, int num, void *stream)
+{
+	struct loader *L = stream;
+	size_t n;
+
+	if (fgets(str, num, L->f) == NULL)
+		return NULL;
+	L->line++;
+	n = strlen(str);
+	if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(L->f)) {
+		int ch;
+
+		problem(L, L->line, "line longer than %d characters", num - 2);
+		while ((ch = fgetc(L->f)) != EOF && ch != '\n')
+			;
+		str[0] = '\0';
+	}
+	return str;
+}
+
+static void set_defaults(struct config *c)
+{
+	c->rule.sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER;
+	c->rule.separator = '+';
+	c->max_client_conn = 1000;
+	c->client_login_timeout_ms = 60000;
+	c->server_connect_timeout_ms = 5000;
+	c->shutdown_timeout_ms = 30000;
+	c->log_level = LOG_INFO;
+	c->health_interval_ms = 1000;
+	c->health_timeout_ms = 2000;
+	c->health_fail_after = 2;
+	c->vnodes = 256;
+}
+
+static void validate(struct loader *L)
+{
+	struct config *c = L->c;
+
+	if (c->nlisten == 0) {
+		c->listen[0].host = strdup("127.0.0.1");
+		c->listen[0].port = 6432;
+		if (c->listen[0].host == NULL)
+			L->oom = true;
+		else
+			c->nlisten = 1;
+	}
+	if (c->rule.key == NULL && (c->rule.key = strdup("app.tenant_id")) == NULL)
+		L->oom = true;
+	if (c->health_conninfo == NULL && (c->health_conninfo = strdup("")) == NULL)
+		L->oom = true;
+	if (c->health_interval_ms == 0)
+		problem(L, 0, "[health] interval: must be more than 0");
+	if (c->health_timeout_ms == 0)
+		problem(L, 0, "[health] timeout: must be more than 0");
+	if (c->client_login_timeout_ms == 0)
+		problem(L, 0, "[router] client_login_timeout: must be more than 0");
+	if (c->server_connect_timeout_ms == 0)
+		problem(L, 0, "[router] server_connect_timeout: must be more than 0");
+	if (c->nclusters == 0)
+		problem(L, 0, "no [cluster.NAME] section: define at least one cluster");
+	for (size_t i = 0; i < c->nclusters; i++) {
+		if (c->clusters[i].nhosts == 0)
+			problem(L, 0, "[cluster.%s] hosts: missing", c->clusters[i].name);
+		if ((uint64_t)c->clusters[i].weight * c->vnodes > RING_MAX_VNODES)
+			problem(L, 0, "[cluster.%s] weight: weight * vnodes must be at most %u",
+				c->clusters[i].name, RING_MAX_VNODES);
+	}
+}
+
+static void build_placement(struct loader *L)
+{
+	struct config *c = L->c;
+	struct ring_member *m;
+	char err[512];
+
+	c->cluster_names = calloc(c->nclusters, sizeof(*c->cluster_names));
+	m = calloc(c->nclusters, sizeof(*m));
+	if (c->cluster_names == NULL || m == NULL) {
+		free(m);
+		L->oom = true;
+		return;
+	}
+	for (size_t i = 0; i < c->nclusters; i++) {
+		c->cluster_names[i] = c->clusters[i].name;
+		m[i].name = c->clusters[i].name;
+		m[i].weight = c->clusters[i].weight;
+	}
+	c->ring = ring_build(m, c->nclusters, c->vnodes, err, sizeof(err));
+	free(m);
+	if (c->ring == NULL) {
+		problem(L, 0, "[ring]: %s", err);
+		return;
+	}
+	c->pins = pins_new();
+	if (c->pins == NULL) {
+		L->oom = true;
+		return;
+	}
+	for (size_t i = 0; i < L->npins; i++) {
+		struct inline_pin *p = &L->pins[i];
+		int idx = config_cluster_index(c, p->cluster);
+		int rc;
+
+		if (idx < 0) {
+			problem(L, p->line, "[pins] %s: unknown cluster \"%s\"", p->tenant,
+				p->cluster);
+			continue;
+		}
+		rc = pins_add(c->pins, p->tenant, strlen(p->tenant), (uint16_t)idx);
+		if (rc == -EEXIST)
+			problem(L, p->line, "[pins] %s: tenant is already pinned to another cluster",
+				p->tenant);
+		else if (rc == -EINVAL)
+			problem(L, p->line, "[pins] %s: tenant is empty or longer than %d bytes",
+				p->tenant, PINS_MAX_TENANT_LEN);
+		else if (rc != 0)
+			L->oom = true;
+	}
+	if (c->pins_file) {
+		struct pins_clusters pc = {c->cluster_names, c->nclusters};
+		size_t cap = 8192;
+		char *perr = malloc(cap);
+		int rc;
+
+		if (perr == NULL) {
+			L->oom = true;
+			return;
+		}
+		perr[0] = '\0';
+		rc = pins_load_file(c->pins, c->pins_file, &pc, perr, cap);
+		if (rc != 0) {
+			/* pins_load_file already names file and line on each of its lines. */
+			for (char *save = NULL, *ln = strtok_r(perr, "\n", &save); ln;
+			     ln = strtok_r(NULL, "\n", &save))
+				add_line(L, ln);
+			if (rc < 0 && perr[0] == '\0')
+				problem(L, 0, "[pins] file: cannot read %s: %s", c->pins_file,
+					strerror(-rc));
+		}
+		free(perr);
+	}
+}
+
+static void free_config(struct config *c)
+{
+	for (size_t i = 0; i < c->nlisten; i++)
+		free(c->listen[i].host);
+	for (size_t i = 0; i < c->nclusters; i++) {
+		for (size_t j = 0; j < c->clusters[i].nhosts; j++)
+			free(c->clusters[i].hosts[j].host);
+		free(c->clusters[i].name);
+	}
+	free(c->clusters);
+	free(c->cluster_names);
+	free((char *)c->rule.key);
+	free(c->health_conninfo);
+	free(c->pins_file);
+	free(c->path);
+	if (c->ring)
+		ring_free(c->ring);
+	if (c->pins)
+		pins_free(c->pins);
+	free(c);
+}
+
+struct config *config_load(const char *path, char *err, size_t errlen)
+{
+	struct loader L = {.path = path};
+	struct config *c;
+	int rc;
+
+	if (errlen)
+		err[0] = '\0';
+	c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		snprintf(err, errlen, "%s: out of memory\n", path);
+		return NULL;
+	}
+	atomic_init(&c->refs, 1);
+	set_defaults(c);
+	L.c = c;
+	c->path = strdup(path);
+	L.f = fopen(path, "r");
+	if (L.f == NULL) {
+		problem(&L, 0, "cannot open: %s", strerror(errno));
+		goto done;
+	}
+	rc = ini_parse_stream(reader, &L, handler, &L);
+	fclose(L.f);
+	if (rc > 0)
+		problem(&L, rc, "syntax error (expected [section], key = value or a comment)");
+	else if (rc < 0)
+		problem(&L, 0, "could not be parsed (%d)", rc);
+	validate(&L);
+	if (L.nerrs == 0 && !L.oom)
+		build_placement(&L);
+done:
+	if (L.oom)
+		problem(&L, 0, "out of memory");
+	if (L.nerrs > MAX_REPORTED) {
+		int more = L.nerrs - MAX_REPORTED;
+
+		/* Make room for one last line past the cap. */
+		L.nerrs = MAX_REPORTED - 1;
+		problem(&L, 0, "... and %d more problems", more);
+	}
+	if (L.errs && errlen) {
+		snprintf(err, errlen, "%s", L.errs);
+	}
+	for (size_t i = 0; i < L.nseen; i++)
+		free(L.seen[i]);
+	free(L.seen);
+	for (size_t i = 0; i < L.npins; i++) {
+		free(L.pins[i].tenant);
+		free(L.pins[i].cluster);
+	}
+	free(L.pins);
+	free(L.errs);
+	if (L.nerrs > 0 || L.oom || c->path == NULL) {
+		free_config(c);
+		return NULL;
+	}
+	return c;
+}
+
+struct config *config_ref(struct config *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+void config_unref(struct config *c)
+{
+	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		free_config(c);
+}
+
+int config_cluster_index(const struct config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nclusters; i++) {
+		if (strcmp(c->clusters[i].name, name) == 0)
+			return (int)i;
+	}
+	return -1;
+}

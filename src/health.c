@@ -1,0 +1,731 @@
+/*
+ * health.c - per-host libpq health checkers on the event loop.
+ *
+ * A checker cycles IDLE -> RESOLVE -> CONNECT -> QUERY -> IDLE. Name
+ * resolution runs on libuv's thread pool and libpq gets a numeric hostaddr,
+ * so libpq never blocks the loop on DNS. One timer per checker does double
+ * duty: while a check runs it is the check's timeout, otherwise it fires
+ * the next check. While idle we watch the kept connection for readability,
+ * so a server that goes away is noticed at once rather than at the next
+ * tick; such a loss counts as one failure and the next check starts at once.
+ *
+ * libpq may replace its socket during PQconnectPoll, so after every step we
+ * stop and restart polling on whatever PQsocket() is now, and we always stop
+ * polling before libpq closes a socket (PQfinish).
+ *
+ * This module logs transitions (down with reason, up again), not each probe.
+ */
+#include "health.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+
+enum phase { PH_IDLE, PH_RESOLVE, PH_CONNECT, PH_QUERY };
+
+struct cpoll {
+	uv_poll_t handle;
+	int fd;
+};
+
+struct checker {
+	struct health *h;  /* borrowed: owner */
+	char *cluster;	   /* owned */
+	char *host;	   /* owned */
+	uint16_t port;
+	enum health_state state;
+	bool in_recovery;
+	bool got_result;
+	bool result_recovery;
+	uint32_t fails;
+	char why[256];
+	bool have_addr;
+	struct sockaddr_storage addr;
+	char addrstr[INET6_ADDRSTRLEN];
+	PGconn *conn;	    /* owned */
+	struct cpoll *poll; /* owned until its close callback */
+	enum phase phase;
+	uint64_t started;
+	uv_timer_t timer;
+	uv_getaddrinfo_t gai;
+	bool resolving;	  /* gai is in flight (it cannot be abandoned) */
+	bool timer_closed;
+	bool first_done;
+	bool stopping;
+	bool keep; /* mark for health_apply */
+	struct checker *next;
+};
+
+struct cluster_map {
+	size_t n;
+	struct checker *hosts[CONFIG_MAX_HOSTS]; /* borrowed: h->checkers */
+};
+
+struct health {
+	uv_loop_t *loop;
+	struct checker *checkers; /* owned list */
+	struct cluster_map *map;  /* owned; index = cluster index of the last cfg */
+	size_t nmap;
+	uint64_t interval_ms, timeout_ms;
+	uint32_t fail_after;
+	char *conninfo; /* owned */
+	size_t first_pending;
+	health_ready_fn ready;
+	void *ready_arg;
+	size_t closing; /* checkers whose handles are still closing */
+	void (*stopped)(void *arg);
+	void *stopped_arg;
+	char why[512];
+};
+
+static void start_check(struct checker *ck);
+static void timer_cb(uv_timer_t *t);
+
+static void poll_close_cb(uv_handle_t *h)
+{
+	free(container_of((uv_poll_t *)h, struct cpoll, handle));
+}
+
+static void drop_conn(struct checker *ck)
+{
+	if (ck->poll) {
+		uv_poll_stop(&ck->poll->handle);
+		uv_close((uv_handle_t *)&ck->poll->handle, poll_close_cb);
+		ck->poll = NULL;
+	}
+	if (ck->conn) {
+		PQfinish(ck->conn);
+		ck->conn = NULL;
+	}
+}
+
+/* The first line of a libpq message, without "FATAL:  " style noise. */
+static void copy_reason(char *dst, size_t cap, const char *msg)
+{
+	size_t n;
+
+	if (msg == NULL || *msg == '\0')
+		msg = "unknown error";
+	n = strcspn(msg, "\n");
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(dst, msg, n);
+	dst[n] = '\0';
+}
+
+static void first_round_done(struct checker *ck)
+{
+	struct health *h = ck->h;
+
+	if (ck->first_done)
+		return;
+	ck->first_done = true;
+	if (h->first_pending > 0 && --h->first_pending == 0 && h->ready) {
+		health_ready_fn fn = h->ready;
+
+		h->ready = NULL;
+		fn(h->ready_arg);
+	}
+}
+
+static void schedule_next(struct checker *ck, uint64_t delay)
+{
+	if (!ck->stopping)
+		uv_timer_start(&ck->timer, timer_cb, delay, 0);
+}
+
+static uint64_t until_next(struct checker *ck)
+{
+	uint64_t elapsed = uv_now(ck->h->loop) - ck->started;
+
+	return elapsed >= ck->h->interval_ms ? 0 : ck->h->interval_ms - elapsed;
+}
+
+static void fail(struct checker *ck, bool lost, const char *fmt, ...) PRINTF_LIKE(3, 4);
+
+static void fail(struct checker *ck, bool lost, const char *fmt, ...)
+{
+	struct health *h = ck->h;
+	va_list ap;
+	char msg[256];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	copy_reason(ck->why, sizeof(ck->why), msg);
+	drop_conn(ck);
+	ck->phase = PH_IDLE;
+	ck->fails++;
+	if (ck->state != HEALTH_DOWN && (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after)) {
+		ck->state = HEALTH_DOWN;
+		log_warn("health: host down cluster=%s host=%s:%u failures=%u reason=\"%s\"",
+			 ck->cluster, ck->host, ck->port, ck->fails, ck->why);
+	} else {
+		log_debug("health: check failed cluster=%s host=%s:%u failures=%u reason=\"%s\"",
+			  ck->cluster, ck->host, ck->port, ck->fails, ck->why);
+	}
+	first_round_done(ck);
+	/* A connection lost between checks is one failure; look again now. */
+	schedule_next(ck, lost ? 0 : until_next(ck));
+}
+
+static void succeed(struct checker *ck)
+{
+	if (ck->state != HEALTH_UP)
+		log_info("health: host up cluster=%s host=%s:%u role=%s", ck->cluster, ck->host,
+			 ck->port, ck->result_recovery ? "standby" : "primary");
+	else if (ck->in_recovery != ck->result_recovery)
+		log_info("health: host role changed cluster=%s host=%s:%u role=%s", ck->cluster,
+			 ck->host, ck->port, ck->result_recovery ? "standby" : "primary");
+	ck->state = HEALTH_UP;
+	ck->in_recovery = ck->result_recovery;
+	ck->fails = 0;
+	ck->phase = PH_IDLE;
+	first_round_done(ck);
+	schedule_next(ck, until_next(ck));
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events);
+
+/* (Re)arms polling on libpq's current socket for the given events. */
+static int watch(struct checker *ck, int events)
+{
+	int fd = PQsocket(ck->conn);
+	int rc;
+
+	if (fd < 0)
+		return UV_EBADF;
+	if (ck->poll && ck->poll->fd != fd) {
+		uv_poll_stop(&ck->poll->handle);
+		uv_close((uv_handle_t *)&ck->poll->handle, poll_close_cb);
+		ck->poll = NULL;
+	}
+	if (ck->poll == NULL) {
+		ck->poll = malloc(sizeof(*ck->poll));
+		if (ck->poll == NULL)
+			return UV_ENOMEM;
+		rc = uv_poll_init(ck->h->loop, &ck->poll->handle, fd);
+		if (rc < 0) {
+			free(ck->poll);
+			ck->poll = NULL;
+			return rc;
+		}
+		ck->poll->fd = fd;
+		ck->poll->handle.data = ck;
+	}
+	/* Stop first: the same fd number may now be a new socket. */
+	uv_poll_stop(&ck->poll->handle);
+	return uv_poll_start(&ck->poll->handle, events, poll_cb);
+}
+
+static void send_query(struct checker *ck)
+{
+	int rc;
+
+	ck->phase = PH_QUERY;
+	ck->got_result = false;
+	if (!PQsendQuery(ck->conn, "SELECT pg_is_in_recovery()")) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	rc = PQflush(ck->conn);
+	if (rc < 0) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	rc = watch(ck, UV_READABLE | (rc == 1 ? UV_WRITABLE : 0));
+	if (rc < 0)
+		fail(ck, false, "poll: %s", uv_strerror(rc));
+}
+
+static void read_results(struct checker *ck)
+{
+	PGresult *res;
+
+	if (!PQconsumeInput(ck->conn)) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	while (!PQisBusy(ck->conn)) {
+		res = PQgetResult(ck->conn);
+		if (res == NULL) {
+			int rc;
+
+			if (!ck->got_result) {
+				fail(ck, false, "pg_is_in_recovery() returned no row");
+				return;
+			}
+			succeed(ck);
+			/* Between checks, only watch for the server going away. */
+			rc = watch(ck, UV_READABLE);
+			if (rc < 0)
+				fail(ck, true, "poll: %s", uv_strerror(rc));
+			return;
+		}
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+		    PQnfields(res) == 1) {
+			ck->got_result = true;
+			ck->result_recovery = PQgetvalue(res, 0, 0)[0] == 't';
+		} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+			char msg[256];
+
+			copy_reason(msg, sizeof(msg), PQresultErrorMessage(res));
+			PQclear(res);
+			fail(ck, false, "%s", msg);
+			return;
+		}
+		PQclear(res);
+	}
+}
+
+static void connect_step(struct checker *ck)
+{
+	int rc;
+
+	switch (PQconnectPoll(ck->conn)) {
+	case PGRES_POLLING_READING:
+		rc = watch(ck, UV_READABLE);
+		break;
+	case PGRES_POLLING_WRITING:
+		rc = watch(ck, UV_WRITABLE);
+		break;
+	case PGRES_POLLING_OK:
+		if (PQsetnonblocking(ck->conn, 1) != 0) {
+			fail(ck, false, "%s", PQerrorMessage(ck->conn));
+			return;
+		}
+		send_query(ck);
+		return;
+	case PGRES_POLLING_FAILED:
+	default:
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	if (rc < 0)
+		fail(ck, false, "poll: %s", uv_strerror(rc));
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events)
+{
+	struct checker *ck = p->data;
+
+	/*
+	 * libuv reports POLLERR as UV_EBADF and stops the handle. libpq reads
+	 * the real reason (SO_ERROR, a reset) when asked to go on, so we ask it.
+	 */
+	if (status < 0)
+		events = UV_READABLE | UV_WRITABLE;
+	switch (ck->phase) {
+	case PH_CONNECT:
+		connect_step(ck);
+		break;
+	case PH_QUERY:
+		if (events & UV_WRITABLE) {
+			int rc = PQflush(ck->conn);
+
+			if (rc < 0) {
+				fail(ck, false, "%s", PQerrorMessage(ck->conn));
+				return;
+			}
+			if (rc == 0 && watch(ck, UV_READABLE) < 0) {
+				fail(ck, false, "poll failed");
+				return;
+			}
+		}
+		if (events & UV_READABLE)
+			read_results(ck);
+		break;
+	case PH_IDLE:
+		/* Readable between checks: a notice, or the server closing on us. */
+		if (!PQconsumeInput(ck->conn) || PQstatus(ck->conn) != CONNECTION_OK) {
+			fail(ck, true, "connection lost: %s", PQerrorMessage(ck->conn));
+			return;
+		}
+		if (status < 0 && watch(ck, UV_READABLE) < 0) {
+			fail(ck, true, "connection lost: poll failed");
+			return;
+		}
+		while (PQisBusy(ck->conn) == 0) {
+			PGresult *res = PQgetResult(ck->conn);
+
+			if (res == NULL)
+				break;
+			PQclear(res);
+		}
+		break;
+	case PH_RESOLVE:
+		break;
+	}
+}
+
+/* Server notices on a health connection go to our log, not libpq's stderr. */
+static void notice_cb(void *arg, const char *msg)
+{
+	struct checker *ck = arg;
+	char line[256];
+
+	copy_reason(line, sizeof(line), msg);
+	log_debug("health: notice cluster=%s host=%s:%u: %s", ck->cluster, ck->host, ck->port,
+		  line);
+}
+
+static void connect_start(struct checker *ck)
+{
+	struct health *h = ck->h;
+	char port[8];
+	const char *keys[8], *vals[8];
+	int n = 0;
+
+	snprintf(port, sizeof(port), "%u", ck->port);
+	if (h->conninfo[0]) {
+		keys[n] = "dbname";
+		vals[n++] = h->conninfo;
+	}
+	keys[n] = "host";
+	vals[n++] = ck->host;
+	keys[n] = "hostaddr";
+	vals[n++] = ck->addrstr;
+	keys[n] = "port";
+	vals[n++] = port;
+	keys[n] = "fallback_application_name";
+	vals[n++] = "tenant-router-health";
+	keys[n] = NULL;
+	vals[n] = NULL;
+	ck->phase = PH_CONNECT;
+	ck->conn = PQconnectStartParams(keys, vals, 1);
+	if (ck->conn == NULL) {
+		fail(ck, false, "out of memory");
+		return;
+	}
+	if (PQstatus(ck->conn) == CONNECTION_BAD) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	PQsetNoticeProcessor(ck->conn, notice_cb, ck);
+	/* libpq: after PQconnectStart, wait until the socket is writable. */
+	if (watch(ck, UV_WRITABLE) < 0)
+		fail(ck, false, "poll failed");
+}
+
+static void checker_release(struct checker *ck);
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct checker *ck = req->data;
+
+	ck->resolving = false;
+	if (ck->stopping) {
+		uv_freeaddrinfo(res);
+		checker_release(ck);
+		return;
+	}
+	/* The check timed out while we were resolving: this answer is stale. */
+	if (ck->phase != PH_RESOLVE) {
+		uv_freeaddrinfo(res);
+		return;
+	}
+	if (status < 0 || res == NULL) {
+		uv_freeaddrinfo(res);
+		fail(ck, false, "could not resolve %s: %s", ck->host, uv_strerror(status));
+		return;
+	}
+	memcpy(&ck->addr, res->ai_addr, res->ai_addrlen);
+	if (res->ai_family == AF_INET6)
+		uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
+	else
+		uv_ip4_name((struct sockaddr_in *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
+	ck->have_addr = true;
+	uv_freeaddrinfo(res);
+	connect_start(ck);
+}
+
+static void start_check(struct checker *ck)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	char port[8];
+	int rc;
+
+	ck->started = uv_now(ck->h->loop);
+	uv_timer_start(&ck->timer, timer_cb, ck->h->timeout_ms, 0);
+	if (ck->conn && PQstatus(ck->conn) == CONNECTION_OK) {
+		send_query(ck);
+		return;
+	}
+	drop_conn(ck);
+	if (ck->resolving) {
+		fail(ck, false, "still resolving %s", ck->host);
+		return;
+	}
+	ck->phase = PH_RESOLVE;
+	snprintf(port, sizeof(port), "%u", ck->port);
+	ck->gai.data = ck;
+	rc = uv_getaddrinfo(ck->h->loop, &ck->gai, gai_cb, ck->host, port, &hints);
+	if (rc < 0)
+		fail(ck, false, "could not resolve %s: %s", ck->host, uv_strerror(rc));
+	else
+		ck->resolving = true;
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+	struct checker *ck = container_of(t, struct checker, timer);
+
+	switch (ck->phase) {
+	case PH_IDLE:
+		start_check(ck);
+		break;
+	case PH_RESOLVE:
+		/* The lookup cannot be abandoned; gai_cb will find it stale. */
+		uv_cancel((uv_req_t *)&ck->gai);
+		fail(ck, false, "timed out resolving %s after %llu ms", ck->host,
+		     (unsigned long long)ck->h->timeout_ms);
+		break;
+	case PH_CONNECT:
+	case PH_QUERY:
+		fail(ck, false, "check timed out after %llu ms",
+		     (unsigned long long)ck->h->timeout_ms);
+		break;
+	}
+}
+
+struct health *health_new(uv_loop_t *loop)
+{
+	struct health *h = calloc(1, sizeof(*h));
+
+	if (h == NULL)
+		return NULL;
+	h->loop = loop;
+	h->conninfo = strdup("");
+	if (h->conninfo == NULL) {
+		free(h);
+		return NULL;
+	}
+	return h;
+}
+
+static void checker_free(struct checker *ck)
+{
+	free(ck->cluster);
+	free(ck->host);
+	free(ck);
+}
+
+static void maybe_stopped(struct health *h)
+{
+	if (h->closing == 0 && h->stopped) {
+		void (*fn)(void *) = h->stopped;
+
+		h->stopped = NULL;
+		fn(h->stopped_arg);
+	}
+}
+
+/* Frees a stopped checker once its timer is closed and no lookup is in flight. */
+static void checker_release(struct checker *ck)
+{
+	struct health *h = ck->h;
+
+	if (!ck->timer_closed || ck->resolving)
+		return;
+	checker_free(ck);
+	h->closing--;
+	maybe_stopped(h);
+}
+
+static void timer_close_cb(uv_handle_t *t)
+{
+	struct checker *ck = container_of((uv_timer_t *)t, struct checker, timer);
+
+	ck->timer_closed = true;
+	checker_release(ck);
+}
+
+static void checker_stop(struct checker *ck)
+{
+	ck->stopping = true;
+	drop_conn(ck);
+	if (!ck->first_done)
+		first_round_done(ck);
+	ck->h->closing++;
+	if (ck->resolving)
+		uv_cancel((uv_req_t *)&ck->gai);
+	uv_close((uv_handle_t *)&ck->timer, timer_close_cb);
+}
+
+static struct checker *checker_new(struct health *h, const char *cluster, const char *host,
+				   uint16_t port)
+{
+	struct checker *ck = calloc(1, sizeof(*ck));
+
+	if (ck == NULL)
+		return NULL;
+	ck->h = h;
+	ck->cluster = strdup(cluster);
+	ck->host = strdup(host);
+	ck->port = port;
+	if (ck->cluster == NULL || ck->host == NULL || uv_timer_init(h->loop, &ck->timer) < 0) {
+		checker_free(ck);
+		return NULL;
+	}
+	return ck;
+}
+
+static struct checker *find_checker(struct health *h, const char *cluster, const char *host,
+				    uint16_t port)
+{
+	for (struct checker *ck = h->checkers; ck; ck = ck->next) {
+		if (ck->port == port && strcmp(ck->cluster, cluster) == 0 &&
+		    strcmp(ck->host, host) == 0)
+			return ck;
+	}
+	return NULL;
+}
+
+int health_apply(struct health *h, const struct config *cfg, health_ready_fn ready, void *arg)
+{
+	struct cluster_map *map;
+	struct checker **pp;
+	bool conninfo_changed = strcmp(h->conninfo, cfg->health_conninfo) != 0;
+	char *ci;
+
+	map = calloc(cfg->nclusters, sizeof(*map));
+	ci = strdup(cfg->health_conninfo);
+	if (map == NULL || ci == NULL) {
+		free(map);
+		free(ci);
+		return UV_ENOMEM;
+	}
+	for (struct checker *ck = h->checkers; ck; ck = ck->next)
+		ck->keep = false;
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		const struct cluster_cfg *cl = &cfg->clusters[i];
+
+		for (size_t j = 0; j < cl->nhosts; j++) {
+			struct checker *ck =
+				find_checker(h, cl->name, cl->hosts[j].host, cl->hosts[j].port);
+
+			if (ck == NULL) {
+				ck = checker_new(h, cl->name, cl->hosts[j].host, cl->hosts[j].port);
+				if (ck == NULL) {
+					free(map);
+					free(ci);
+					return UV_ENOMEM;
+				}
+				ck->next = h->checkers;
+				h->checkers = ck;
+				ck->keep = true;
+				h->first_pending++;
+				/* Checks start once the settings below are in place. */
+				uv_timer_start(&ck->timer, timer_cb, 0, 0);
+			}
+			ck->keep = true;
+			map[i].hosts[map[i].n++] = ck;
+		}
+	}
+	/* Stop checkers of hosts the new configuration no longer lists. */
+	for (pp = &h->checkers; *pp;) {
+		struct checker *ck = *pp;
+
+		if (!ck->keep) {
+			*pp = ck->next;
+			checker_stop(ck);
+		} else {
+			pp = &ck->next;
+		}
+	}
+	free(h->map);
+	h->map = map;
+	h->nmap = cfg->nclusters;
+	free(h->conninfo);
+	h->conninfo = ci;
+	h->interval_ms = cfg->health_interval_ms;
+	h->timeout_ms = cfg->health_timeout_ms;
+	h->fail_after = cfg->health_fail_after;
+	if (ready && h->first_pending > 0) {
+		h->ready = ready;
+		h->ready_arg = arg;
+	} else if (ready) {
+		ready(arg);
+	}
+	/* New credentials or options: reconnect at the next check (not a failure). */
+	if (conninfo_changed) {
+		for (struct checker *ck = h->checkers; ck; ck = ck->next) {
+			if (ck->phase == PH_IDLE)
+				drop_conn(ck);
+		}
+	}
+	return 0;
+}
+
+bool health_writer(struct health *h, size_t idx, struct health_target *t, const char **why)
+{
+	struct cluster_map *m;
+	size_t down = 0, standby = 0;
+
+	if (idx >= h->nmap) {
+		*why = "unknown cluster";
+		return false;
+	}
+	m = &h->map[idx];
+	for (size_t i = 0; i < m->n; i++) {
+		struct checker *ck = m->hosts[i];
+
+		if (ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr) {
+			memcpy(&t->addr, &ck->addr, sizeof(t->addr));
+			snprintf(t->host, sizeof(t->host), "%s", ck->host);
+			t->port = ck->port;
+			return true;
+		}
+		if (ck->state == HEALTH_UP)
+			standby++;
+		else
+			down++;
+	}
+	if (standby > 0 && down == 0)
+		snprintf(h->why, sizeof(h->why), "all %zu hosts are standbys (in recovery)",
+			 standby);
+	else if (m->n == 1)
+		snprintf(h->why, sizeof(h->why), "host %s:%u is %s: %s", m->hosts[0]->host,
+			 m->hosts[0]->port, m->hosts[0]->state == HEALTH_DOWN ? "down" : "unchecked",
+			 m->hosts[0]->why[0] ? m->hosts[0]->why : "no check has finished yet");
+	else
+		snprintf(h->why, sizeof(h->why), "%zu of %zu hosts down, %zu standby", down, m->n,
+			 standby);
+	*why = h->why;
+	return false;
+}
+
+void health_stop(struct health *h, void (*done)(void *arg), void *arg)
+{
+	struct checker *ck;
+
+	h->stopped = done;
+	h->stopped_arg = arg;
+	while ((ck = h->checkers) != NULL) {
+		h->checkers = ck->next;
+		checker_stop(ck);
+	}
+	free(h->map);
+	h->map = NULL;
+	h->nmap = 0;
+	maybe_stopped(h);
+}
+
+void health_free(struct health *h)
+{
+	if (h == NULL)
+		return;
+	TR_ASSERT(h->checkers == NULL && h->closing == 0);
+	free(h->map);
+	free(h->conninfo);
+	free(h);
+}

@@ -1,0 +1,136 @@
+"""Fixtures: two real PostgreSQL servers for the whole session, routers per test.
+
+Run with Debian's python:  /usr/bin/python3 -m pytest -q tests/integration
+"""
+
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import harness  # noqa: E402
+
+DEFAULT_TIMEOUT = 60
+
+try:
+    import pytest_timeout  # noqa: F401
+    HAVE_PYTEST_TIMEOUT = True
+except ImportError:
+    HAVE_PYTEST_TIMEOUT = False
+
+
+def pytest_configure(config):
+    if not HAVE_PYTEST_TIMEOUT:
+        config.addinivalue_line("markers", "timeout(seconds): hard per-test time limit")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+
+
+@pytest.fixture(autouse=True)
+def _hard_timeout(request):
+    """Fallback when python3-pytest-timeout is missing: SIGALRM fails the test."""
+    if HAVE_PYTEST_TIMEOUT:
+        yield
+        return
+    secs = int(request.node.get_closest_marker("timeout").args[0])
+
+    def on_alarm(signum, frame):
+        pytest.fail(f"test exceeded its hard timeout of {secs}s", pytrace=True)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(secs)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tail of every router log the test owned."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for i, r in enumerate(getattr(item, "_tr_routers", [])):
+            rep.sections.append((f"router {i} log tail ({r.logfile})", r.log_tail(80)))
+
+
+@pytest.fixture(scope="session")
+def clusters():
+    """{'a': PgServer, 'b': PgServer}, both running; tests that stop one restart it."""
+    servers = harness.start_clusters(("a", "b"))
+    try:
+        yield servers
+    finally:
+        for s in servers.values():
+            s.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _clusters_healthy_after(request):
+    """A test that stopped a server must leave it running; make sure, and fail loudly if not."""
+    yield
+    if "clusters" not in request.fixturenames:
+        return
+    servers = request.getfixturevalue("clusters")
+    for s in servers.values():
+        if not s.running or not s.is_up():
+            try:
+                s.start() if not s.running else s.restart()
+            finally:
+                pytest.fail(f"test left cluster {s.name} down")
+
+
+@pytest.fixture
+def make_router(request, clusters):
+    """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True)."""
+    routers = []
+    request.node._tr_routers = routers
+
+    def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None):
+        r = harness.Router(clusters, overrides=overrides, pins_file=pins_file, raw_ini=raw_ini,
+                           env=env)
+        routers.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield factory
+
+    problems = []
+    for i, r in enumerate(routers):
+        if r.proc is None:
+            r.close()
+            continue
+        died = r.proc.poll() is not None and r.returncode is None
+        try:
+            if died:
+                problems.append(f"router {i} died during the test with exit code "
+                                f"{r.proc.returncode}")
+            rc = r.stop()
+            if rc not in (0, None) and not died:
+                problems.append(f"router {i} exited {rc} after SIGTERM")
+        except AssertionError as e:
+            problems.append(str(e))
+        rep = r.sanitizer_report()
+        if rep:
+            problems.append(f"router {i} sanitizer report:\n{rep}")
+        if problems:
+            print(f"\n--- router {i} log tail ---\n{r.log_tail(80)}")
+        r.close()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def router(make_router):
+    """A router with the default test configuration (clusters a and b, no pins)."""
+    return make_router()
