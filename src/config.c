@@ -598,6 +598,11 @@ static void validate(struct loader *L)
 		problem(L, 0, "[router] server_connect_timeout: must be more than 0");
 	if (c->nclusters == 0)
 		problem(L, 0, "no [cluster.NAME] section: define at least one cluster");
+	for (size_t i = 0; i < L->npins; i++) {
+		if (config_cluster_index(c, L->pins[i].cluster) < 0)
+			problem(L, L->pins[i].line, "[pins] %s: unknown cluster \"%s\"",
+				L->pins[i].tenant, L->pins[i].cluster);
+	}
 	for (size_t i = 0; i < c->nclusters; i++) {
 		if (c->clusters[i].nhosts == 0)
 			problem(L, 0, "[cluster.%s] hosts: missing", c->clusters[i].name);
@@ -641,11 +646,8 @@ static void build_placement(struct loader *L)
 		int idx = config_cluster_index(c, p->cluster);
 		int rc;
 
-		if (idx < 0) {
-			problem(L, p->line, "[pins] %s: unknown cluster \"%s\"", p->tenant,
-				p->cluster);
-			continue;
-		}
+		if (idx < 0)
+			continue; /* reported by validate() */
 		rc = pins_add(c->pins, p->tenant, strlen(p->tenant), (uint16_t)idx);
 		if (rc == -EEXIST)
 			problem(L, p->line, "[pins] %s: tenant is already pinned to another cluster",
@@ -679,6 +681,8 @@ static void build_placement(struct loader *L)
 		}
 		free(perr);
 	}
+	/* From here on the table is shared read-only by every session. */
+	pins_seal(c->pins);
 }
 
 static void free_config(struct config *c)

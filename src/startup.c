@@ -127,64 +127,102 @@ bool startup_guc_name_eq(const char *name, size_t nlen, const char *key)
 }
 
 /*
- * One argument of an options string, unescaped into buf, as pg_split_opts()
- * does: whitespace separates arguments, a backslash makes the next character
- * literal. Returns false when no argument is left.
+ * One argument of an options string, unescaped into buf, exactly as
+ * PostgreSQL's pg_split_opts() does: whitespace separates arguments, a
+ * backslash makes the next character literal, and a backslash at the very
+ * end is dropped. Returns false when no argument is left; *len may exceed
+ * cap (the caller then skips the argument).
  */
 static bool next_arg(const char **pp, const char *end, char *buf, size_t cap, size_t *len)
 {
 	const char *p = *pp;
+	bool escaped = false;
 	size_t n = 0;
 
 	while (p < end && isspace((unsigned char)*p))
 		p++;
 	if (p == end)
 		return false;
-	while (p < end && !isspace((unsigned char)*p)) {
-		if (*p == '\\' && p + 1 < end)
-			p++;
+	for (; p < end; p++) {
+		if (isspace((unsigned char)*p) && !escaped)
+			break;
+		if (!escaped && *p == '\\') {
+			escaped = true;
+			continue;
+		}
+		escaped = false;
 		if (n < cap)
 			buf[n] = *p;
 		n++;
-		p++;
 	}
 	*pp = p;
 	*len = n;
 	return true;
 }
 
+/*
+ * The switches the server's process_postgres_switches() gives to getopt(),
+ * PostgreSQL 13 to 18: a letter followed by ':' takes an argument. We must
+ * read the options string the way the server will, or a bundled `-ec x=y`
+ * or a `-C -cx=y` (where -C eats the next word) would make us route by a
+ * tenant the server never sets, or the reverse.
+ */
+static const char pg_switches[] = "B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:";
+
+/* 1: switch with argument, 0: switch without, -1: unknown (the server refuses it). */
+static int switch_kind(char ch)
+{
+	const char *p = ch != ':' ? strchr(pg_switches, ch) : NULL;
+
+	if (p == NULL)
+		return -1;
+	return p[1] == ':';
+}
+
 void startup_each_option(const char *options, size_t len, startup_option_fn fn, void *arg)
 {
 	const char *p = options, *end = options + len;
 	/* An argument cannot be longer than the options string itself. */
-	char cur[PROTO_MAX_STARTUP_LEN];
-	bool want_c_arg = false;
-	size_t n;
+	char cur[PROTO_MAX_STARTUP_LEN], next[PROTO_MAX_STARTUP_LEN];
+	size_t n, nn;
 
+	/*
+	 * getopt(3) as glibc runs it: "--" ends the switches; a word that is
+	 * not a switch is skipped (the server then rejects the connection, so
+	 * what we route by no longer matters).
+	 */
 	while (next_arg(&p, end, cur, sizeof(cur), &n)) {
-		const char *opt = NULL, *eq;
-		size_t olen = 0;
-
 		if (n > sizeof(cur))
 			continue;
-		if (want_c_arg) {
-			opt = cur;
-			olen = n;
-			want_c_arg = false;
-		} else if (n == 2 && cur[0] == '-' && cur[1] == 'c') {
-			want_c_arg = true;
-			continue;
-		} else if (n > 2 && cur[0] == '-' && (cur[1] == 'c' || cur[1] == '-')) {
-			opt = cur + 2;
-			olen = n - 2;
-		} else {
-			continue;
-		}
-		eq = memchr(opt, '=', olen);
-		if (eq == NULL)
-			continue;
-		if (!fn(arg, opt, (size_t)(eq - opt), eq + 1, olen - (size_t)(eq - opt) - 1))
+		if (n == 2 && cur[0] == '-' && cur[1] == '-')
 			return;
+		if (n < 2 || cur[0] != '-')
+			continue;
+		for (size_t j = 1; j < n; j++) {
+			const char *opt, *eq;
+			size_t olen;
+			int kind = switch_kind(cur[j]);
+
+			if (kind <= 0)
+				continue;
+			if (j + 1 < n) {
+				opt = cur + j + 1;
+				olen = n - j - 1;
+			} else if (next_arg(&p, end, next, sizeof(next), &nn) && nn <= sizeof(next)) {
+				opt = next;
+				olen = nn;
+			} else {
+				return;
+			}
+			/* ParseLongOption(): NAME=VALUE; only -c and -- set a GUC. */
+			if (cur[j] == 'c' || cur[j] == '-') {
+				eq = memchr(opt, '=', olen);
+				if (eq && !fn(arg, opt, (size_t)(eq - opt), eq + 1,
+					      olen - (size_t)(eq - opt) - 1))
+					return;
+			}
+			break;
+		}
 	}
 }
 
