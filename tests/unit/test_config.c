@@ -1,0 +1,328 @@
+/*
+ * test_config.c - configuration loading and validation.
+ *
+ * Each case writes an INI file to a temporary directory, loads it, and checks
+ * either the values or the exact problem lines an operator would read from
+ * --check or a failed reload.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "pins.h"
+#include "ring.h"
+#include "route.h"
+
+static char dir[64];
+
+static int setup(void **state)
+{
+	strcpy(dir, "/tmp/tr-config-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+	return 0;
+}
+
+static const char *write_file(const char *name, const char *text)
+{
+	static char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+static const char base[] = "[cluster.a]\nhosts = 127.0.0.1:5433\n"
+			   "[cluster.b]\nhosts = 127.0.0.1:5434, [::1]:5435, db.example\n";
+
+static void test_config_defaults(void **state)
+{
+	char err[4096];
+	struct config *c = config_load(write_file("d.ini", base), err, sizeof(err));
+
+	assert_non_null(c);
+	assert_string_equal(err, "");
+	assert_int_equal(c->nlisten, 1);
+	assert_string_equal(c->listen[0].host, "127.0.0.1");
+	assert_int_equal(c->listen[0].port, 6432);
+	assert_string_equal(c->rule.key, "app.tenant_id");
+	assert_int_equal(c->rule.sources, TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER);
+	assert_int_equal(c->rule.separator, '+');
+	assert_int_equal(c->max_client_conn, 1000);
+	assert_int_equal(c->client_login_timeout_ms, 60000);
+	assert_int_equal(c->server_connect_timeout_ms, 5000);
+	assert_int_equal(c->health_interval_ms, 1000);
+	assert_int_equal(c->health_timeout_ms, 2000);
+	assert_int_equal(c->health_fail_after, 2);
+	assert_int_equal(c->vnodes, 256);
+	assert_int_equal(c->nclusters, 2);
+	assert_string_equal(c->clusters[1].name, "b");
+	assert_int_equal(c->clusters[1].nhosts, 3);
+	assert_string_equal(c->clusters[1].hosts[1].host, "::1");
+	assert_int_equal(c->clusters[1].hosts[1].port, 5435);
+	assert_string_equal(c->clusters[1].hosts[2].host, "db.example");
+	assert_int_equal(c->clusters[1].hosts[2].port, 5432);
+	config_unref(c);
+}
+
+static void test_config_all_keys(void **state)
+{
+	char err[4096];
+	struct config *c;
+
+	write_file("p.txt", "t1 b\n# comment\nt2 a\n");
+	c = config_load(write_file("all.ini",
+				   "[router]\n"
+				   "listen = 127.0.0.1:7000, [::1]:7001\n"
+				   "tenant_key = app.partner_id\n"
+				   "tenant_sources = options, user, database\n"
+				   "tenant_separator = @\n"
+				   "max_client_conn = 50\n"
+				   "client_login_timeout = 1500ms\n"
+				   "server_connect_timeout = 2\n"
+				   "shutdown_timeout = 1m\n"
+				   "log_level = debug\n"
+				   "[health]\ninterval = 250ms\ntimeout = 1s\nfail_after = 3\n"
+				   "conninfo = user=health dbname=postgres\n"
+				   "[ring]\nvnodes = 64\n"
+				   "[cluster.a]\nhosts = 127.0.0.1:5433\nweight = 3\n"
+				   "[cluster.b]\nhosts = 127.0.0.1:5434\n"
+				   "[pins]\nfile = p.txt\n42 = b ; inline comment\n"),
+			err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->nlisten, 2);
+	assert_int_equal(c->listen[1].port, 7001);
+	assert_string_equal(c->rule.key, "app.partner_id");
+	assert_int_equal(c->rule.sources,
+			 TENANT_SRC_OPTIONS | TENANT_SRC_USER | TENANT_SRC_DATABASE);
+	assert_int_equal(c->rule.separator, '@');
+	assert_int_equal(c->max_client_conn, 50);
+	assert_int_equal(c->client_login_timeout_ms, 1500);
+	assert_int_equal(c->server_connect_timeout_ms, 2000);
+	assert_int_equal(c->shutdown_timeout_ms, 60000);
+	assert_int_equal(c->log_level, LOG_DEBUG);
+	assert_int_equal(c->health_interval_ms, 250);
+	assert_int_equal(c->health_fail_after, 3);
+	assert_string_equal(c->health_conninfo, "user=health dbname=postgres");
+	assert_int_equal(c->vnodes, 64);
+	assert_int_equal(c->clusters[0].weight, 3);
+	/* The pins file is found next to the config; inline pins join it. */
+	assert_int_equal(pins_count(c->pins), 3);
+	assert_int_equal(pins_lookup(c->pins, "t1", 2), 1);
+	assert_int_equal(pins_lookup(c->pins, "t2", 2), 0);
+	assert_int_equal(pins_lookup(c->pins, "42", 2), 1);
+	assert_int_equal(pins_lookup(c->pins, "042", 3), -1);
+	config_unref(c);
+}
+
+static void test_config_reports_every_problem(void **state)
+{
+	char err[4096], want[4096];
+	const char *path = write_file("bad.ini", "[router]\n"
+						 "listen = nope:x\n"
+						 "max_client_conn = abc\n"
+						 "bogus = 1\n"
+						 "[health]\n"
+						 "interval = 5 parsecs\n"
+						 "conninfo = host=x user=y\n"
+						 "[cluster.a]\n"
+						 "weight = 0\n"
+						 "[pins]\n"
+						 "7 = zz\n"
+						 "[weird]\n"
+						 "x = 1\n");
+
+	assert_null(config_load(path, err, sizeof(err)));
+	snprintf(want, sizeof(want),
+		 "%1$s:2: [router] listen: \"nope:x\" is not HOST:PORT\n"
+		 "%1$s:3: [router] max_client_conn: \"abc\" is not a whole number from 1 to "
+		 "1000000\n"
+		 "%1$s:4: [router] bogus: unknown setting\n"
+		 "%1$s:6: [health] interval: \"5 parsecs\" is not a duration (use e.g. 500ms, 5s, "
+		 "1m)\n"
+		 "%1$s:7: [health] conninfo: remove host=, hosts and ports come from each "
+		 "[cluster.NAME] hosts\n"
+		 "%1$s:9: [cluster.a] weight: \"0\" is not a whole number from 1 to 1000\n"
+		 "%1$s:13: [weird]: unknown section\n"
+		 "%1$s:11: [pins] 7: unknown cluster \"zz\"\n"
+		 "%1$s: [cluster.a] hosts: missing\n",
+		 path);
+	assert_string_equal(err, want);
+}
+
+static void test_config_duplicates_and_syntax(void **state)
+{
+	char err[4096];
+	const char *path = write_file("dup.ini", "[router]\nmax_client_conn = 5\n"
+						 "max_client_conn = 6\n"
+						 "this line has no equals sign\n"
+						 "[cluster.a]\nhosts = 127.0.0.1:1\n");
+
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, ":3: [router] max_client_conn: set twice\n"));
+	assert_non_null(strstr(err, ":4: syntax error"));
+}
+
+static void test_config_no_cluster(void **state)
+{
+	char err[4096];
+
+	assert_null(config_load(write_file("empty.ini", "[router]\n"), err, sizeof(err)));
+	assert_non_null(strstr(err, "no [cluster.NAME] section"));
+}
+
+static void test_config_missing_file(void **state)
+{
+	char err[4096];
+
+	assert_null(config_load("/nonexistent/tr.ini", err, sizeof(err)));
+	assert_string_equal(err, "/nonexistent/tr.ini: cannot open: No such file or directory\n");
+}
+
+static void test_config_pin_conflicts(void **state)
+{
+	char err[4096];
+	struct config *c;
+
+	write_file("p2.txt", "42 a\n");
+	c = config_load(write_file("conf.ini", "[cluster.a]\nhosts = h:1\n[cluster.b]\nhosts = h:2\n"
+					       "[pins]\n42 = b\nfile = p2.txt\n"),
+			err, sizeof(err));
+	assert_null(c);
+	assert_non_null(strstr(err, "p2.txt:1:"));
+}
+
+static void test_config_bad_pins_file(void **state)
+{
+	char err[4096];
+	struct config *c;
+
+	write_file("p3.txt", "ok a\nbad nowhere\ntoo many fields\n");
+	c = config_load(write_file("bp.ini", "[cluster.a]\nhosts = h:1\n[pins]\nfile = p3.txt\n"),
+			err, sizeof(err));
+	assert_null(c);
+	assert_non_null(strstr(err, "p3.txt:2:"));
+	assert_non_null(strstr(err, "p3.txt:3:"));
+	assert_null(strstr(err, "p3.txt:1:"));
+}
+
+static void test_config_long_line(void **state)
+{
+	char err[4096], text[2048];
+	struct config *c;
+
+	snprintf(text, sizeof(text), "[cluster.a]\nhosts = h:1\n[health]\nconninfo = user=%0400d\n",
+		 7);
+	c = config_load(write_file("long.ini", text), err, sizeof(err));
+	/* inih would cut the line; we refuse it rather than use half a value. */
+	assert_null(c);
+	assert_non_null(strstr(err, ":4: line longer than"));
+}
+
+static void test_config_durations(void **state)
+{
+	static const struct {
+		const char *in;
+		bool ok;
+		uint64_t ms;
+	} cases[] = {
+		{"500ms", true, 500}, {"5s", true, 5000}, {"5", true, 5000},  {"2m", true, 120000},
+		{"1min", true, 60000}, {"1h", true, 3600000}, {"0", true, 0}, {"", false, 0},
+		{"-1s", false, 0},   {"5 s", true, 5000}, {"5x", false, 0},   {"s", false, 0},
+		{"99999999999h", false, 0},
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		uint64_t ms = 0;
+
+		assert_int_equal(config_parse_duration(cases[i].in, &ms), cases[i].ok);
+		if (cases[i].ok)
+			assert_int_equal(ms, cases[i].ms);
+	}
+}
+
+static void test_config_host_port(void **state)
+{
+	static const struct {
+		const char *in;
+		bool ok;
+		const char *host;
+		uint16_t port;
+	} cases[] = {
+		{"127.0.0.1:5433", true, "127.0.0.1", 5433},
+		{"db", true, "db", 5432},
+		{"[::1]:6000", true, "::1", 6000},
+		{"[::1]", true, "::1", 5432},
+		{"::1", true, "::1", 5432},
+		{"h:0", false, NULL, 0},
+		{"h:65536", false, NULL, 0},
+		{":5432", false, NULL, 0},
+		{"[::1", false, NULL, 0},
+		{"[::1]x", false, NULL, 0},
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct host_port hp = {0};
+
+		assert_int_equal(config_parse_host_port(cases[i].in, 5432, &hp), cases[i].ok);
+		if (cases[i].ok) {
+			assert_string_equal(hp.host, cases[i].host);
+			assert_int_equal(hp.port, cases[i].port);
+		}
+		free(hp.host);
+	}
+}
+
+static void test_config_refcount(void **state)
+{
+	char err[4096];
+	struct config *c = config_load(write_file("rc.ini", base), err, sizeof(err));
+
+	assert_non_null(c);
+	assert_ptr_equal(config_ref(c), c);
+	config_unref(c);
+	/* Still alive: one reference left. */
+	assert_int_equal(config_cluster_index(c, "b"), 1);
+	assert_int_equal(config_cluster_index(c, "zz"), -1);
+	config_unref(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_config_defaults),
+		cmocka_unit_test(test_config_all_keys),
+		cmocka_unit_test(test_config_reports_every_problem),
+		cmocka_unit_test(test_config_duplicates_and_syntax),
+		cmocka_unit_test(test_config_no_cluster),
+		cmocka_unit_test(test_config_missing_file),
+		cmocka_unit_test(test_config_pin_conflicts),
+		cmocka_unit_test(test_config_bad_pins_file),
+		cmocka_unit_test(test_config_long_line),
+		cmocka_unit_test(test_config_durations),
+		cmocka_unit_test(test_config_host_port),
+		cmocka_unit_test(test_config_refcount),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
