@@ -35,7 +35,8 @@ struct rd {
 static inline void rd_init(struct rd *r, const void *buf, size_t len)
 {
 	r->p = buf;
-	r->end = r->p + len;
+	/* NULL + 0 is undefined in C: an empty reader just has end == p. */
+	r->end = len ? r->p + len : r->p;
 }
 
 static inline size_t rd_left(const struct rd *r)

@@ -40,8 +40,8 @@
 
 /* How long a closing session may take to flush what it owes its peer. */
 #define CLOSE_FLUSH_MS 10000
-/* Room for the startup packet plus the tenant parameter we may add. */
-#define FORWARD_CAP (PROTO_MAX_STARTUP_LEN + 64 + STARTUP_MAX_TENANT_LEN + 2)
+/* What we forward must stay within the server's own startup packet limit. */
+#define FORWARD_CAP PROTO_MAX_STARTUP_LEN
 /* Server messages during login are small; anything near this is broken. */
 #define AUTH_MSG_MAX (1u << 24)
 

@@ -50,7 +50,11 @@ bool rd_bytes(struct rd *r, size_t n, const uint8_t **v)
 
 bool rd_cstr(struct rd *r, const char **s, size_t *len)
 {
-	const uint8_t *nul = memchr(r->p, 0, rd_left(r));
+	const uint8_t *nul;
+
+	if (rd_left(r) == 0)
+		return false;
+	nul = memchr(r->p, 0, rd_left(r));
 
 	if (nul == NULL)
 		return false;

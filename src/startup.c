@@ -172,7 +172,7 @@ static const char pg_switches[] = "B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:"
 /* 1: switch with argument, 0: switch without, -1: unknown (the server refuses it). */
 static int switch_kind(char ch)
 {
-	const char *p = ch != ':' ? strchr(pg_switches, ch) : NULL;
+	const char *p = ch != ':' && ch != '\0' ? strchr(pg_switches, ch) : NULL;
 
 	if (p == NULL)
 		return -1;
@@ -231,6 +231,7 @@ struct find_ctx {
 	struct tenant *t;
 	enum tenant_result res;
 	bool found;
+	bool verify; /* a disabled source: it may only disagree, never supply */
 };
 
 /* Records one candidate value; a second, different value is a conflict. */
@@ -238,6 +239,11 @@ static void candidate(struct find_ctx *fc, const char *v, size_t vl, unsigned sr
 {
 	if (fc->res == TENANT_CONFLICT || fc->res == TENANT_TOO_LONG)
 		return;
+	if (fc->verify) {
+		if (fc->found && (fc->t->len != vl || memcmp(fc->t->name, v, vl) != 0))
+			fc->res = TENANT_CONFLICT;
+		return;
+	}
 	if (vl > STARTUP_MAX_TENANT_LEN) {
 		fc->res = TENANT_TOO_LONG;
 		return;
@@ -263,6 +269,25 @@ static bool option_cb(void *arg, const char *name, size_t nlen, const char *val,
 	return true;
 }
 
+static void scan_options(struct find_ctx *fc, const struct startup *st)
+{
+	const struct startup_param *o = startup_get(st, "options");
+
+	if (o)
+		startup_each_option(o->val, o->vlen, option_cb, fc);
+}
+
+static void scan_parameters(struct find_ctx *fc, const struct startup *st)
+{
+	/* The server matches GUC names without regard to case. */
+	for (size_t i = 0; i < st->nparams; i++) {
+		const struct startup_param *p = &st->params[i];
+
+		if (strcasecmp(p->key, fc->rule->key) == 0)
+			candidate(fc, p->val, p->vlen, TENANT_SRC_PARAMETER);
+	}
+}
+
 /* The part after the last separator, if any, as a candidate. */
 static bool suffix_candidate(struct find_ctx *fc, const struct startup_param *p, unsigned src)
 {
@@ -283,26 +308,25 @@ enum tenant_result startup_find_tenant(const struct startup *st, const struct te
 	struct find_ctx fc = {.rule = rule, .t = t, .res = TENANT_FOUND, .found = false};
 
 	memset(t, 0, sizeof(*t));
-	if (rule->sources & TENANT_SRC_OPTIONS) {
-		const struct startup_param *o = startup_get(st, "options");
-
-		if (o)
-			startup_each_option(o->val, o->vlen, option_cb, &fc);
-	}
-	if (rule->sources & TENANT_SRC_PARAMETER) {
-		/* The server matches GUC names without regard to case. */
-		for (size_t i = 0; i < st->nparams; i++) {
-			const struct startup_param *p = &st->params[i];
-
-			if (strcasecmp(p->key, rule->key) == 0)
-				candidate(&fc, p->val, p->vlen, TENANT_SRC_PARAMETER);
-		}
-	}
+	if (rule->sources & TENANT_SRC_OPTIONS)
+		scan_options(&fc, st);
+	if (rule->sources & TENANT_SRC_PARAMETER)
+		scan_parameters(&fc, st);
 	if (rule->sources & TENANT_SRC_USER)
 		t->strip_user = suffix_candidate(&fc, startup_get(st, "user"), TENANT_SRC_USER);
 	if (rule->sources & TENANT_SRC_DATABASE)
 		t->strip_database =
 			suffix_candidate(&fc, startup_get(st, "database"), TENANT_SRC_DATABASE);
+	/*
+	 * The server applies the setting from options and from a startup
+	 * parameter whatever our sources say; a disabled source that disagrees
+	 * with the tenant we route by would set another tenant there.
+	 */
+	fc.verify = true;
+	if (!(rule->sources & TENANT_SRC_OPTIONS))
+		scan_options(&fc, st);
+	if (!(rule->sources & TENANT_SRC_PARAMETER))
+		scan_parameters(&fc, st);
 	if (fc.res != TENANT_FOUND)
 		return fc.res;
 	if (!fc.found || t->len == 0)

@@ -21,13 +21,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "fuzz_proto: check failed: %s (%s:%d)\n", #cond,   \
-				__FILE__, __LINE__);                                       \
-			abort();                                                           \
-		}                                                                          \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_proto: check failed: %s (%s:%d)\n", #cond, __FILE__, \
+			        __LINE__);                                                         \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 /* Unicode 15, Table 3-7: the well-formed UTF-8 byte sequences. */
@@ -85,7 +85,7 @@ static void check_utf8(const uint8_t *p, size_t n)
 
 	if (got != want)
 		fprintf(stderr, "fuzz_proto: proto_is_utf8 says %d, reference says %d\n", got,
-			want);
+		        want);
 	CHECK(got == want);
 }
 

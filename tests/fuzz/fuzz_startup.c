@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 	do {                                                                               \
 		if (!(cond)) {                                                             \
 			fprintf(stderr, "fuzz_startup: check failed: %s (%s:%d)\n", #cond, \
-				__FILE__, __LINE__);                                       \
+			        __FILE__, __LINE__);                                       \
 			abort();                                                           \
 		}                                                                          \
 	} while (0)
@@ -49,15 +49,15 @@ static void check_params(const struct startup *st, const uint8_t *buf, size_t le
 }
 
 static void check_forward(const struct startup *st, const struct tenant_rule *rule,
-			  const struct tenant *t)
+                          const struct tenant *t)
 {
 	/* 10 KB, but the packet must fit what PostgreSQL accepts (see report). */
 	static uint8_t out[10240];
 	struct startup st2;
 	struct tenant t2;
 	struct tenant_rule server_view = {.key = KEY,
-					  .sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER,
-					  .separator = rule->separator};
+	                                  .sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER,
+	                                  .separator = rule->separator};
 	const char *why = NULL;
 	size_t n = startup_build_forward(st, rule, t, out, PROTO_MAX_STARTUP_LEN);
 	uint8_t *copy;
@@ -97,9 +97,9 @@ static void check_forward(const struct startup *st, const struct tenant_rule *ru
 static void check_tenant(const struct startup *st, char sep)
 {
 	struct tenant_rule rule = {.key = KEY,
-				   .sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER |
-					      TENANT_SRC_USER | TENANT_SRC_DATABASE,
-				   .separator = sep};
+	                           .sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER |
+	                                      TENANT_SRC_USER | TENANT_SRC_DATABASE,
+	                           .separator = sep};
 	struct tenant t;
 	enum tenant_result r = startup_find_tenant(st, &rule, &t);
 

@@ -6,7 +6,7 @@
 # (default 10) on a scratch copy of tests/fuzz/corpus/<target>/ (the seeds in
 # git stay as they are), and prints one line per target. Exits non-zero if a
 # target fails to build, crashes, or trips a check; the input that did it is
-# kept as build/fuzz/crash-<target>-*. When clang's fuzzer runtime is missing
+# kept as build/fuzz/<target>-crash-* (replay: build/fuzz/fuzz_<target> FILE). When clang's fuzzer runtime is missing
 # (Debian: apt-get install clang-14 libclang-rt-14-dev) it says so and exits 0.
 #
 # Environment: FUZZ_CC (default clang), FUZZ_TARGETS (default "startup proto").
@@ -68,8 +68,12 @@ for t in $targets; do
 	if [ -d "tests/fuzz/corpus/$t" ]; then
 		cp -R "tests/fuzz/corpus/$t/." "$corpus/"
 	fi
-	"$bin" -max_len=12000 -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
-		-artifact_prefix="$out/crash-$t-" "$corpus" >>"$log" 2>&1
+	# In a subshell that waits (no exec), so bash's "Aborted" notice goes to the log.
+	(
+		"$bin" -max_len=12000 -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+			-artifact_prefix="$out/$t-" "$corpus"
+		exit $?
+	) >>"$log" 2>&1
 	rc=$?
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 	ncorpus=$(find "$corpus" -type f | wc -l)

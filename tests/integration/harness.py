@@ -27,6 +27,7 @@ SLOW = 2.0 if SAN else 1.0
 
 APP_PASSWORD = "app"
 MD5_PASSWORD = "md5pw"
+CLEARTEXT_PASSWORD = "Cleartext-Secret-991"
 
 # Health settings every test router uses unless a test overrides them.
 HEALTH_INTERVAL = 0.2
@@ -79,8 +80,11 @@ class PgServer:
 
     HBA = (
         "local all all trust\n"
+        "local replication all trust\n"
+        "host replication postgres 127.0.0.1/32 trust\n"
         "host all postgres 127.0.0.1/32 trust\n"
         "host all trustuser 127.0.0.1/32 trust\n"
+        "host all pwuser 127.0.0.1/32 password\n"
         "host all md5user 127.0.0.1/32 md5\n"
         "host all all 127.0.0.1/32 scram-sha-256\n"
     )
@@ -109,6 +113,15 @@ class PgServer:
             raise RuntimeError(f"{' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}\n"
                                f"server log:\n{_tail(self.logfile)}")
         return r
+
+    def init_standby_of(self, primary):
+        """A streaming standby of primary (pg_basebackup -R); start() it afterwards."""
+        self._cmd([os.path.join(PGBIN, "pg_basebackup"), "-h", "127.0.0.1",
+                   "-p", str(primary.port), "-U", "postgres", "-D", self.data, "-R",
+                   "-X", "stream", "--no-sync", "-c", "fast"], timeout=120)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(f"\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.sockdir}'\n")
 
     def init(self):
         self._cmd([os.path.join(PGBIN, "initdb"), "-D", self.data, "-U", "postgres",
@@ -166,6 +179,7 @@ class PgServer:
             conn.execute("SET password_encryption = 'md5'")
             conn.execute(f"CREATE ROLE md5user LOGIN PASSWORD '{MD5_PASSWORD}'")
         self.sql("CREATE ROLE trustuser LOGIN")
+        self.sql(f"CREATE ROLE pwuser LOGIN PASSWORD '{CLEARTEXT_PASSWORD}'")
         self.sql("CREATE DATABASE appdb OWNER app")
 
     def cleanup(self):

@@ -92,6 +92,7 @@ def test_health_cluster_down_then_back(router, clusters):
         b_srv.start()
     assert first is not None, f"no 57P03 within 5 s of stopping b; saw {other[-10:]}"
     elapsed, fields = first
+    print(f"first 57P03 {elapsed:.3f}s after b stopped: {fields}; before: {other[-5:]}")
     assert elapsed <= bound, (f"first 57P03 {elapsed:.3f}s after b stopped, bound {bound:.2f}s "
                               f"(interval {interval}s x fail_after {harness.HEALTH_FAIL_AFTER})")
     assert fields["M"].startswith("tenant-router"), fields

@@ -165,3 +165,63 @@ def test_protocol_3_2_startup_passes_through(router, clusters, user):
         else:
             assert code == 10, f"expected AuthenticationSASL, got {code}"
     assert_router_ok(router, clusters)
+
+
+def test_protocol_startup_in_one_byte_segments(router, clusters):
+    params = GOOD[:2] + [("app.tenant_id", "seg-tenant")]
+    want = clusters[router.route(["seg-tenant"])["seg-tenant"][0]].port
+    with rawpg.RawConn(router.port) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pkt = rawpg.startup_packet(params)
+        for i in range(len(pkt)):
+            c.send(pkt[i:i + 1])
+            time.sleep(0.001)
+        msgs = []
+        while not msgs or msgs[-1] != "Z":
+            t, body = c.recv_msg()
+            assert t != "E", rawpg.parse_fields(body)
+            msgs.append(t)
+        assert rawpg.simple_query(c, "SELECT inet_server_port()") == [[str(want)]]
+
+
+def test_protocol_large_valid_startup_packet(router, clusters):
+    # ~6 kB of options: below PostgreSQL's 10000-byte startup limit, so it must pass.
+    with rawpg.RawConn(router.port) as c:
+        rawpg.login(c, GOOD + [("options", "-c search_path=" + "s" * 6000)])
+        assert rawpg.simple_query(c, "SELECT length(current_setting('search_path'))") == \
+            [["6000"]]
+
+
+@pytest.mark.parametrize("where", ["options_twice", "options_and_parameter"])
+def test_protocol_two_different_tenants_refused(router, where):
+    """A connection naming two tenants must be refused, never routed by one and tagged with
+    the other (the server would apply the last one it sees)."""
+    if where == "options_twice":
+        params = GOOD[:2] + [("options", "-c app.tenant_id=x1 -c app.tenant_id=x2")]
+    else:
+        params = GOOD[:2] + [("options", "-c app.tenant_id=x1"), ("app.tenant_id", "x2")]
+    with rawpg.RawConn(router.port) as c:
+        c.send(rawpg.startup_packet(params))
+        t, body = c.recv_msg()
+        assert t == "E", f"accepted a connection with two tenants: first message {t!r}"
+        f = rawpg.parse_fields(body)
+        assert f["S"] == "FATAL" and f["C"] in ("08004", "08P01") and f.get("H"), f
+
+
+def test_protocol_tenant_key_is_case_insensitive_like_postgres(router, clusters):
+    """PostgreSQL folds GUC names, so -c APP.TENANT_ID=x sets app.tenant_id on the server:
+    the router must route by that same tenant (or refuse), never ignore it."""
+    t = "case-tenant"
+    want = clusters[router.route([t])[t][0]].port
+    with rawpg.RawConn(router.port) as c:
+        c.send(rawpg.startup_packet(GOOD[:2] + [("options", f"-c APP.TENANT_ID={t}")]))
+        first, body = c.recv_msg()
+        if first == "E":
+            f = rawpg.parse_fields(body)
+            assert f["S"] == "FATAL", f
+            return
+        while first != "Z":
+            first, body = c.recv_msg()
+            assert first != "E", rawpg.parse_fields(body)
+        rows = rawpg.simple_query(c, "SELECT inet_server_port(), current_setting('app.tenant_id')")
+        assert rows == [[str(want), t]]

@@ -209,18 +209,22 @@ struct frame_case {
 static void test_proto_frame_msg_table(void **state)
 {
 	static const struct frame_case cases[] = {
-		{"empty", {0}, 0, 100, PROTO_NEED_MORE, 0},
-		{"type only", {'Q'}, 1, 100, PROTO_NEED_MORE, 0},
-		{"4 bytes", {'Q', 0, 0, 0}, 4, 100, PROTO_NEED_MORE, 0},
-		{"length 0", {'Q', 0, 0, 0, 0}, 5, 100, PROTO_BAD, 0},
-		{"length 3", {'Q', 0, 0, 0, 3}, 5, 100, PROTO_BAD, 0},
-		{"length 4 (empty body)", {'S', 0, 0, 0, 4}, 5, 100, PROTO_OK, 5},
-		{"length at max", {'D', 0, 0, 0, 100}, 5, 100, PROTO_OK, 101},
-		{"length max+1", {'D', 0, 0, 0, 101}, 5, 100, PROTO_BAD, 0},
-		{"top bit set", {'D', 0x80, 0, 0, 0}, 5, UINT32_MAX, PROTO_BAD, 0},
-		{"INT32_MAX", {'D', 0x7F, 0xFF, 0xFF, 0xFF}, 5, UINT32_MAX, PROTO_OK,
-		 (size_t)INT32_MAX + 1},
-		{"all ones", {'D', 0xFF, 0xFF, 0xFF, 0xFF}, 5, UINT32_MAX, PROTO_BAD, 0},
+	        {"empty", {0}, 0, 100, PROTO_NEED_MORE, 0},
+	        {"type only", {'Q'}, 1, 100, PROTO_NEED_MORE, 0},
+	        {"4 bytes", {'Q', 0, 0, 0}, 4, 100, PROTO_NEED_MORE, 0},
+	        {"length 0", {'Q', 0, 0, 0, 0}, 5, 100, PROTO_BAD, 0},
+	        {"length 3", {'Q', 0, 0, 0, 3}, 5, 100, PROTO_BAD, 0},
+	        {"length 4 (empty body)", {'S', 0, 0, 0, 4}, 5, 100, PROTO_OK, 5},
+	        {"length at max", {'D', 0, 0, 0, 100}, 5, 100, PROTO_OK, 101},
+	        {"length max+1", {'D', 0, 0, 0, 101}, 5, 100, PROTO_BAD, 0},
+	        {"top bit set", {'D', 0x80, 0, 0, 0}, 5, UINT32_MAX, PROTO_BAD, 0},
+	        {"INT32_MAX",
+	         {'D', 0x7F, 0xFF, 0xFF, 0xFF},
+	         5,
+	         UINT32_MAX,
+	         PROTO_OK,
+	         (size_t)INT32_MAX + 1},
+	        {"all ones", {'D', 0xFF, 0xFF, 0xFF, 0xFF}, 5, UINT32_MAX, PROTO_BAD, 0},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -252,19 +256,23 @@ struct startup_frame_case {
 static void test_proto_frame_startup_table(void **state)
 {
 	static const struct startup_frame_case cases[] = {
-		{"empty", {0}, 0, PROTO_NEED_MORE, 0, 0},
-		{"3 bytes", {0, 0, 0}, 3, PROTO_NEED_MORE, 0, 0},
-		/* The length is judged as soon as its four bytes are in. */
-		{"length 7 with 4 bytes", {0, 0, 0, 7}, 4, PROTO_BAD, 0, 0},
-		{"length 0 with 4 bytes", {0, 0, 0, 0}, 4, PROTO_BAD, 0, 0},
-		{"length 10001 with 4 bytes", {0, 0, 0x27, 0x11}, 4, PROTO_BAD, 0, 0},
-		{"length 2^32-1 with 4 bytes", {0xFF, 0xFF, 0xFF, 0xFF}, 4, PROTO_BAD, 0, 0},
-		{"length 8 with 4 bytes", {0, 0, 0, 8}, 4, PROTO_NEED_MORE, 0, 0},
-		{"length 8 with 7 bytes", {0, 0, 0, 8, 0x04, 0xD2, 0x16}, 7, PROTO_NEED_MORE, 0, 0},
-		{"SSLRequest", {0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F}, 8, PROTO_OK, 8,
-		 PROTO_CODE_SSL},
-		{"length 10000", {0, 0, 0x27, 0x10, 0, 3, 0, 0}, 8, PROTO_OK, 10000, 0x00030000u},
-		{"length 10001", {0, 0, 0x27, 0x11, 0, 3, 0, 0}, 8, PROTO_BAD, 0, 0},
+	        {"empty", {0}, 0, PROTO_NEED_MORE, 0, 0},
+	        {"3 bytes", {0, 0, 0}, 3, PROTO_NEED_MORE, 0, 0},
+	        /* The length is judged as soon as its four bytes are in. */
+	        {"length 7 with 4 bytes", {0, 0, 0, 7}, 4, PROTO_BAD, 0, 0},
+	        {"length 0 with 4 bytes", {0, 0, 0, 0}, 4, PROTO_BAD, 0, 0},
+	        {"length 10001 with 4 bytes", {0, 0, 0x27, 0x11}, 4, PROTO_BAD, 0, 0},
+	        {"length 2^32-1 with 4 bytes", {0xFF, 0xFF, 0xFF, 0xFF}, 4, PROTO_BAD, 0, 0},
+	        {"length 8 with 4 bytes", {0, 0, 0, 8}, 4, PROTO_NEED_MORE, 0, 0},
+	        {"length 8 with 7 bytes", {0, 0, 0, 8, 0x04, 0xD2, 0x16}, 7, PROTO_NEED_MORE, 0, 0},
+	        {"SSLRequest",
+	         {0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F},
+	         8,
+	         PROTO_OK,
+	         8,
+	         PROTO_CODE_SSL},
+	        {"length 10000", {0, 0, 0x27, 0x10, 0, 3, 0, 0}, 8, PROTO_OK, 10000, 0x00030000u},
+	        {"length 10001", {0, 0, 0x27, 0x11, 0, 3, 0, 0}, 8, PROTO_BAD, 0, 0},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -290,7 +298,7 @@ static void test_proto_frame_startup_table(void **state)
  * on PROTO_BAD. Types and totals are appended to the arrays.
  */
 static int frame_stream(const uint8_t *buf, size_t len, uint32_t max, uint8_t *types,
-			size_t *totals, size_t cap)
+                        size_t *totals, size_t cap)
 {
 	size_t off = 0;
 	int n = 0;
@@ -316,10 +324,8 @@ static void test_proto_frame_msg_byte_at_a_time(void **state)
 {
 	/* ParameterStatus, BackendKeyData, ReadyForQuery, then a bad length. */
 	static const uint8_t stream[] = {
-		'S', 0, 0, 0, 12, 'a', 'b', 0, 'c', 'd', 'e', 'f', 0,
-		'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2,
-		'Z', 0, 0, 0, 5, 'I',
-		'X', 0, 0, 0, 3,
+	        'S', 0, 0, 0, 12, 'a', 'b', 0,   'c', 'd', 'e', 'f', 0,   'K', 0, 0, 0, 12, 0,
+	        0,   0, 1, 0, 0,  0,   2,   'Z', 0,   0,   0,   5,   'I', 'X', 0, 0, 0, 3,
 	};
 	uint8_t types_all[8], types_inc[8];
 	size_t totals_all[8], totals_inc[8];
@@ -362,8 +368,8 @@ static void test_proto_wbuf_builds_and_backpatches(void **state)
 	uint8_t buf[32];
 	struct wbuf w;
 	static const uint8_t want[] = {
-		'Q', 0, 0, 0, 8, 's', 'e', 'l', 0,	 /* typed */
-		0, 0, 0, 10, 0x00, 0x03, 0x00, 0x00, 'x', 0, /* untyped */
+	        'Q', 0, 0, 0,  8,    's',  'e',  'l',  0,      /* typed */
+	        0,   0, 0, 10, 0x00, 0x03, 0x00, 0x00, 'x', 0, /* untyped */
 	};
 
 	wb_init(&w, buf, sizeof(buf));
@@ -446,12 +452,12 @@ static void test_proto_wbuf_zero_capacity(void **state)
 static void test_proto_error_response_exact_bytes(void **state)
 {
 	static const uint8_t want[] = "E\0\0\0\x25"
-				      "SFATAL\0"
-				      "VFATAL\0"
-				      "C08P01\0"
-				      "Mbad\0"
-				      "Hhint\0"
-				      "";
+	                              "SFATAL\0"
+	                              "VFATAL\0"
+	                              "C08P01\0"
+	                              "Mbad\0"
+	                              "Hhint\0"
+	                              "";
 	uint8_t buf[64];
 	struct wbuf w;
 
@@ -467,13 +473,13 @@ static void test_proto_error_response_exact_bytes(void **state)
 static void test_proto_error_response_with_detail_bytes(void **state)
 {
 	static const uint8_t want[] = "E\0\0\0\x23"
-				      "SERROR\0"
-				      "VERROR\0"
-				      "C57P03\0"
-				      "Mm\0"
-				      "Dd\0"
-				      "Hh\0"
-				      "";
+	                              "SERROR\0"
+	                              "VERROR\0"
+	                              "C57P03\0"
+	                              "Mm\0"
+	                              "Dd\0"
+	                              "Hh\0"
+	                              "";
 	uint8_t buf[64];
 	struct wbuf w;
 
@@ -495,9 +501,8 @@ static void test_proto_error_response_round_trip(void **state)
 	uint8_t *body;
 
 	wb_init(&w, buf, sizeof(buf));
-	proto_error_response(&w, "FATAL", "08004",
-			     "tenant-router: no tenant in the startup packet",
-			     "sources: options, parameter", "set options=-c app.tenant_id=...");
+	proto_error_response(&w, "FATAL", "08004", "tenant-router: no tenant in the startup packet",
+	                     "sources: options, parameter", "set options=-c app.tenant_id=...");
 	assert_false(w.failed);
 	assert_int_equal(proto_frame_msg(buf, w.len, 1000, &type, &total), PROTO_OK);
 	assert_int_equal(type, 'E');
@@ -549,22 +554,22 @@ struct perr_case {
 static void test_proto_parse_error_table(void **state)
 {
 	static const struct perr_case cases[] = {
-		{"empty body", LIT(""), PROTO_BAD, NULL, NULL, NULL, NULL},
-		{"terminator only", LIT("\0"), PROTO_OK, NULL, NULL, NULL, NULL},
-		{"V wins over S, S first", LIT("SFEHLER\0VERROR\0C42601\0Mx\0\0"), PROTO_OK, "ERROR",
-		 "42601", "x", NULL},
-		{"V wins over S, V first", LIT("VERROR\0SFEHLER\0\0"), PROTO_OK, "ERROR", NULL, NULL,
-		 NULL},
-		{"S alone (pre-9.6)", LIT("SFATAL\0C28P01\0Mauth\0\0"), PROTO_OK, "FATAL", "28P01",
-		 "auth", NULL},
-		{"unknown fields skipped", LIT("Pxx\0Hdo it\0qabc\0\0"), PROTO_OK, NULL, NULL, NULL,
-		 "do it"},
-		{"empty value", LIT("M\0\0"), PROTO_OK, NULL, NULL, "", NULL},
-		{"no terminator", LIT("SFATAL\0"), PROTO_BAD, NULL, NULL, NULL, NULL},
-		{"field without NUL", LIT("SFATAL"), PROTO_BAD, NULL, NULL, NULL, NULL},
-		{"code without value", LIT("S"), PROTO_BAD, NULL, NULL, NULL, NULL},
-		{"bytes after terminator", LIT("SFATAL\0\0x"), PROTO_BAD, NULL, NULL, NULL, NULL},
-		{"NUL after terminator", LIT("\0\0"), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"empty body", LIT(""), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"terminator only", LIT("\0"), PROTO_OK, NULL, NULL, NULL, NULL},
+	        {"V wins over S, S first", LIT("SFEHLER\0VERROR\0C42601\0Mx\0\0"), PROTO_OK,
+	         "ERROR", "42601", "x", NULL},
+	        {"V wins over S, V first", LIT("VERROR\0SFEHLER\0\0"), PROTO_OK, "ERROR", NULL,
+	         NULL, NULL},
+	        {"S alone (pre-9.6)", LIT("SFATAL\0C28P01\0Mauth\0\0"), PROTO_OK, "FATAL", "28P01",
+	         "auth", NULL},
+	        {"unknown fields skipped", LIT("Pxx\0Hdo it\0qabc\0\0"), PROTO_OK, NULL, NULL, NULL,
+	         "do it"},
+	        {"empty value", LIT("M\0\0"), PROTO_OK, NULL, NULL, "", NULL},
+	        {"no terminator", LIT("SFATAL\0"), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"field without NUL", LIT("SFATAL"), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"code without value", LIT("S"), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"bytes after terminator", LIT("SFATAL\0\0x"), PROTO_BAD, NULL, NULL, NULL, NULL},
+	        {"NUL after terminator", LIT("\0\0"), PROTO_BAD, NULL, NULL, NULL, NULL},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -576,14 +581,14 @@ static void test_proto_parse_error_table(void **state)
 		if (got != c->want)
 			fail_msg("%s: status %d, want %d", c->name, got, c->want);
 		if (got == PROTO_OK) {
-#define FIELD_EQ(fld)                                                                          \
-	do {                                                                                   \
-		if (c->fld == NULL)                                                            \
-			assert_null(f.fld);                                                    \
-		else {                                                                         \
-			assert_non_null(f.fld);                                                \
-			assert_string_equal(f.fld, c->fld);                                    \
-		}                                                                              \
+#define FIELD_EQ(fld)                                       \
+	do {                                                \
+		if (c->fld == NULL)                         \
+			assert_null(f.fld);                 \
+		else {                                      \
+			assert_non_null(f.fld);             \
+			assert_string_equal(f.fld, c->fld); \
+		}                                           \
 	} while (0)
 			FIELD_EQ(severity);
 			FIELD_EQ(sqlstate);
@@ -603,8 +608,8 @@ static void test_proto_parse_error_truncated_at_every_offset(void **state)
 	size_t blen;
 
 	wb_init(&w, buf, sizeof(buf));
-	proto_error_response(&w, "FATAL", "57P03", "tenant-router: cluster a has no writer",
-			     "d", "retry later");
+	proto_error_response(&w, "FATAL", "57P03", "tenant-router: cluster a has no writer", "d",
+	                     "retry later");
 	assert_false(w.failed);
 	blen = w.len - 5;
 	for (size_t k = 0; k <= blen; k++) {
@@ -631,44 +636,47 @@ struct utf8_case {
 static void test_proto_is_utf8_table(void **state)
 {
 	static const struct utf8_case cases[] = {
-		{"empty", LIT(""), true},
-		{"ascii", LIT("hello, world 42"), true},
-		{"ascii DEL", LIT("\x7f"), true},
-		{"2-byte U+00E9", LIT("caf\xc3\xa9"), true},
-		{"2-byte lowest U+0080", LIT("\xc2\x80"), true},
-		{"2-byte highest U+07FF", LIT("\xdf\xbf"), true},
-		{"3-byte U+20AC", LIT("\xe2\x82\xac"), true},
-		{"3-byte lowest U+0800", LIT("\xe0\xa0\x80"), true},
-		{"3-byte U+D7FF before surrogates", LIT("\xed\x9f\xbf"), true},
-		{"3-byte U+E000 after surrogates", LIT("\xee\x80\x80"), true},
-		{"3-byte U+FFFF", LIT("\xef\xbf\xbf"), true},
-		{"4-byte U+1F600", LIT("\xf0\x9f\x98\x80"), true},
-		{"4-byte lowest U+10000", LIT("\xf0\x90\x80\x80"), true},
-		{"4-byte highest U+10FFFF", LIT("\xf4\x8f\xbf\xbf"), true},
-		{"mixed", LIT("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80z"), true},
-		{"overlong C0 80 (NUL)", LIT("\xc0\x80"), false},
-		{"overlong C1 BF", LIT("\xc1\xbf"), false},
-		{"overlong E0 80 80", LIT("\xe0\x80\x80"), false},
-		{"overlong E0 9F BF", LIT("\xe0\x9f\xbf"), false},
-		{"overlong F0 80 80 80", LIT("\xf0\x80\x80\x80"), false},
-		{"overlong F0 8F BF BF", LIT("\xf0\x8f\xbf\xbf"), false},
-		{"surrogate ED A0 80", LIT("\xed\xa0\x80"), false},
-		{"surrogate ED BF BF", LIT("\xed\xbf\xbf"), false},
-		{"F4 90 80 80 > U+10FFFF", LIT("\xf4\x90\x80\x80"), false},
-		{"F5 lead", LIT("\xf5\x80\x80\x80"), false},
-		{"F8 lead", LIT("\xf8\x88\x80\x80\x80"), false},
-		{"FE", LIT("\xfe"), false},
-		{"FF", LIT("\xff"), false},
-		{"lone continuation 80", LIT("\x80"), false},
-		{"lone continuation BF after ascii", LIT("a\xbf"), false},
-		{"truncated 2-byte", LIT("\xc3"), false},
-		{"truncated 3-byte (1 of 2)", LIT("\xe2"), false},
-		{"truncated 3-byte (2 of 2)", LIT("\xe2\x82"), false},
-		{"truncated 4-byte (3 of 3)", LIT("\xf0\x9f\x98"), false},
-		{"truncated then ascii", LIT("\xe2\x82" "a"), false},
-		{"bad continuation", LIT("\xc3\x28"), false},
-		{"bad 3rd byte", LIT("\xe2\x82\x28"), false},
-		{"bad 4th byte", LIT("\xf0\x9f\x98\xc0"), false},
+	        {"empty", LIT(""), true},
+	        {"ascii", LIT("hello, world 42"), true},
+	        {"ascii DEL", LIT("\x7f"), true},
+	        {"2-byte U+00E9", LIT("caf\xc3\xa9"), true},
+	        {"2-byte lowest U+0080", LIT("\xc2\x80"), true},
+	        {"2-byte highest U+07FF", LIT("\xdf\xbf"), true},
+	        {"3-byte U+20AC", LIT("\xe2\x82\xac"), true},
+	        {"3-byte lowest U+0800", LIT("\xe0\xa0\x80"), true},
+	        {"3-byte U+D7FF before surrogates", LIT("\xed\x9f\xbf"), true},
+	        {"3-byte U+E000 after surrogates", LIT("\xee\x80\x80"), true},
+	        {"3-byte U+FFFF", LIT("\xef\xbf\xbf"), true},
+	        {"4-byte U+1F600", LIT("\xf0\x9f\x98\x80"), true},
+	        {"4-byte lowest U+10000", LIT("\xf0\x90\x80\x80"), true},
+	        {"4-byte highest U+10FFFF", LIT("\xf4\x8f\xbf\xbf"), true},
+	        {"mixed", LIT("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80z"), true},
+	        {"overlong C0 80 (NUL)", LIT("\xc0\x80"), false},
+	        {"overlong C1 BF", LIT("\xc1\xbf"), false},
+	        {"overlong E0 80 80", LIT("\xe0\x80\x80"), false},
+	        {"overlong E0 9F BF", LIT("\xe0\x9f\xbf"), false},
+	        {"overlong F0 80 80 80", LIT("\xf0\x80\x80\x80"), false},
+	        {"overlong F0 8F BF BF", LIT("\xf0\x8f\xbf\xbf"), false},
+	        {"surrogate ED A0 80", LIT("\xed\xa0\x80"), false},
+	        {"surrogate ED BF BF", LIT("\xed\xbf\xbf"), false},
+	        {"F4 90 80 80 > U+10FFFF", LIT("\xf4\x90\x80\x80"), false},
+	        {"F5 lead", LIT("\xf5\x80\x80\x80"), false},
+	        {"F8 lead", LIT("\xf8\x88\x80\x80\x80"), false},
+	        {"FE", LIT("\xfe"), false},
+	        {"FF", LIT("\xff"), false},
+	        {"lone continuation 80", LIT("\x80"), false},
+	        {"lone continuation BF after ascii", LIT("a\xbf"), false},
+	        {"truncated 2-byte", LIT("\xc3"), false},
+	        {"truncated 3-byte (1 of 2)", LIT("\xe2"), false},
+	        {"truncated 3-byte (2 of 2)", LIT("\xe2\x82"), false},
+	        {"truncated 4-byte (3 of 3)", LIT("\xf0\x9f\x98"), false},
+	        {"truncated then ascii",
+	         LIT("\xe2\x82"
+	             "a"),
+	         false},
+	        {"bad continuation", LIT("\xc3\x28"), false},
+	        {"bad 3rd byte", LIT("\xe2\x82\x28"), false},
+	        {"bad 4th byte", LIT("\xf0\x9f\x98\xc0"), false},
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
@@ -685,7 +693,7 @@ static void test_proto_is_utf8_truncated_sequences_at_end(void **state)
 {
 	/* Every strict prefix of a multi-byte sequence fails; the whole passes. */
 	static const char *const seqs[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
-					   "\xf4\x8f\xbf\xbf"};
+	                                   "\xf4\x8f\xbf\xbf"};
 
 	for (size_t i = 0; i < ARRAY_SIZE(seqs); i++) {
 		size_t n = strlen(seqs[i]);
@@ -702,27 +710,27 @@ static void test_proto_is_utf8_truncated_sequences_at_end(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_proto_rd_u8_bounds),
-		cmocka_unit_test(test_proto_rd_u16_bounds),
-		cmocka_unit_test(test_proto_rd_u32_bounds),
-		cmocka_unit_test(test_proto_rd_bytes_bounds),
-		cmocka_unit_test(test_proto_rd_cstr_needs_nul),
-		cmocka_unit_test(test_proto_rd_sub_bounds),
-		cmocka_unit_test(test_proto_frame_msg_table),
-		cmocka_unit_test(test_proto_frame_startup_table),
-		cmocka_unit_test(test_proto_frame_msg_byte_at_a_time),
-		cmocka_unit_test(test_proto_wbuf_builds_and_backpatches),
-		cmocka_unit_test(test_proto_wbuf_exact_fit),
-		cmocka_unit_test(test_proto_wbuf_overflow_is_sticky),
-		cmocka_unit_test(test_proto_wbuf_zero_capacity),
-		cmocka_unit_test(test_proto_error_response_exact_bytes),
-		cmocka_unit_test(test_proto_error_response_with_detail_bytes),
-		cmocka_unit_test(test_proto_error_response_round_trip),
-		cmocka_unit_test(test_proto_error_response_overflow),
-		cmocka_unit_test(test_proto_parse_error_table),
-		cmocka_unit_test(test_proto_parse_error_truncated_at_every_offset),
-		cmocka_unit_test(test_proto_is_utf8_table),
-		cmocka_unit_test(test_proto_is_utf8_truncated_sequences_at_end),
+	        cmocka_unit_test(test_proto_rd_u8_bounds),
+	        cmocka_unit_test(test_proto_rd_u16_bounds),
+	        cmocka_unit_test(test_proto_rd_u32_bounds),
+	        cmocka_unit_test(test_proto_rd_bytes_bounds),
+	        cmocka_unit_test(test_proto_rd_cstr_needs_nul),
+	        cmocka_unit_test(test_proto_rd_sub_bounds),
+	        cmocka_unit_test(test_proto_frame_msg_table),
+	        cmocka_unit_test(test_proto_frame_startup_table),
+	        cmocka_unit_test(test_proto_frame_msg_byte_at_a_time),
+	        cmocka_unit_test(test_proto_wbuf_builds_and_backpatches),
+	        cmocka_unit_test(test_proto_wbuf_exact_fit),
+	        cmocka_unit_test(test_proto_wbuf_overflow_is_sticky),
+	        cmocka_unit_test(test_proto_wbuf_zero_capacity),
+	        cmocka_unit_test(test_proto_error_response_exact_bytes),
+	        cmocka_unit_test(test_proto_error_response_with_detail_bytes),
+	        cmocka_unit_test(test_proto_error_response_round_trip),
+	        cmocka_unit_test(test_proto_error_response_overflow),
+	        cmocka_unit_test(test_proto_parse_error_table),
+	        cmocka_unit_test(test_proto_parse_error_truncated_at_every_offset),
+	        cmocka_unit_test(test_proto_is_utf8_table),
+	        cmocka_unit_test(test_proto_is_utf8_truncated_sequences_at_end),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
