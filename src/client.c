@@ -52,6 +52,7 @@ struct login {
 	uint8_t nego; /* SSLRequest/GSSENCRequest answered */
 	const uint8_t *pkt; /* the packet to forward: in or fwd */
 	size_t pktlen;
+	size_t extra_off; /* in[extra_off, inlen): bytes the client sent after it */
 	uint8_t fwd[FORWARD_CAP];
 	struct health_target target;
 	bool pinned;
@@ -479,6 +480,10 @@ static void connect_cb(uv_connect_t *req, int status)
 	}
 	uv_tcp_nodelay(&s->sv.tcp, 1);
 	rc = splice_send_copy((uv_stream_t *)&s->sv.tcp, L->pkt, L->pktlen, s, write_cb);
+	/* A client may pipeline its first messages behind the startup packet. */
+	if (rc == 0 && L->inlen > L->extra_off)
+		rc = splice_send_copy((uv_stream_t *)&s->sv.tcp, L->in + L->extra_off,
+				      L->inlen - L->extra_off, s, write_cb);
 	if (rc < 0) {
 		client_refuse(s, "08006", "Retry.",
 			      "could not send the startup packet to cluster \"%s\": %s",
@@ -565,6 +570,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 		L->pkt = L->in;
 		L->pktlen = len;
 	}
+	L->extra_off = len;
 	slog(s, LOG_INFO, "routed host=%s:%u by=%s", L->target.host, L->target.port,
 	     L->pinned ? "pin" : "ring");
 	rc = uv_tcp_init(rt->loop, &s->sv.tcp);
@@ -634,15 +640,20 @@ static void process_startup(struct session *s)
 			      "invalid startup packet: %s", why ? why : "malformed");
 		return;
 	}
-	if (L->inlen > total || L->overflow) {
-		/* Nothing may follow a startup packet before the server answers it. */
+	if (L->overflow) {
 		client_refuse(s, "08P01", "Wait for the server's answer before sending more.",
-			      "unexpected data after the startup packet");
+			      "too much data sent with the startup packet");
 		return;
 	}
 	switch (st.kind) {
 	case STARTUP_SSL:
 	case STARTUP_GSSENC:
+		/* Plaintext sent ahead of the answer could not be encrypted: refuse it. */
+		if (L->inlen > total) {
+			client_refuse(s, "08P01", "Wait for the answer to SSLRequest/GSSENCRequest.",
+				      "received unencrypted data after an encryption request");
+			return;
+		}
 		if (++L->nego > 2) {
 			client_refuse(s, "08P01", "Send one SSLRequest or GSSENCRequest.",
 				      "too many encryption requests");

@@ -225,3 +225,33 @@ def test_protocol_tenant_key_is_case_insensitive_like_postgres(router, clusters)
             assert first != "E", rawpg.parse_fields(body)
         rows = rawpg.simple_query(c, "SELECT inet_server_port(), current_setting('app.tenant_id')")
         assert rows == [[str(want), t]]
+
+
+def test_protocol_query_pipelined_behind_startup(router, clusters):
+    """A client may send its first Query in the same write as the startup packet (PostgreSQL
+    accepts it): the router forwards those bytes after the startup packet, in order."""
+    t = "pipelined"
+    want = clusters[router.route([t])[t][0]].port
+    with rawpg.RawConn(router.port) as c:
+        c.send(rawpg.startup_packet([("user", "trustuser"), ("database", "postgres"),
+                                     ("app.tenant_id", t)])
+               + rawpg.query_message("SELECT inet_server_port()"))
+        seen, rows = [], []
+        while True:
+            typ, body = c.recv_msg()
+            assert typ != "E", rawpg.parse_fields(body)
+            seen.append(typ)
+            if typ == "D":
+                rows.append(body)
+            if typ == "Z" and "C" in seen:
+                break
+        assert seen[0] == "R" and seen.count("Z") == 2, seen
+        assert len(rows) == 1 and str(want).encode() in rows[0], rows
+        c.send(rawpg.terminate_message())
+    assert_router_ok(router, clusters)
+
+
+def test_protocol_plaintext_after_ssl_request_refused(router, clusters):
+    """Bytes sent ahead of the answer to SSLRequest would have gone unencrypted: refuse."""
+    refused(router, rawpg.ssl_request() + rawpg.startup_packet(GOOD))
+    assert_router_ok(router, clusters)

@@ -1,5 +1,7 @@
 """Tenants land on the cluster `route` names; pins override the ring."""
 
+import time
+
 import pytest
 
 TENANTS = [f"t{i}" for i in range(200)] + ["42", "042"]
@@ -56,3 +58,18 @@ def test_routing_pins_override_ring(make_router, clusters):
     assert routes["t5"][1] == "ring"
     assert r.server_port(inline_t) == clusters["b"].port
     assert r.server_port(file_t) == clusters["a"].port
+
+
+@pytest.mark.timeout(90)
+def test_routing_million_line_pins_file(make_router, clusters):
+    lines = "".join(f"tenant-{i} {'a' if i % 2 else 'b'}\n" for i in range(1000000))
+    r = make_router(overrides={"pins": {"file": "pins.txt"}}, pins_file=lines)
+    assert r.route(["tenant-7", "tenant-8"]) == {"tenant-7": ("a", "pinned"),
+                                                  "tenant-8": ("b", "pinned")}
+    assert r.server_port("tenant-7") == clusters["a"].port
+    assert r.server_port("tenant-999998") == clusters["b"].port
+    r.write_pins(lines.replace("tenant-7 a\n", "tenant-7 b\n"))
+    t0 = time.monotonic()
+    assert r.reload(timeout=10) == "ok"
+    assert time.monotonic() - t0 < 5
+    assert r.server_port("tenant-7") == clusters["b"].port

@@ -1,7 +1,5 @@
 """The tenant reaches the server as app.tenant_id; everything else passes untouched."""
 
-import os
-
 import pytest
 
 import rawpg
