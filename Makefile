@@ -10,9 +10,9 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 
-PKGS    := libuv libpq libxxhash inih
+PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route
-IO      := log config health client splice cancel main sdnotify
+IO      := log config health client splice cancel main sdnotify tls
 
 ifeq ($(SAN),1)
 BUILD   := build/san
@@ -53,7 +53,8 @@ $(BUILD)/obj/%.o: src/%.c
 $(BIN): $(PURE_OBJ) $(IO_OBJ)
 	$(CC) $^ -o $@ $(ALLLD) $(PKGLIBS) -lm
 
-$(BUILD)/tests/test_%: tests/unit/test_%.c $(PURE_OBJ) $(BUILD)/obj/config.o $(BUILD)/obj/log.o
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(PURE_OBJ) $(BUILD)/obj/config.o $(BUILD)/obj/log.o \
+		$(BUILD)/obj/tls.o
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCF) $(shell pkg-config --cflags cmocka) $^ -o $@ $(ALLLD) $(PKGLIBS) \
 		$(shell pkg-config --libs cmocka) -lm

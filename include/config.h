@@ -17,6 +17,7 @@
 #include "common.h"
 #include "log.h"
 #include "startup.h"
+#include "tls.h"
 
 struct pins;
 struct ring;
@@ -33,6 +34,11 @@ struct host_port {
 struct cluster_cfg {
 	char *name; /* owned */
 	uint32_t weight;
+	/* TLS to this cluster's hosts: [router] server_tls_* unless overridden here. */
+	enum tls_server_mode tls_mode;
+	bool tls_mode_set;
+	char *tls_ca_file;  /* owned; NULL: the [router] one */
+	SSL_CTX *tls_ctx;   /* owned; NULL when tls_mode is disable */
 	size_t nhosts;
 	struct host_port hosts[CONFIG_MAX_HOSTS];
 };
@@ -50,6 +56,17 @@ struct config {
 	uint64_t server_connect_timeout_ms;
 	uint64_t shutdown_timeout_ms;
 	enum log_level log_level;
+
+	/* [router] client_tls_*: we are the TLS server for clients. */
+	enum tls_client_mode client_tls_mode;
+	char *client_tls_cert_file, *client_tls_key_file, *client_tls_ca_file; /* owned */
+	char *client_tls_protocols, *client_tls_ciphers;			/* owned */
+	SSL_CTX *client_tls_ctx; /* owned; NULL when disabled */
+
+	/* [router] server_tls_*: we are the TLS client of coordinators. */
+	enum tls_server_mode server_tls_mode;
+	char *server_tls_ca_file, *server_tls_cert_file, *server_tls_key_file; /* owned */
+	char *server_tls_protocols, *server_tls_ciphers;			/* owned */
 
 	/* [health] */
 	uint64_t health_interval_ms;

@@ -12,9 +12,15 @@
  * packet, the chosen server, a framer over the server's messages); once the
  * session splices it is freed, so an idle session holds no buffer.
  *
- * While relaying authentication we watch the server's messages (never
- * change them): BackendKeyData goes to the cancel map, an ErrorResponse is
- * logged, ReadyForQuery ends the login. After that, bytes in, bytes out.
+ * While relaying authentication we pass the server's messages on whole:
+ * BackendKeyData goes to the cancel map, an ErrorResponse is logged,
+ * SCRAM-SHA-256-PLUS is removed from AuthenticationSASL (channel binding
+ * cannot work through a router that terminates TLS), and ReadyForQuery ends
+ * the login. After that, bytes in, bytes out.
+ *
+ * Either leg may be TLS (struct tls over memory BIOs). All bytes from a leg
+ * go through read_cb -> tls_in -> deliver, and all bytes to a leg through
+ * side_send, so the state machine does not care which legs are encrypted.
  *
  * What we never do: send a tenant to a second cluster. A session's cluster
  * is chosen once, before connecting, and nothing afterwards re-routes it.
@@ -37,13 +43,18 @@
 #include "router.h"
 #include "splice.h"
 #include "startup.h"
+#include "tls.h"
 
 /* How long a closing session may take to flush what it owes its peer. */
 #define CLOSE_FLUSH_MS 10000
 /* What we forward must stay within the server's own startup packet limit. */
 #define FORWARD_CAP PROTO_MAX_STARTUP_LEN
 /* Server messages during login are small; anything near this is broken. */
-#define AUTH_MSG_MAX (1u << 24)
+#define AUTH_MSG_MAX (1u << 20)
+#define TLS_RECORD_TYPE_HANDSHAKE 0x16
+
+/* Where the server leg is while connecting. */
+enum sv_phase { SV_TCP, SV_SSL_ANSWER, SV_TLS_HANDSHAKE };
 
 struct login {
 	uint8_t in[PROTO_MAX_STARTUP_LEN]; /* client bytes until the packet is whole */
@@ -56,20 +67,32 @@ struct login {
 	uint8_t fwd[FORWARD_CAP];
 	struct health_target target;
 	bool pinned;
+	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
 	uv_connect_t connect;
+	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
+	enum tls_server_mode sv_mode;
+	enum sv_phase sv_phase;
 	/* Framer over server messages during the auth relay. */
 	uint8_t hdr[5];
 	size_t hlen;
-	size_t rem;
-	uint8_t body[512];
-	size_t blen;
+	size_t mlen;  /* body length of the current message */
+	size_t blen;  /* body bytes received so far */
+	uint8_t *msg; /* owned: the current message's body */
+	size_t msgcap;
 	bool ready; /* ReadyForQuery seen */
+	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
+	bool sasl_pending; /* the server asked for SASL; its first 'p' is still to come */
+	uint8_t cmsg[96];
+	size_t clen;
 };
 
 struct side {
 	uv_tcp_t tcp;
 	bool inited;
-	bool paused; /* reading stopped by back-pressure */
+	bool reading;
+	bool paused;	 /* reading stopped by back-pressure */
+	struct tls *tls; /* owned; NULL for plaintext */
+	bool tls_ready;	 /* handshake complete */
 };
 
 struct session {
@@ -120,7 +143,7 @@ static void slog(struct session *s, enum log_level level, const char *fmt, ...)
 static void set_state(struct session *s, enum client_state next)
 {
 	static const unsigned allowed[] = {
-		[CLIENT_STARTUP] = 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
+		[CLIENT_STARTUP] = 1u << CLIENT_TLS | 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
 		[CLIENT_TLS] = 1u << CLIENT_STARTUP | 1u << CLIENT_CLOSING,
 		[CLIENT_ROUTING] = 1u << CLIENT_CONNECTING | 1u << CLIENT_CLOSING,
 		[CLIENT_CONNECTING] = 1u << CLIENT_AUTH_RELAY | 1u << CLIENT_CLOSING,
@@ -138,6 +161,16 @@ static void set_state(struct session *s, enum client_state next)
 	s->state = next;
 }
 
+static void login_free(struct login *L)
+{
+	if (L == NULL)
+		return;
+	if (L->sv_ctx)
+		tls_ctx_free(L->sv_ctx);
+	free(L->msg);
+	free(L);
+}
+
 static void session_free(struct session *s)
 {
 	struct router *rt = s->rt;
@@ -149,7 +182,9 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	rt->nsessions--;
-	free(s->login);
+	login_free(s->login);
+	tls_free(s->cl.tls);
+	tls_free(s->sv.tls);
 	free(s->tenant);
 	free(s);
 	if (rt->draining && rt->nsessions == 0 && rt->on_empty)
@@ -202,8 +237,10 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 
 static void stop_reading(struct side *sd)
 {
-	if (sd->inited && !uv_is_closing((uv_handle_t *)&sd->tcp))
+	if (sd->inited && sd->reading && !uv_is_closing((uv_handle_t *)&sd->tcp)) {
 		uv_read_stop((uv_stream_t *)&sd->tcp);
+		sd->reading = false;
+	}
 }
 
 /*
@@ -229,6 +266,8 @@ static struct side *other(struct session *s, struct side *sd)
 }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void start_reading(struct session *s, struct side *sd);
+static void send_failed(struct session *s, struct side *dst, int rc);
 
 static void write_cb(uv_write_t *req, int status)
 {
@@ -240,50 +279,102 @@ static void write_cb(uv_write_t *req, int status)
 	if (status == UV_ECANCELED || s->closed)
 		return;
 	if (status < 0) {
-		slog(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
-		     uv_strerror(status));
-		/* The server is gone: still hand the client what it already sent. */
-		if (dst == &s->sv)
-			begin_drain(s, &s->cl);
-		else
-			session_close(s);
+		send_failed(s, dst, status);
 		return;
 	}
 	if (src->paused && (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SPLICING) &&
 	    uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) < SPLICE_LOW_WATER) {
 		src->paused = false;
-		uv_read_start((uv_stream_t *)&src->tcp, splice_alloc_cb, read_cb);
+		start_reading(s, src);
 	}
+}
+
+/* Moves the ciphertext TLS produced for sd onto its socket. */
+static int flush_tls(struct session *s, struct side *sd)
+{
+	for (;;) {
+		struct block *b = block_get();
+		size_t n;
+		int rc;
+
+		if (b == NULL)
+			return UV_ENOMEM;
+		n = tls_take_out(sd->tls, b->data, SPLICE_BLOCK_SIZE);
+		if (n == 0) {
+			block_put(b);
+			return 0;
+		}
+		rc = splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
+		if (rc < 0)
+			return rc;
+	}
+}
+
+/* Sends n bytes of b to sd (encrypting on a TLS leg); takes b. */
+static int side_send(struct session *s, struct side *sd, struct block *b, size_t n)
+{
+	bool ok;
+
+	if (sd->tls == NULL)
+		return splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
+	ok = tls_write(sd->tls, b->data, n);
+	block_put(b);
+	return ok ? flush_tls(s, sd) : UV_EPROTO;
+}
+
+static int side_send_copy(struct session *s, struct side *sd, const void *p, size_t n)
+{
+	if (sd->tls == NULL)
+		return splice_send_copy((uv_stream_t *)&sd->tcp, p, n, s, write_cb);
+	return tls_write(sd->tls, p, n) ? flush_tls(s, sd) : UV_EPROTO;
+}
+
+/* After queueing for dst: pause its source while dst has too much unsent. */
+static void apply_pressure(struct session *s, struct side *dst)
+{
+	struct side *src = other(s, dst);
+
+	if (uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) > SPLICE_HIGH_WATER &&
+	    !src->paused && src->reading) {
+		src->paused = true;
+		stop_reading(src);
+	}
+}
+
+static void send_failed(struct session *s, struct side *dst, int rc)
+{
+	slog(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
+	     uv_strerror(rc));
+	/* The server is gone: still hand the client what it already sent. */
+	if (dst == &s->sv)
+		begin_drain(s, &s->cl);
+	else
+		session_close(s);
 }
 
 /* Passes b (n bytes) to dst, pausing the source if dst has too much unsent. */
 static void forward(struct session *s, struct side *dst, struct block *b, size_t n)
 {
-	struct side *src = other(s, dst);
-	int rc = splice_send((uv_stream_t *)&dst->tcp, b, 0, n, s, write_cb);
+	int rc = side_send(s, dst, b, n);
 
-	if (rc < 0) {
-		slog(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
-		     uv_strerror(rc));
-		if (dst == &s->sv)
-			begin_drain(s, &s->cl);
-		else
-			session_close(s);
-		return;
-	}
-	if (uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) > SPLICE_HIGH_WATER &&
-	    !src->paused) {
-		src->paused = true;
-		uv_read_stop((uv_stream_t *)&src->tcp);
-	}
+	if (rc < 0)
+		send_failed(s, dst, rc);
+	else
+		apply_pressure(s, dst);
 }
 
-/* True when nothing partial has gone to the client, so a message may follow. */
+/*
+ * True when an ErrorResponse can reach the client as a whole message: before
+ * splicing we only ever send it whole messages, but mid-handshake there is
+ * no channel to send one on.
+ */
 static bool client_at_boundary(struct session *s)
 {
-	return s->state == CLIENT_STARTUP || s->state == CLIENT_ROUTING ||
-	       s->state == CLIENT_CONNECTING ||
-	       (s->state == CLIENT_AUTH_RELAY && s->login && s->login->hlen == 0);
+	if (s->cl.tls && !s->cl.tls_ready)
+		return false;
+	return s->state == CLIENT_STARTUP || s->state == CLIENT_TLS ||
+	       s->state == CLIENT_ROUTING || s->state == CLIENT_CONNECTING ||
+	       s->state == CLIENT_AUTH_RELAY;
 }
 
 /*
@@ -316,6 +407,7 @@ static void client_refuse(struct session *s, const char *sqlstate, const char *h
 	if (s->sv.inited && !uv_is_closing((uv_handle_t *)&s->sv.tcp))
 		uv_close((uv_handle_t *)&s->sv.tcp, close_cb);
 	s->sv.inited = false;
+	s->sv.reading = false;
 	b = block_get();
 	if (b == NULL) {
 		session_close(s);
@@ -324,7 +416,7 @@ static void client_refuse(struct session *s, const char *sqlstate, const char *h
 	wb_init(&w, b->data, SPLICE_BLOCK_SIZE);
 	proto_error_response(&w, "FATAL", sqlstate, msg, NULL, hint);
 	TR_ASSERT(!w.failed);
-	if (splice_send((uv_stream_t *)&s->cl.tcp, b, 0, w.len, s, write_cb) < 0) {
+	if (side_send(s, &s->cl, b, w.len) < 0) {
 		session_close(s);
 		return;
 	}
@@ -375,25 +467,89 @@ static uint32_t be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* One whole server message seen during the auth relay. */
-static void auth_message(struct session *s, uint8_t type, size_t len)
+/* Sends one whole message (type, body) to the client. */
+static bool send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
+			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
+	int rc = side_send_copy(s, &s->cl, hdr, sizeof(hdr));
+
+	if (rc == 0)
+		rc = side_send_copy(s, &s->cl, body, len);
+	if (rc < 0) {
+		send_failed(s, &s->cl, rc);
+		return false;
+	}
+	apply_pressure(s, &s->cl);
+	return true;
+}
+
+/*
+ * AuthenticationSASL without SCRAM-SHA-256-PLUS: the client would bind its
+ * proof to our certificate and the server to its own, and the login would
+ * fail. Returns the new body length in out, or 0 to pass the message as is.
+ */
+static size_t strip_scram_plus(const uint8_t *body, size_t len, uint8_t *out, size_t cap)
+{
+	struct wbuf w;
+	struct rd r;
+	uint32_t code;
+	bool removed = false;
+
+	rd_init(&r, body, len);
+	if (!rd_u32(&r, &code) || code != 10)
+		return 0;
+	wb_init(&w, out, cap);
+	wb_u32(&w, code);
+	for (;;) {
+		const char *mech;
+		size_t n;
+
+		if (!rd_cstr(&r, &mech, &n))
+			return 0;
+		if (n == 0)
+			break;
+		if (strcmp(mech, "SCRAM-SHA-256-PLUS") == 0)
+			removed = true;
+		else
+			wb_bytes(&w, mech, n + 1);
+	}
+	wb_u8(&w, 0);
+	if (!removed || w.failed || rd_left(&r) != 0)
+		return 0;
+	return w.len;
+}
+
+/* One whole server message during the auth relay; false closes the session. */
+static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, size_t len)
 {
 	struct login *L = s->login;
 	struct proto_error_fields f;
+	uint8_t sasl[256];
+	size_t n;
 	int rc;
 
 	switch (type) {
+	case 'R':
+		if (len >= 4 && be32(body) == 10)
+			L->sasl_pending = true;
+		n = len < sizeof(sasl) ? strip_scram_plus(body, len, sasl, sizeof(sasl)) : 0;
+		if (n > 0) {
+			slog(s, LOG_DEBUG, "removed SCRAM-SHA-256-PLUS from the server's mechanisms");
+			return send_msg(s, type, sasl, n);
+		}
+		break;
 	case 'K':
 		/* BackendKeyData: pid, then a 4-byte (3.0) to 256-byte (3.2) secret. */
-		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY || len > L->blen)
+		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY)
 			break;
-		rc = cancel_register(s->rt->cancels, &s->ce, be32(L->body), L->body + 4, len - 4,
+		rc = cancel_register(s->rt->cancels, &s->ce, be32(body), body + 4, len - 4,
 				     (const struct sockaddr *)&L->target.addr);
 		if (rc < 0)
 			slog(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
 		break;
 	case 'E':
-		if (len <= L->blen && proto_parse_error(L->body, len, &f) == PROTO_OK)
+		if (proto_parse_error(body, len, &f) == PROTO_OK)
 			slog(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
 			     f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
 		else
@@ -405,19 +561,25 @@ static void auth_message(struct session *s, uint8_t type, size_t len)
 	default:
 		break;
 	}
+	return send_msg(s, type, body, len);
 }
 
-/* Frames server bytes during the auth relay; false on a broken length. */
-static bool observe(struct session *s, const uint8_t *p, size_t n)
+/*
+ * Frames server bytes during the auth relay and passes each whole message
+ * on. Bytes after ReadyForQuery go on unparsed. False on a broken length.
+ */
+static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
 {
 	struct login *L = s->login;
 
-	while (n > 0 && !L->ready) {
+	for (;;) {
 		size_t take;
 
 		if (L->hlen < 5) {
 			uint32_t mlen;
 
+			if (n == 0)
+				break;
 			take = 5 - L->hlen < n ? 5 - L->hlen : n;
 			memcpy(L->hdr + L->hlen, p, take);
 			L->hlen += take;
@@ -428,44 +590,122 @@ static bool observe(struct session *s, const uint8_t *p, size_t n)
 			mlen = be32(L->hdr + 1);
 			if (mlen < 4 || mlen > AUTH_MSG_MAX)
 				return false;
-			L->rem = mlen - 4;
+			L->mlen = mlen - 4;
 			L->blen = 0;
-		} else {
-			take = L->rem < n ? L->rem : n;
-			if (L->blen < sizeof(L->body)) {
-				size_t c = sizeof(L->body) - L->blen < take ? sizeof(L->body) - L->blen
-									    : take;
+			if (L->mlen > L->msgcap) {
+				uint8_t *m = realloc(L->msg, L->mlen);
 
-				memcpy(L->body + L->blen, p, c);
-				L->blen += c;
+				if (m == NULL)
+					return false;
+				L->msg = m;
+				L->msgcap = L->mlen;
 			}
-			L->rem -= take;
-			p += take;
-			n -= take;
 		}
-		if (L->hlen == 5 && L->rem == 0) {
-			auth_message(s, L->hdr[0], be32(L->hdr + 1) - 4);
-			L->hlen = 0;
+		take = L->mlen - L->blen < n ? L->mlen - L->blen : n;
+		if (take)
+			memcpy(L->msg + L->blen, p, take);
+		L->blen += take;
+		p += take;
+		n -= take;
+		if (L->blen < L->mlen)
+			break;
+		L->hlen = 0;
+		if (!auth_message(s, L->hdr[0], L->msg, L->mlen))
+			return true; /* closing already */
+		if (s->state != CLIENT_AUTH_RELAY)
+			return true;
+		if (L->ready) {
+			if (n > 0 && side_send_copy(s, &s->cl, p, n) < 0)
+				session_close(s);
+			return true;
 		}
 	}
 	return true;
 }
 
+/*
+ * The client's SASLInitialResponse, when the server leg is TLS. A client on
+ * TLS to us that saw no SCRAM-SHA-256-PLUS sends the gs2 flag 'y' ("I could
+ * bind, you did not offer it"); a server on TLS takes that for a downgrade
+ * attack and refuses. The flag is covered by the client's proof, so we
+ * cannot change it: we say clearly what to do instead. Returns false when
+ * the session was refused.
+ */
+static bool check_sasl_initial(struct session *s, const uint8_t *p, size_t n)
+{
+	struct login *L = s->login;
+	size_t take = sizeof(L->cmsg) - L->clen < n ? sizeof(L->cmsg) - L->clen : n;
+	struct rd r;
+	uint8_t type;
+	uint32_t mlen, dlen;
+	const char *mech;
+	size_t mechlen;
+	const uint8_t *flag;
+
+	memcpy(L->cmsg + L->clen, p, take);
+	L->clen += take;
+	rd_init(&r, L->cmsg, L->clen);
+	/* Type 'p', length, mechanism name, data length, then the gs2 flag. */
+	if (!rd_u8(&r, &type) || !rd_u32(&r, &mlen) || !rd_cstr(&r, &mech, &mechlen) ||
+	    !rd_u32(&r, &dlen) || !rd_bytes(&r, 1, &flag)) {
+		if (L->clen == sizeof(L->cmsg) || (L->clen >= 1 && type != 'p'))
+			L->sasl_pending = false;
+		return true;
+	}
+	L->sasl_pending = false;
+	if (type != 'p' || flag[0] != 'y')
+		return true;
+	client_refuse(s, "28000",
+		      "Connect with channel_binding=disable: the router ends your TLS, so SCRAM "
+		      "channel binding cannot reach the server, and a TLS server refuses a "
+		      "client that says it could bind. Or use server_tls_mode = disable on a "
+		      "trusted network.",
+		      "SCRAM channel binding cannot pass through the router to cluster \"%s\"",
+		      s->cluster);
+	return false;
+}
+
 static void start_reading(struct session *s, struct side *sd)
 {
-	int rc = uv_read_start((uv_stream_t *)&sd->tcp, splice_alloc_cb, read_cb);
+	int rc;
 
+	if (sd->reading || s->closed)
+		return;
+	rc = uv_read_start((uv_stream_t *)&sd->tcp, splice_alloc_cb, read_cb);
 	if (rc < 0) {
 		slog(s, LOG_WARN, "read_start failed: %s", uv_strerror(rc));
 		session_close(s);
+		return;
 	}
+	sd->reading = true;
+}
+
+/* The server connection is ready (TCP, and TLS if any): log in. */
+static void send_startup(struct session *s)
+{
+	struct login *L = s->login;
+	int rc = side_send_copy(s, &s->sv, L->pkt, L->pktlen);
+
+	/* A client may pipeline its first messages behind the startup packet. */
+	if (rc == 0 && L->inlen > L->extra_off)
+		rc = side_send_copy(s, &s->sv, L->in + L->extra_off, L->inlen - L->extra_off);
+	if (rc < 0) {
+		client_refuse(s, "08006", "Retry.",
+			      "could not send the startup packet to cluster \"%s\": %s",
+			      s->cluster, uv_strerror(rc));
+		return;
+	}
+	set_state(s, CLIENT_AUTH_RELAY);
+	arm_timer(s, login_left(s));
+	start_reading(s, &s->cl);
+	start_reading(s, &s->sv);
 }
 
 static void connect_cb(uv_connect_t *req, int status)
 {
+	static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
 	struct session *s = req->data;
 	struct login *L;
-	int rc;
 
 	if (status == UV_ECANCELED || s->closed || s->state != CLIENT_CONNECTING)
 		return;
@@ -479,22 +719,61 @@ static void connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	uv_tcp_nodelay(&s->sv.tcp, 1);
-	rc = splice_send_copy((uv_stream_t *)&s->sv.tcp, L->pkt, L->pktlen, s, write_cb);
-	/* A client may pipeline its first messages behind the startup packet. */
-	if (rc == 0 && L->inlen > L->extra_off)
-		rc = splice_send_copy((uv_stream_t *)&s->sv.tcp, L->in + L->extra_off,
-				      L->inlen - L->extra_off, s, write_cb);
-	if (rc < 0) {
-		client_refuse(s, "08006", "Retry.",
-			      "could not send the startup packet to cluster \"%s\": %s",
-			      s->cluster, uv_strerror(rc));
+	if (L->sv_ctx == NULL) {
+		send_startup(s);
 		return;
 	}
-	set_state(s, CLIENT_AUTH_RELAY);
-	arm_timer(s, login_left(s));
-	start_reading(s, &s->cl);
-	if (!s->closed)
-		start_reading(s, &s->sv);
+	/* Ask for TLS first; the answer is one byte, 'S' or 'N'. */
+	L->sv_phase = SV_SSL_ANSWER;
+	if (side_send_copy(s, &s->sv, ssl_request, sizeof(ssl_request)) < 0) {
+		client_refuse(s, "08006", "Retry.", "could not send SSLRequest to cluster \"%s\"",
+			      s->cluster);
+		return;
+	}
+	start_reading(s, &s->sv);
+}
+
+/* The server's one-byte answer to our SSLRequest. */
+static void server_ssl_answer(struct session *s, struct block *b, size_t n)
+{
+	struct login *L = s->login;
+	uint8_t answer = (uint8_t)b->data[0];
+
+	block_put(b);
+	/* Nothing may follow the answer: bytes here would be injected plaintext. */
+	if (n != 1 || (answer != 'S' && answer != 'N')) {
+		client_refuse(s, "08006", "Check the coordinator's TLS settings.",
+			      "cluster \"%s\" coordinator %s:%u gave an invalid answer to "
+			      "SSLRequest",
+			      s->cluster, L->target.host, L->target.port);
+		return;
+	}
+	if (answer == 'N') {
+		if (L->sv_mode == TLS_SERVER_PREFER) {
+			send_startup(s);
+			return;
+		}
+		client_refuse(s, "08006",
+			      "Enable ssl on the coordinator, or lower server_tls_mode on the "
+			      "router.",
+			      "cluster \"%s\" coordinator %s:%u does not accept TLS "
+			      "(server_tls_mode = %s)",
+			      s->cluster, L->target.host, L->target.port,
+			      tls_server_mode_name(L->sv_mode));
+		return;
+	}
+	s->sv.tls = tls_new(L->sv_ctx, false, L->target.host,
+			    L->sv_mode == TLS_SERVER_VERIFY_FULL);
+	if (s->sv.tls == NULL) {
+		client_refuse(s, "08006", "Retry.", "out of memory for TLS");
+		return;
+	}
+	L->sv_phase = SV_TLS_HANDSHAKE;
+	/* The first step writes our ClientHello. */
+	if (tls_handshake(s->sv.tls) == TLS_ERROR || flush_tls(s, &s->sv) < 0)
+		client_refuse(s, "08006", "Check the coordinator's TLS settings.",
+			      "TLS handshake with cluster \"%s\" coordinator failed: %s",
+			      s->cluster, tls_error(s->sv.tls));
 }
 
 static void route(struct session *s, const struct startup *st, size_t len)
@@ -502,13 +781,14 @@ static void route(struct session *s, const struct startup *st, size_t len)
 	struct router *rt = s->rt;
 	const struct config *cfg = rt->cfg;
 	struct login *L = s->login;
+	const struct cluster_cfg *cl;
 	struct tenant t;
 	const char *why;
 	size_t idx;
 	int rc;
 
 	set_state(s, CLIENT_ROUTING);
-	uv_read_stop((uv_stream_t *)&s->cl.tcp);
+	stop_reading(&s->cl);
 	if (rt->draining) {
 		client_refuse(s, "57P01", "Connect again in a moment.",
 			      "the router is shutting down");
@@ -558,6 +838,10 @@ static void route(struct session *s, const struct startup *st, size_t len)
 			      s->cluster, why);
 		return;
 	}
+	cl = &cfg->clusters[idx];
+	L->sv_mode = cl->tls_mode;
+	if (cl->tls_ctx)
+		L->sv_ctx = tls_ctx_ref(cl->tls_ctx);
 	if (t.strip_user || t.strip_database || t.source & (TENANT_SRC_USER | TENANT_SRC_DATABASE)) {
 		L->pktlen = startup_build_forward(st, &cfg->rule, &t, L->fwd, sizeof(L->fwd));
 		L->pkt = L->fwd;
@@ -610,10 +894,24 @@ static void handle_cancel(struct session *s, const struct startup *st, size_t le
 }
 
 static const uint8_t answer_no[1] = {'N'};
+static const uint8_t answer_yes[1] = {'S'};
+
+/* Starts TLS on the client leg, as the TLS server. */
+static bool client_tls_start(struct session *s)
+{
+	s->cl.tls = tls_new(s->rt->cfg->client_tls_ctx, true, NULL, false);
+	if (s->cl.tls == NULL) {
+		client_refuse(s, "08006", "Retry.", "out of memory for TLS");
+		return false;
+	}
+	set_state(s, CLIENT_TLS);
+	return true;
+}
 
 static void process_startup(struct session *s)
 {
 	struct login *L = s->login;
+	const struct config *cfg = s->rt->cfg;
 	struct startup st;
 	const char *why = NULL;
 	size_t total;
@@ -654,20 +952,35 @@ static void process_startup(struct session *s)
 				      "received unencrypted data after an encryption request");
 			return;
 		}
-		if (++L->nego > 2) {
+		if (++L->nego > 2 || s->cl.tls) {
 			client_refuse(s, "08P01", "Send one SSLRequest or GSSENCRequest.",
-				      "too many encryption requests");
+				      "unexpected encryption request");
 			return;
 		}
-		/* Encryption is not offered (yet): 'N', then the client goes on in plaintext. */
 		L->inlen = 0;
-		if (splice_send_copy((uv_stream_t *)&s->cl.tcp, answer_no, 1, s, write_cb) < 0)
+		if (st.kind == STARTUP_SSL && cfg->client_tls_ctx) {
+			if (side_send_copy(s, &s->cl, answer_yes, 1) < 0)
+				session_close(s);
+			else
+				client_tls_start(s);
+			return;
+		}
+		/* Not offered: 'N', then the client goes on in plaintext (or gives up). */
+		if (side_send_copy(s, &s->cl, answer_no, 1) < 0)
 			session_close(s);
 		return;
 	case STARTUP_CANCEL:
 		handle_cancel(s, &st, total);
 		return;
 	case STARTUP_V3:
+		if (s->cl.tls == NULL && cfg->client_tls_mode >= TLS_CLIENT_REQUIRE) {
+			client_refuse(s, "28000",
+				      "Connect with TLS (sslmode=require or stronger).",
+				      "TLS is required (client_tls_mode = %s)",
+				      cfg->client_tls_mode == TLS_CLIENT_REQUIRE ? "require"
+										  : "verify-ca");
+			return;
+		}
 		route(s, &st, total);
 		return;
 	}
@@ -684,6 +997,16 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 		/* Whatever one side sent before leaving still goes to the other. */
 		begin_drain(s, other(s, sd));
 		break;
+	case CLIENT_CONNECTING:
+		if (sd == &s->sv) {
+			client_refuse(s, "08006", "Retry.",
+				      "cluster \"%s\" coordinator closed the connection during "
+				      "TLS setup",
+				      s->cluster);
+			break;
+		}
+		session_close(s);
+		break;
 	case CLIENT_CLOSING:
 		break;
 	default:
@@ -692,25 +1015,9 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 	}
 }
 
-static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* Plaintext from a leg (decrypted already, if it is TLS). Takes b. */
+static void deliver(struct session *s, struct side *sd, struct block *b, size_t n)
 {
-	struct session *s = stream->data;
-	struct side *sd = stream == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
-	struct block *b = buf->base ? block_of(buf) : NULL;
-	size_t n;
-
-	if (nread <= 0) {
-		if (b)
-			block_put(b);
-		if (nread == UV_ENOBUFS) {
-			slog(s, LOG_ERROR, "out of memory for relay buffers, closing");
-			session_close(s);
-		} else if (nread < 0) {
-			read_end(s, sd, nread);
-		}
-		return;
-	}
-	n = (size_t)nread;
 	switch (s->state) {
 	case CLIENT_STARTUP: {
 		struct login *L = s->login;
@@ -724,23 +1031,35 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		process_startup(s);
 		break;
 	}
+	case CLIENT_CONNECTING:
+		if (sd == &s->sv && s->login->sv_phase == SV_SSL_ANSWER)
+			server_ssl_answer(s, b, n);
+		else
+			block_put(b);
+		break;
 	case CLIENT_AUTH_RELAY:
 		if (sd == &s->sv) {
-			if (!observe(s, (const uint8_t *)b->data, n)) {
-				block_put(b);
+			bool ok = relay_auth(s, (const uint8_t *)b->data, n);
+
+			block_put(b);
+			if (!ok) {
 				slog(s, LOG_WARN, "server sent a malformed message during login");
 				session_close(s);
 				return;
 			}
-			forward(s, &s->cl, b, n);
 			if (s->login && s->login->ready && s->state == CLIENT_AUTH_RELAY) {
 				set_state(s, CLIENT_SPLICING);
 				uv_timer_stop(&s->timer);
 				slog(s, LOG_DEBUG, "login complete");
-				free(s->login);
+				login_free(s->login);
 				s->login = NULL;
 			}
 		} else {
+			if (s->login->sasl_pending && s->sv.tls && s->cl.tls &&
+			    !check_sasl_initial(s, (const uint8_t *)b->data, n)) {
+				block_put(b);
+				return;
+			}
 			forward(s, &s->sv, b, n);
 		}
 		break;
@@ -751,6 +1070,124 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		block_put(b);
 		break;
 	}
+}
+
+/* A TLS handshake finished on sd. */
+static void tls_up(struct session *s, struct side *sd)
+{
+	if (sd == &s->sv) {
+		slog(s, LOG_DEBUG, "server TLS established");
+		send_startup(s);
+		return;
+	}
+	set_state(s, CLIENT_STARTUP);
+	s->login->inlen = 0;
+	/* PostgreSQL 17 insists on ALPN for direct TLS; so do we. */
+	if (s->login->direct_tls && !tls_alpn_is_postgresql(s->cl.tls))
+		client_refuse(s, "08P01", "Use a client that negotiates ALPN \"postgresql\".",
+			      "direct TLS connection without ALPN");
+}
+
+/* Ciphertext from a TLS leg: handshake, then decrypt and deliver. Takes b. */
+static void tls_in(struct session *s, struct side *sd, struct block *b, size_t n)
+{
+	bool ok = tls_feed(sd->tls, b->data, n);
+
+	block_put(b);
+	if (!ok) {
+		session_close(s);
+		return;
+	}
+	if (!sd->tls_ready) {
+		int rc = tls_handshake(sd->tls);
+
+		if (flush_tls(s, sd) < 0) {
+			session_close(s);
+			return;
+		}
+		if (rc == TLS_AGAIN)
+			return;
+		if (rc != 1) {
+			if (sd == &s->sv) {
+				client_refuse(s, "08006", "Check the coordinator's certificate.",
+					      "TLS handshake with cluster \"%s\" coordinator "
+					      "failed: %s",
+					      s->cluster, tls_error(sd->tls));
+			} else {
+				slog(s, LOG_INFO, "client TLS handshake failed: %s",
+				     tls_error(sd->tls));
+				/* The alert, if any, is queued: let it go out. */
+				begin_drain(s, &s->cl);
+			}
+			return;
+		}
+		sd->tls_ready = true;
+		tls_up(s, sd);
+	}
+	while (!s->closed && s->state != CLIENT_CLOSING) {
+		struct block *pb = block_get();
+		int r;
+
+		if (pb == NULL) {
+			session_close(s);
+			return;
+		}
+		r = tls_read(sd->tls, pb->data, SPLICE_BLOCK_SIZE);
+		if (r > 0) {
+			deliver(s, sd, pb, (size_t)r);
+			continue;
+		}
+		block_put(pb);
+		if (r == TLS_EOF) {
+			read_end(s, sd, UV_EOF);
+			return;
+		}
+		if (r == TLS_ERROR) {
+			slog(s, LOG_INFO, "%s TLS error: %s", sd == &s->cl ? "client" : "server",
+			     tls_error(sd->tls));
+			read_end(s, sd, UV_EPROTO);
+			return;
+		}
+		break;
+	}
+	/* Reading may have produced records to send (alerts, session tickets). */
+	if (!s->closed && flush_tls(s, sd) < 0)
+		session_close(s);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct session *s = stream->data;
+	struct side *sd = stream == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
+	struct block *b = buf->base ? block_of(buf) : NULL;
+
+	if (nread <= 0) {
+		if (b)
+			block_put(b);
+		if (nread == UV_ENOBUFS) {
+			slog(s, LOG_ERROR, "out of memory for relay buffers, closing");
+			session_close(s);
+		} else if (nread < 0) {
+			sd->reading = false;
+			read_end(s, sd, nread);
+		}
+		return;
+	}
+	if (sd->tls) {
+		tls_in(s, sd, b, (size_t)nread);
+		return;
+	}
+	/* A TLS ClientHello instead of a startup packet: PostgreSQL 17 direct TLS. */
+	if (sd == &s->cl && s->state == CLIENT_STARTUP && s->login->inlen == 0 &&
+	    (uint8_t)b->data[0] == TLS_RECORD_TYPE_HANDSHAKE && s->rt->cfg->client_tls_ctx) {
+		s->login->direct_tls = true;
+		if (client_tls_start(s))
+			tls_in(s, sd, b, (size_t)nread);
+		else
+			block_put(b);
+		return;
+	}
+	deliver(s, sd, b, (size_t)nread);
 }
 
 void client_accept(struct router *rt, uv_stream_t *listener)

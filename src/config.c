@@ -307,9 +307,84 @@ static void set_uint(struct loader *L, const char *sec, const char *key, const c
 			value, min, max);
 }
 
+/* A relative path is relative to the configuration file's directory. */
+static char *resolve_path(struct loader *L, const char *value)
+{
+	const char *slash = strrchr(L->path, '/');
+	size_t dl;
+	char *p;
+
+	if (value[0] == '/' || slash == NULL) {
+		p = strdup(value);
+	} else {
+		dl = (size_t)(slash - L->path) + 1;
+		p = malloc(dl + strlen(value) + 1);
+		if (p) {
+			memcpy(p, L->path, dl);
+			strcpy(p + dl, value);
+		}
+	}
+	if (p == NULL)
+		L->oom = true;
+	return p;
+}
+
+/* The [router] client_tls_* and server_tls_* keys; false if key is not one. */
+static bool tls_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+	static const struct {
+		const char *key;
+		size_t off;
+	} strings[] = {
+		{"client_tls_cert_file", offsetof(struct config, client_tls_cert_file)},
+		{"client_tls_key_file", offsetof(struct config, client_tls_key_file)},
+		{"client_tls_ca_file", offsetof(struct config, client_tls_ca_file)},
+		{"client_tls_protocols", offsetof(struct config, client_tls_protocols)},
+		{"client_tls_ciphers", offsetof(struct config, client_tls_ciphers)},
+		{"server_tls_ca_file", offsetof(struct config, server_tls_ca_file)},
+		{"server_tls_cert_file", offsetof(struct config, server_tls_cert_file)},
+		{"server_tls_key_file", offsetof(struct config, server_tls_key_file)},
+		{"server_tls_protocols", offsetof(struct config, server_tls_protocols)},
+		{"server_tls_ciphers", offsetof(struct config, server_tls_ciphers)},
+	};
+
+	if (strcmp(key, "client_tls_mode") == 0) {
+		if (!tls_client_mode_parse(value, &c->client_tls_mode))
+			problem(L, L->line,
+				"[router] client_tls_mode: \"%s\" is not disable, allow, require or "
+				"verify-ca",
+				value);
+		return true;
+	}
+	if (strcmp(key, "server_tls_mode") == 0) {
+		if (!tls_server_mode_parse(value, &c->server_tls_mode))
+			problem(L, L->line,
+				"[router] server_tls_mode: \"%s\" is not disable, prefer, require, "
+				"verify-ca or verify-full",
+				value);
+		return true;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(strings); i++) {
+		if (strcmp(key, strings[i].key) == 0) {
+			char **field = (char **)((char *)c + strings[i].off);
+
+			free(*field);
+			*field = strstr(key, "_file") ? resolve_path(L, value) : strdup(value);
+			if (*field == NULL)
+				L->oom = true;
+			return true;
+		}
+	}
+	return false;
+}
+
 static void router_key(struct loader *L, const char *key, const char *value)
 {
 	struct config *c = L->c;
+
+	if (tls_key(L, key, value))
+		return;
 
 	if (strcmp(key, "listen") == 0) {
 		char buf[1024], *items[CONFIG_MAX_LISTEN];
@@ -456,6 +531,16 @@ static void cluster_key(struct loader *L, const char *section, const char *key, 
 		}
 	} else if (strcmp(key, "weight") == 0) {
 		set_uint(L, section, key, value, 1, 1000, &cl->weight);
+	} else if (strcmp(key, "server_tls_mode") == 0) {
+		if (!tls_server_mode_parse(value, &cl->tls_mode))
+			problem(L, L->line,
+				"[%s] server_tls_mode: \"%s\" is not disable, prefer, require, "
+				"verify-ca or verify-full",
+				section, value);
+		cl->tls_mode_set = true;
+	} else if (strcmp(key, "server_tls_ca_file") == 0) {
+		free(cl->tls_ca_file);
+		cl->tls_ca_file = resolve_path(L, value);
 	} else {
 		problem(L, L->line, "[%s] %s: unknown setting", section, key);
 	}
@@ -467,23 +552,8 @@ static void pins_key(struct loader *L, const char *key, const char *value)
 	struct inline_pin *p;
 
 	if (strcmp(key, "file") == 0) {
-		const char *slash = strrchr(L->path, '/');
-
 		free(c->pins_file);
-		/* A relative path is relative to the configuration file. */
-		if (value[0] == '/' || slash == NULL) {
-			c->pins_file = strdup(value);
-		} else {
-			size_t dl = (size_t)(slash - L->path) + 1;
-
-			c->pins_file = malloc(dl + strlen(value) + 1);
-			if (c->pins_file) {
-				memcpy(c->pins_file, L->path, dl);
-				strcpy(c->pins_file + dl, value);
-			}
-		}
-		if (c->pins_file == NULL)
-			L->oom = true;
+		c->pins_file = resolve_path(L, value);
 		return;
 	}
 	if (L->npins == L->pincap) {
@@ -566,6 +636,8 @@ static void set_defaults(struct config *c)
 	c->server_connect_timeout_ms = 5000;
 	c->shutdown_timeout_ms = 30000;
 	c->log_level = LOG_INFO;
+	c->client_tls_mode = TLS_CLIENT_DISABLE;
+	c->server_tls_mode = TLS_SERVER_PREFER;
 	c->health_interval_ms = 1000;
 	c->health_timeout_ms = 2000;
 	c->health_fail_after = 2;
@@ -685,6 +757,37 @@ static void build_placement(struct loader *L)
 	pins_seal(c->pins);
 }
 
+static void build_tls(struct loader *L)
+{
+	struct config *c = L->c;
+	char err[512];
+
+	if (c->client_tls_mode != TLS_CLIENT_DISABLE) {
+		struct tls_settings ts = {c->client_tls_cert_file, c->client_tls_key_file,
+					  c->client_tls_ca_file, c->client_tls_protocols,
+					  c->client_tls_ciphers};
+
+		c->client_tls_ctx = tls_accept_ctx_new(
+			&ts, c->client_tls_mode == TLS_CLIENT_VERIFY_CA, err, sizeof(err));
+		if (c->client_tls_ctx == NULL)
+			problem(L, 0, "[router] client_tls: %s", err);
+	}
+	for (size_t i = 0; i < c->nclusters; i++) {
+		struct cluster_cfg *cl = &c->clusters[i];
+		struct tls_settings ts = {c->server_tls_cert_file, c->server_tls_key_file,
+					  cl->tls_ca_file ? cl->tls_ca_file : c->server_tls_ca_file,
+					  c->server_tls_protocols, c->server_tls_ciphers};
+
+		if (!cl->tls_mode_set)
+			cl->tls_mode = c->server_tls_mode;
+		if (cl->tls_mode == TLS_SERVER_DISABLE)
+			continue;
+		cl->tls_ctx = tls_connect_ctx_new(&ts, cl->tls_mode, err, sizeof(err));
+		if (cl->tls_ctx == NULL)
+			problem(L, 0, "[cluster.%s] server_tls: %s", cl->name, err);
+	}
+}
+
 static void free_config(struct config *c)
 {
 	for (size_t i = 0; i < c->nlisten; i++)
@@ -693,6 +796,8 @@ static void free_config(struct config *c)
 		for (size_t j = 0; j < c->clusters[i].nhosts; j++)
 			free(c->clusters[i].hosts[j].host);
 		free(c->clusters[i].name);
+		free(c->clusters[i].tls_ca_file);
+		tls_ctx_free(c->clusters[i].tls_ctx);
 	}
 	free(c->clusters);
 	free(c->cluster_names);
@@ -700,6 +805,17 @@ static void free_config(struct config *c)
 	free(c->health_conninfo);
 	free(c->pins_file);
 	free(c->path);
+	free(c->client_tls_cert_file);
+	free(c->client_tls_key_file);
+	free(c->client_tls_ca_file);
+	free(c->client_tls_protocols);
+	free(c->client_tls_ciphers);
+	free(c->server_tls_ca_file);
+	free(c->server_tls_cert_file);
+	free(c->server_tls_key_file);
+	free(c->server_tls_protocols);
+	free(c->server_tls_ciphers);
+	tls_ctx_free(c->client_tls_ctx);
 	if (c->ring)
 		ring_free(c->ring);
 	if (c->pins)
@@ -738,6 +854,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 	validate(&L);
 	if (L.nerrs == 0 && !L.oom)
 		build_placement(&L);
+	if (L.nerrs == 0 && !L.oom)
+		build_tls(&L);
 done:
 	if (L.oom)
 		problem(&L, 0, "out of memory");

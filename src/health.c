@@ -62,6 +62,8 @@ struct checker {
 	bool first_done;
 	bool stopping;
 	bool keep; /* mark for health_apply */
+	/* libpq TLS settings, from the cluster's server_tls_* (owned; may be NULL). */
+	char *sslmode, *sslrootcert, *sslcert, *sslkey;
 	struct checker *next;
 };
 
@@ -382,7 +384,7 @@ static void connect_start(struct checker *ck)
 {
 	struct health *h = ck->h;
 	char port[8];
-	const char *keys[8], *vals[8];
+	const char *keys[12], *vals[12];
 	int n = 0;
 
 	snprintf(port, sizeof(port), "%u", ck->port);
@@ -398,6 +400,22 @@ static void connect_start(struct checker *ck)
 	vals[n++] = port;
 	keys[n] = "fallback_application_name";
 	vals[n++] = "tenant-router-health";
+	if (ck->sslmode) {
+		keys[n] = "sslmode";
+		vals[n++] = ck->sslmode;
+	}
+	if (ck->sslrootcert) {
+		keys[n] = "sslrootcert";
+		vals[n++] = ck->sslrootcert;
+	}
+	if (ck->sslcert) {
+		keys[n] = "sslcert";
+		vals[n++] = ck->sslcert;
+	}
+	if (ck->sslkey) {
+		keys[n] = "sslkey";
+		vals[n++] = ck->sslkey;
+	}
 	keys[n] = NULL;
 	vals[n] = NULL;
 	ck->phase = PH_CONNECT;
@@ -514,6 +532,10 @@ struct health *health_new(uv_loop_t *loop)
 
 static void checker_free(struct checker *ck)
 {
+	free(ck->sslmode);
+	free(ck->sslrootcert);
+	free(ck->sslcert);
+	free(ck->sslkey);
 	free(ck->cluster);
 	free(ck->host);
 	free(ck);
@@ -579,6 +601,47 @@ static struct checker *checker_new(struct health *h, const char *cluster, const 
 	return ck;
 }
 
+static bool same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static bool set_str(char **field, const char *v, bool *changed)
+{
+	char *copy;
+
+	if (same_str(*field, v))
+		return true;
+	copy = v ? strdup(v) : NULL;
+	if (v && copy == NULL)
+		return false;
+	free(*field);
+	*field = copy;
+	*changed = true;
+	return true;
+}
+
+/*
+ * The cluster's TLS settings as libpq parameters. With sslmode=require libpq
+ * verifies anyway when given a root certificate, so we give none there, to
+ * behave as the sessions do.
+ */
+static bool set_tls(struct checker *ck, const struct config *cfg, const struct cluster_cfg *cl)
+{
+	const char *ca = cl->tls_ca_file ? cl->tls_ca_file : cfg->server_tls_ca_file;
+	bool changed = false;
+	bool ok = set_str(&ck->sslmode, tls_server_mode_name(cl->tls_mode), &changed) &&
+		  set_str(&ck->sslrootcert, cl->tls_mode >= TLS_SERVER_VERIFY_CA ? ca : NULL,
+			  &changed) &&
+		  set_str(&ck->sslcert, cfg->server_tls_cert_file, &changed) &&
+		  set_str(&ck->sslkey, cfg->server_tls_key_file, &changed);
+
+	/* New TLS settings apply from the next connection. */
+	if (changed && ck->phase == PH_IDLE)
+		drop_conn(ck);
+	return ok;
+}
+
 static struct checker *find_checker(struct health *h, const char *cluster, const char *host,
 				    uint16_t port)
 {
@@ -628,6 +691,11 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 				uv_timer_start(&ck->timer, timer_cb, 0, 0);
 			}
 			ck->keep = true;
+			if (!set_tls(ck, cfg, cl)) {
+				free(map);
+				free(ci);
+				return UV_ENOMEM;
+			}
 			map[i].hosts[map[i].n++] = ck;
 		}
 	}

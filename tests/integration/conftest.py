@@ -91,13 +91,15 @@ def _clusters_healthy_after(request):
 
 @pytest.fixture
 def make_router(request, clusters):
-    """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True)."""
+    """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True).
+    cluster_set={name: PgServer} puts other servers behind the router (default: clusters)."""
     routers = []
     request.node._tr_routers = routers
 
-    def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None):
-        r = harness.Router(clusters, overrides=overrides, pins_file=pins_file, raw_ini=raw_ini,
-                           env=env)
+    def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
+                cluster_set=None):
+        r = harness.Router(cluster_set if cluster_set is not None else clusters,
+                           overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env)
         routers.append(r)
         if start:
             r.start()

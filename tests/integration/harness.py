@@ -191,9 +191,10 @@ class PgServer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def start_clusters(names=("a", "b")):
-    """initdb + start several servers in parallel; returns {name: PgServer}."""
-    servers = {n: PgServer(n) for n in names}
+def start_clusters(names=("a", "b"), make=PgServer):
+    """initdb + start several servers in parallel; returns {name: PgServer}.
+    make(name) builds each server (a PgServer subclass may add TLS etc. in init())."""
+    servers = {n: make(n) for n in names}
     errors = []
 
     def boot(s):

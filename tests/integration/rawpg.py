@@ -101,6 +101,21 @@ class RawConn:
         assert data == b"", f"unexpected bytes after the refusal: {data[:80]!r}"
         return True
 
+    def starttls(self, ctx, server_hostname=None):
+        """SSLRequest; expects 'S', then does the TLS handshake on this connection.
+        Returns the answer byte; on 'N' the connection stays plaintext."""
+        self.send(ssl_request())
+        b = self.recv_byte()
+        if b == b"S":
+            self.wrap(ctx, server_hostname)
+        return b
+
+    def wrap(self, ctx, server_hostname=None):
+        """TLS handshake right now (direct TLS, or after 'S')."""
+        self.sock.settimeout(self.timeout)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+        return self.sock
+
     def close(self):
         try:
             self.sock.close()
