@@ -302,21 +302,31 @@ static void walk_close_cb(uv_handle_t *h, void *arg)
 		uv_close(h, close_noop_cb);
 }
 
-static int run(const char *path)
+/* Loads a configuration, or prints every problem to stderr and returns NULL. */
+static struct config *load_or_report(const char *path)
 {
 	char *err = malloc(RELOAD_ERR_CAP);
 	struct config *cfg;
 
-	if (err == NULL)
-		return 1;
+	if (err == NULL) {
+		fprintf(stderr, "tenant-router: out of memory\n");
+		return NULL;
+	}
 	cfg = config_load(path, err, RELOAD_ERR_CAP);
-	if (cfg == NULL) {
+	if (cfg == NULL)
 		fputs(err, stderr);
+	free(err);
+	return cfg;
+}
+
+static int run(const char *path)
+{
+	struct config *cfg = load_or_report(path);
+
+	if (cfg == NULL) {
 		fprintf(stderr, "tenant-router: not started: the configuration has problems\n");
-		free(err);
 		return 1;
 	}
-	free(err);
 	log_set_level(cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile(cfg);
@@ -362,38 +372,23 @@ static int run(const char *path)
 
 static int check(const char *path)
 {
-	char *err = malloc(RELOAD_ERR_CAP);
-	struct config *cfg;
+	struct config *cfg = load_or_report(path);
 
-	if (err == NULL)
+	if (cfg == NULL)
 		return 1;
-	cfg = config_load(path, err, RELOAD_ERR_CAP);
-	if (cfg == NULL) {
-		fputs(err, stderr);
-		free(err);
-		return 1;
-	}
 	printf("configuration ok: %zu clusters, %zu pins\n", cfg->nclusters,
 	       pins_count(cfg->pins));
-	free(err);
 	config_unref(cfg);
 	return 0;
 }
 
 static int route_cmd(const char *path, char **tenants, int n)
 {
-	char *err = malloc(RELOAD_ERR_CAP);
-	struct config *cfg;
+	struct config *cfg = load_or_report(path);
 	int rc = 0;
 
-	if (err == NULL)
+	if (cfg == NULL)
 		return 1;
-	cfg = config_load(path, err, RELOAD_ERR_CAP);
-	if (cfg == NULL) {
-		fputs(err, stderr);
-		free(err);
-		return 1;
-	}
 	for (int i = 0; i < n; i++) {
 		size_t len = strlen(tenants[i]);
 		bool pinned;
@@ -409,7 +404,6 @@ static int route_cmd(const char *path, char **tenants, int n)
 		printf("%s\t%s\t%s\n", tenants[i], cfg->clusters[idx].name,
 		       pinned ? "pinned" : "ring");
 	}
-	free(err);
 	config_unref(cfg);
 	return rc;
 }

@@ -131,7 +131,11 @@ def tenant_on(router, cluster, prefix="tls"):
 
 
 def app_kw(router, tenant, **kw):
+    """libpq keywords for user app through the router.  channel_binding defaults to disable:
+    with TLS on both legs libpq's default (prefer) is refused by design (README, TLS and
+    SCRAM); test_tls_scram_channel_binding checks that case."""
     base = router.conninfo(tenant)
+    base["channel_binding"] = "disable"
     base.update(kw)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -238,15 +242,22 @@ def test_tls_psql_verify_full_router_certificate(tls_router, pki, client_home):
 # --- 2. SCRAM over TLS: channel binding --------------------------------------------------------
 
 def test_tls_scram_channel_binding(tls_router, tls_servers, pki):
+    """TLS on both legs: disable works, prefer is refused by the router with a hint, require
+    fails in libpq because the router never offers SCRAM-SHA-256-PLUS."""
     # Control: the server itself offers SCRAM-SHA-256-PLUS over TLS.
     with tls_servers["ta"].connect(user="app", dbname="appdb", password=APP_PASSWORD,
                                    sslmode="require", channel_binding="require") as conn:
         assert conn.pgconn.ssl_in_use
     t = tenant_on(tls_router, "ta")
-    with connect(tls_router, t, sslmode="require", channel_binding="prefer") as conn:
+    with connect(tls_router, t, sslmode="require", channel_binding="disable") as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute(SERVER_SSL).fetchone()[0] is True
         assert conn.execute("SELECT current_user").fetchone()[0] == "app"
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(tls_router, t, sslmode="require", channel_binding="prefer").close()
+    msg = str(ei.value)
+    assert "tenant-router" in msg and "channel_binding=disable" in msg, msg
+    assert '"ta"' in msg or "ta" in msg.split(), msg
     with pytest.raises(psycopg.OperationalError) as ei:
         connect(tls_router, t, sslmode="require", channel_binding="require").close()
     assert CB_REQUIRED_MSG in str(ei.value), str(ei.value)
@@ -255,6 +266,25 @@ def test_tls_scram_channel_binding(tls_router, tls_servers, pki):
         connect(tls_router, t, sslmode="require", password="wrong").close()
     assert "password authentication failed" in str(ei.value), str(ei.value)
     assert_serving(tls_router, t, pki)
+
+
+def test_tls_scram_prefer_works_when_one_leg_is_plaintext(make_router, pki, clusters,
+                                                           tls_clusters):
+    """channel_binding=prefer (libpq's default) logs in with plain SCRAM-SHA-256 when either
+    leg is plaintext: TLS client + plaintext server, and plaintext client + TLS server."""
+    r = make_router(tls_overrides(pki, server_mode="prefer"))  # session clusters: no TLS
+    t = tenant_on(r, "a")
+    with connect(r, t, sslmode="require", channel_binding="prefer") as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute(SERVER_SSL).fetchone()[0] is False
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(r, t, sslmode="require", channel_binding="require").close()
+    assert CB_REQUIRED_MSG in str(ei.value), str(ei.value)
+    r2 = make_router(tls_overrides(pki, client_mode="allow"), cluster_set=tls_clusters)
+    t = tenant_on(r2, "tb")
+    with connect(r2, t, sslmode="disable", channel_binding="prefer") as conn:
+        assert not conn.pgconn.ssl_in_use
+        assert conn.execute(SERVER_SSL).fetchone()[0] is True
 
 
 # --- 3. client_tls_mode=require refuses plaintext ----------------------------------------------
