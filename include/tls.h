@@ -53,6 +53,13 @@ SSL_CTX *tls_accept_ctx_new(const struct tls_settings *ts, bool require_client_c
 /* Context for connecting to coordinators (we are the TLS client). */
 SSL_CTX *tls_connect_ctx_new(const struct tls_settings *ts, enum tls_server_mode mode, char *err,
 			     size_t errlen) MUSTCHECK;
+/*
+ * The protocol range of a *_tls_protocols setting as libpq's
+ * ssl_min_protocol_version / ssl_max_protocol_version values (*max NULL:
+ * no upper bound). False if spec is invalid.
+ */
+bool tls_protocols_libpq(const char *spec, const char **min, const char **max);
+
 /* Shares ctx (it lives until the last tls_ctx_free). */
 SSL_CTX *tls_ctx_ref(SSL_CTX *ctx);
 void tls_ctx_free(SSL_CTX *ctx);

@@ -1109,7 +1109,9 @@ static void tls_in(struct session *s, struct side *sd, struct block *b, size_t n
 			return;
 		if (rc != 1) {
 			if (sd == &s->sv) {
-				client_refuse(s, "08006", "Check the coordinator's certificate.",
+				client_refuse(s, "08006",
+					      "Check the coordinator's certificate and TLS settings "
+					      "against server_tls_* on the router.",
 					      "TLS handshake with cluster \"%s\" coordinator "
 					      "failed: %s",
 					      s->cluster, tls_error(sd->tls));

@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 
 enum phase { PH_IDLE, PH_RESOLVE, PH_CONNECT, PH_QUERY };
 
@@ -64,6 +65,7 @@ struct checker {
 	bool keep; /* mark for health_apply */
 	/* libpq TLS settings, from the cluster's server_tls_* (owned; may be NULL). */
 	char *sslmode, *sslrootcert, *sslcert, *sslkey;
+	char *sslmin, *sslmax;
 	struct checker *next;
 };
 
@@ -384,7 +386,7 @@ static void connect_start(struct checker *ck)
 {
 	struct health *h = ck->h;
 	char port[8];
-	const char *keys[12], *vals[12];
+	const char *keys[16], *vals[16];
 	int n = 0;
 
 	snprintf(port, sizeof(port), "%u", ck->port);
@@ -415,6 +417,14 @@ static void connect_start(struct checker *ck)
 	if (ck->sslkey) {
 		keys[n] = "sslkey";
 		vals[n++] = ck->sslkey;
+	}
+	if (ck->sslmin) {
+		keys[n] = "ssl_min_protocol_version";
+		vals[n++] = ck->sslmin;
+	}
+	if (ck->sslmax) {
+		keys[n] = "ssl_max_protocol_version";
+		vals[n++] = ck->sslmax;
 	}
 	keys[n] = NULL;
 	vals[n] = NULL;
@@ -536,6 +546,8 @@ static void checker_free(struct checker *ck)
 	free(ck->sslrootcert);
 	free(ck->sslcert);
 	free(ck->sslkey);
+	free(ck->sslmin);
+	free(ck->sslmax);
 	free(ck->cluster);
 	free(ck->host);
 	free(ck);
@@ -629,8 +641,15 @@ static bool set_str(char **field, const char *v, bool *changed)
 static bool set_tls(struct checker *ck, const struct config *cfg, const struct cluster_cfg *cl)
 {
 	const char *ca = cl->tls_ca_file ? cl->tls_ca_file : cfg->server_tls_ca_file;
+	const char *min = NULL, *max = NULL;
 	bool changed = false;
-	bool ok = set_str(&ck->sslmode, tls_server_mode_name(cl->tls_mode), &changed) &&
+	bool ok;
+
+	/* Validated with the config: only the range's names are wanted here. */
+	if (!tls_protocols_libpq(cfg->server_tls_protocols, &min, &max))
+		min = max = NULL;
+	ok = set_str(&ck->sslmode, tls_server_mode_name(cl->tls_mode), &changed) &&
+	     set_str(&ck->sslmin, min, &changed) && set_str(&ck->sslmax, max, &changed) &&
 		  set_str(&ck->sslrootcert, cl->tls_mode >= TLS_SERVER_VERIFY_CA ? ca : NULL,
 			  &changed) &&
 		  set_str(&ck->sslcert, cfg->server_tls_cert_file, &changed) &&

@@ -63,6 +63,17 @@ const char *tls_server_mode_name(enum tls_server_mode m)
 	return server_mode_names[m];
 }
 
+static void openssl_reason(char *err, size_t errlen, const char *what);
+
+/* "cannot load certificate /path: reason", naming the file an operator must fix. */
+static void file_reason(char *err, size_t errlen, const char *what, const char *path)
+{
+	char w[512];
+
+	snprintf(w, sizeof(w), "%s %s", what, path);
+	openssl_reason(err, errlen, w);
+}
+
 static void openssl_reason(char *err, size_t errlen, const char *what)
 {
 	unsigned long e = ERR_get_error();
@@ -90,8 +101,8 @@ static int proto_version(const char *s)
 	return 0;
 }
 
-/* "secure" = TLS 1.2 and 1.3; "all"; or a list naming the range's ends. */
-static bool set_protocols(SSL_CTX *ctx, const char *spec, char *err, size_t errlen)
+/* "secure" = TLS 1.2 and 1.3; "all"; or a list naming the range's ends (hi 0: newest). */
+static bool protocol_range(const char *spec, int *plo, int *phi, char *err, size_t errlen)
 {
 	int lo = 0, hi = 0;
 	char buf[128], *save = NULL;
@@ -120,6 +131,45 @@ static bool set_protocols(SSL_CTX *ctx, const char *spec, char *err, size_t errl
 				hi = v;
 		}
 	}
+	*plo = lo;
+	*phi = hi;
+	return true;
+}
+
+static const char *libpq_version_name(int v)
+{
+	switch (v) {
+	case TLS1_VERSION:
+		return "TLSv1";
+	case TLS1_1_VERSION:
+		return "TLSv1.1";
+	case TLS1_2_VERSION:
+		return "TLSv1.2";
+	case TLS1_3_VERSION:
+		return "TLSv1.3";
+	default:
+		return NULL;
+	}
+}
+
+bool tls_protocols_libpq(const char *spec, const char **min, const char **max)
+{
+	int lo, hi;
+	char err[8];
+
+	if (!protocol_range(spec, &lo, &hi, err, sizeof(err)))
+		return false;
+	*min = libpq_version_name(lo);
+	*max = libpq_version_name(hi);
+	return true;
+}
+
+static bool set_protocols(SSL_CTX *ctx, const char *spec, char *err, size_t errlen)
+{
+	int lo, hi;
+
+	if (!protocol_range(spec, &lo, &hi, err, errlen))
+		return false;
 	if (!SSL_CTX_set_min_proto_version(ctx, lo) || !SSL_CTX_set_max_proto_version(ctx, hi)) {
 		openssl_reason(err, errlen, "cannot set TLS protocol versions");
 		return false;
@@ -145,19 +195,20 @@ static SSL_CTX *ctx_common(const SSL_METHOD *method, const struct tls_settings *
 		goto fail;
 	}
 	if (ts->cert_file && !SSL_CTX_use_certificate_chain_file(ctx, ts->cert_file)) {
-		openssl_reason(err, errlen, "cannot load certificate");
+		file_reason(err, errlen, "cannot load certificate", ts->cert_file);
 		goto fail;
 	}
 	if (ts->key_file && !SSL_CTX_use_PrivateKey_file(ctx, ts->key_file, SSL_FILETYPE_PEM)) {
-		openssl_reason(err, errlen, "cannot load private key");
+		file_reason(err, errlen, "cannot load private key", ts->key_file);
 		goto fail;
 	}
 	if (ts->cert_file && ts->key_file && !SSL_CTX_check_private_key(ctx)) {
-		openssl_reason(err, errlen, "private key does not match the certificate");
+		file_reason(err, errlen, "private key does not match the certificate",
+			    ts->cert_file);
 		goto fail;
 	}
 	if (ts->ca_file && *ts->ca_file && !SSL_CTX_load_verify_locations(ctx, ts->ca_file, NULL)) {
-		openssl_reason(err, errlen, "cannot load CA file");
+		file_reason(err, errlen, "cannot load CA file", ts->ca_file);
 		goto fail;
 	}
 	return ctx;

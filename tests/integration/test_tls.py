@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 
 import psycopg
 import pytest
@@ -44,6 +45,7 @@ class TlsPgServer(harness.PgServer):
         "hostssl all pwuser 127.0.0.1/32 password\n"
         "hostssl all md5user 127.0.0.1/32 md5\n"
         "hostssl all app 127.0.0.1/32 scram-sha-256\n"
+        "hostssl all certuser 127.0.0.1/32 cert\n"
         "hostssl all all 127.0.0.1/32 scram-sha-256\n"
     )
 
@@ -84,6 +86,11 @@ def tls_servers(pki):
         return TlsPgServer(name, cert, key, pki.ca.cert)
 
     servers = harness.start_clusters(("ta", "tb", "other"), make=make)
+    for s in servers.values():
+        s.sql("CREATE ROLE certuser LOGIN")
+    # "other" speaks only TLS 1.3 (for the protocol-mismatch test; TLS 1.3 is the default anyway).
+    servers["other"].sql("ALTER SYSTEM SET ssl_min_protocol_version = 'TLSv1.3'")
+    servers["other"].sql("SELECT pg_reload_conf()")
     yield servers
     for s in servers.values():
         s.cleanup()
@@ -500,6 +507,23 @@ def test_tls_server_verify_ca_untrusted_server_refused(make_router, pki, tls_clu
     assert "tb" in f["M"], f"refusal does not name the cluster: {f}"
 
 
+def test_tls_server_protocol_mismatch_refused(make_router, pki, tls_servers):
+    """server_tls_protocols = tlsv1.2 towards a TLS-1.3-only server: the TLS handshake of the
+    server leg fails.  Whether the health checker notices (57P03) or the session does (08006),
+    the client gets a refusal naming the cluster, and TLS/SSL in the text."""
+    other = tls_servers["other"]
+    r = make_router({"router": {"server_tls_mode": "verify-ca", "server_tls_ca_file": pki.ca.cert,
+                                "server_tls_protocols": "tlsv1.2"}},
+                    cluster_set={"old12": other})
+    with rawpg.RawConn(r.port) as c:
+        c.send(rawpg.startup_packet(trust_params("t1")))
+        f = read_refusal(c, ("57P03", "08006"))
+    assert "old12" in f["M"], f"refusal does not name the cluster: {f}"
+    text = " ".join(f.get(k, "") for k in "MDH").lower()
+    assert "tls" in text or "ssl" in text or "protocol" in text, f"no reason given: {f}"
+    assert r.alive()
+
+
 # --- 9. direct TLS (PostgreSQL 17 style) -------------------------------------------------------
 
 def test_tls_direct_tls_with_alpn(tls_router, pki):
@@ -680,8 +704,10 @@ def test_tls_default_protocols_refuse_tls11(make_router, pki, tls_clusters):
     r = make_router(tls_overrides(pki), cluster_set=tls_clusters)
     ctx = client_ctx(pki.ca.cert)
     try:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         ctx.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError):
         pytest.skip("this Python/OpenSSL cannot offer TLS 1.1")
@@ -697,7 +723,6 @@ def test_tls_check_reports_bad_tls_configuration(make_router, pki, tls_clusters)
     assert res.returncode == 0, res.stderr
     cases = [
         ({"client_tls_cert_file": None, "client_tls_key_file": None}, "client_tls"),
-        ({"client_tls_cert_file": "missing.crt"}, "missing.crt"),
         ({"client_tls_mode": "sometimes"}, "client_tls_mode"),
         ({"client_tls_mode": "verify-ca", "client_tls_ca_file": None}, "client_tls"),
     ]
@@ -708,3 +733,164 @@ def test_tls_check_reports_bad_tls_configuration(make_router, pki, tls_clusters)
         res = r.check()
         assert res.returncode == 1, f"{change}: exit {res.returncode}, {res.stdout} {res.stderr}"
         assert needle in res.stderr, f"{change}: {res.stderr}"
+
+
+# --- router's own client certificate, hostile TLS clients, concurrency -------------------------
+
+def test_tls_router_presents_client_certificate(make_router, pki, tls_clusters):
+    """server_tls_cert_file/key_file: pg_hba `cert` for certuser accepts the router's cert."""
+    r = make_router(tls_overrides(pki, server_tls_cert_file=pki.router_client[0],
+                                  server_tls_key_file=pki.router_client[1]),
+                    cluster_set=tls_clusters)
+    for name in tls_clusters:
+        t = tenant_on(r, name)
+        with connect(r, t, user="certuser", password=None, dbname="postgres",
+                     sslmode="require") as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "certuser"
+            assert conn.execute(SERVER_SSL).fetchone()[0] is True
+    plain = make_router(tls_overrides(pki), cluster_set=tls_clusters)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(plain, tenant_on(plain, "ta"), user="certuser", password=None, dbname="postgres",
+                sslmode="require").close()
+    assert "certificate" in str(ei.value), str(ei.value)
+
+
+def _read_until_closed(sock, timeout):
+    """Read and drop whatever comes until EOF/reset; False if still open after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if not sock.recv(65536):
+                return True
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+    return False
+
+
+def _client_hello(pki):
+    obj = client_ctx(pki.ca.cert).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(),
+                                           server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+def test_tls_hostile_clients_do_not_hurt(tls_router, tls_servers, pki):
+    t = tenant_on(tls_router, "ta")
+    hello = _client_hello(pki)
+    assert hello[:1] == b"\x16"
+    closes = 5 * SLOW
+    # Not TLS after 'S'.
+    with rawpg.RawConn(tls_router.port) as c:
+        c.send(rawpg.ssl_request())
+        assert c.recv_byte() == b"S"
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_until_closed(c.sock, closes), "router kept a non-TLS peer after 'S'"
+    # Half a ClientHello, then hang up; and direct TLS with a broken record.
+    with rawpg.RawConn(tls_router.port) as c:
+        c.send(rawpg.ssl_request())
+        assert c.recv_byte() == b"S"
+        c.send(hello[: len(hello) // 2])
+    with rawpg.RawConn(tls_router.port) as c:
+        c.send(b"\x16\x03\x01\x00\x30" + os.urandom(48))
+        assert _read_until_closed(c.sock, closes)
+    # A whole ClientHello twice over (the second is junk to the TLS state machine).
+    with rawpg.RawConn(tls_router.port) as c:
+        c.send(rawpg.ssl_request())
+        assert c.recv_byte() == b"S"
+        c.send(hello + hello)
+        assert _read_until_closed(c.sock, closes)
+    # Logged in over TLS, then a forged application-data record: the session ends.
+    with rawpg.RawConn(tls_router.port, timeout=5 * SLOW) as c:
+        assert c.starttls(client_ctx(pki.ca.cert), "localhost") == b"S"
+        rawpg.login(c, trust_params(t), timeout=5 * SLOW)
+        pid = int(rawpg.simple_query(c, "SELECT pg_backend_pid()")[0][0])
+        raw = socket.socket(fileno=os.dup(c.sock.fileno()))
+        try:
+            raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))
+            assert _read_until_closed(raw, closes), "session survived a forged TLS record"
+        finally:
+            raw.close()
+    srv = tls_servers["ta"]
+    harness.wait_until(lambda: not srv.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                            (pid,)),
+                       5 * SLOW, what="the server session of the forged-record client to end")
+    # Logged in over TLS, then a half-sent query and a hang-up without close_notify.
+    with rawpg.RawConn(tls_router.port, timeout=5 * SLOW) as c:
+        assert c.starttls(client_ctx(pki.ca.cert), "localhost") == b"S"
+        rawpg.login(c, trust_params(t), timeout=5 * SLOW)
+        c.send(rawpg.query_message("SELECT 1")[:7])
+        c.sock.shutdown(socket.SHUT_RDWR)
+    assert tls_router.alive()
+    assert_serving(tls_router, t, pki)
+
+
+def test_tls_stalled_handshake_hits_login_timeout(make_router, pki, tls_clusters):
+    r = make_router(tls_overrides(pki, client_login_timeout="1s"), cluster_set=tls_clusters)
+    # 'S' and then nothing.
+    with rawpg.RawConn(r.port) as c:
+        c.send(rawpg.ssl_request())
+        assert c.recv_byte() == b"S"
+        t0 = time.monotonic()
+        assert _read_until_closed(c.sock, 6 * SLOW), "stalled TLS handshake never timed out"
+        assert time.monotonic() - t0 < 4 * SLOW
+    # Handshake done, then no startup packet: closed (an ErrorResponse first is fine).
+    with rawpg.RawConn(r.port, timeout=6 * SLOW) as c:
+        assert c.starttls(client_ctx(pki.ca.cert), "localhost") == b"S"
+        t0 = time.monotonic()
+        try:
+            t, body = c.recv_msg()
+            assert t == "E", (t, body)
+            assert rawpg.parse_fields(body).get("C") == "08006", rawpg.parse_fields(body)
+        except (rawpg.Closed, ssl.SSLError, ConnectionError):
+            pass
+        assert time.monotonic() - t0 < 4 * SLOW
+    assert r.alive()
+    assert_serving(r, tenant_on(r, "tb"), pki)
+
+
+@pytest.mark.timeout(120)
+def test_tls_parallel_sessions_with_large_results(tls_router):
+    errors = []
+    sizes = (1, 70000, 2_500_000)
+
+    def worker(i):
+        try:
+            with connect(tls_router, f"par-{i}", sslmode="require") as conn:
+                ch = chr(65 + i % 26)
+                for n in sizes:
+                    got = conn.execute("SELECT repeat(%s, %s)", (ch, n)).fetchone()[0]
+                    if got != ch * n:
+                        errors.append(f"worker {i}: wrong {n}-byte result")
+                # And the other direction: a large parameter.
+                big = ch * 1_500_000
+                if conn.execute("SELECT length(%s::text)", (big,)).fetchone()[0] != len(big):
+                    errors.append(f"worker {i}: wrong length for a big parameter")
+        except Exception as e:  # collected and reported below
+            errors.append(f"worker {i}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(24)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(90 * SLOW)
+    assert not any(th.is_alive() for th in threads), "workers hung"
+    assert not errors, errors[:5]
+    assert tls_router.alive()
+
+
+def test_tls_check_names_the_missing_certificate_file(make_router, pki, tls_clusters):
+    """With three or four PEM files configured, the error must say which one is missing."""
+    r = make_router(tls_overrides(pki), cluster_set=tls_clusters, start=False)
+    for key in ("client_tls_cert_file", "client_tls_key_file"):
+        r.cfg["router"] = dict(tls_overrides(pki)["router"], **{key: "missing.pem"})
+        r.write_config()
+        res = r.check()
+        assert res.returncode == 1, f"{key}: exit {res.returncode}, {res.stderr}"
+        assert "missing.pem" in res.stderr, \
+            f"{key}: the message does not name the file: {res.stderr}"

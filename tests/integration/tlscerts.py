@@ -17,7 +17,8 @@ def _run(args, cwd):
     r = subprocess.run(["openssl"] + args, cwd=cwd, capture_output=True, text=True, timeout=30,
                        stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        raise RuntimeError(f"openssl {' '.join(args)} exited {r.returncode}:\n"
+                           f"{r.stdout}\n{r.stderr}")
     return r
 
 
@@ -77,6 +78,7 @@ class TestPKI:
     pg_other      PostgreSQL server whose cert names only DNS:otherhost
     client        CN=app, clientAuth, signed by ca
     bad_client    CN=app, signed by bad_ca
+    router_client CN=certuser: the client certificate the router presents to the servers
     """
 
     def __init__(self):
@@ -91,7 +93,7 @@ class TestPKI:
         self.pg_other = self.ca.issue("pg-other", "otherhost", ["DNS:otherhost"], server=True)
         self.client = self.ca.issue("client", "app", client=True)
         self.bad_client = self.bad_ca.issue("bad-client", "app", client=True)
-        self.router_client = self.ca.issue("router-client", "postgres", client=True)
+        self.router_client = self.ca.issue("router-client", "certuser", client=True)
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
