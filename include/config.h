@@ -52,6 +52,7 @@ struct config {
 	struct host_port listen[CONFIG_MAX_LISTEN];
 	struct tenant_rule rule; /* rule.key: owned */
 	uint32_t max_client_conn;
+	uint32_t threads; /* event loops; "auto" = the CPUs we may use */
 	uint64_t client_login_timeout_ms;
 	uint64_t server_connect_timeout_ms;
 	uint64_t shutdown_timeout_ms;

@@ -50,11 +50,13 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 		 void *arg) MUSTCHECK;
 
 /*
- * Fills *t with cluster idx's current writer (idx into the cfg last given to
- * health_apply). Returns false if it has none; *why then says why, for the
- * client's error message (static or in h; valid until the next loop turn).
+ * Fills *t with the named cluster's current writer. Returns false if it has
+ * none, with the reason in why (for the client's error message). Safe from
+ * any thread: the lookup is by name, so a session routing with a config
+ * older or newer than the health map still gets the right cluster.
  */
-bool health_writer(struct health *h, size_t idx, struct health_target *t, const char **why);
+bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
+		   size_t whylen);
 
 /* Stops every checker; done is called when all handles are closed. */
 void health_stop(struct health *h, void (*done)(void *arg), void *arg);

@@ -10,6 +10,7 @@
 #ifndef TR_ROUTER_H
 #define TR_ROUTER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,7 +28,8 @@ struct router {
 	struct health *health;	   /* owned */
 	struct cancel_map *cancels; /* owned */
 	struct session *sessions;  /* intrusive list of live sessions */
-	size_t nsessions;
+	size_t nsessions;	   /* on this loop */
+	atomic_size_t *live;	   /* borrowed: sessions on all loops (max_client_conn) */
 	uint64_t next_session_id;
 	bool draining;		  /* SIGTERM: no new logins */
 	void (*on_empty)(struct router *rt); /* called when draining and the last session ends */

@@ -182,6 +182,7 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	rt->nsessions--;
+	atomic_fetch_sub(rt->live, 1);
 	login_free(s->login);
 	tls_free(s->cl.tls);
 	tls_free(s->sv.tls);
@@ -783,7 +784,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 	struct login *L = s->login;
 	const struct cluster_cfg *cl;
 	struct tenant t;
-	const char *why;
+	char why[320];
 	size_t idx;
 	int rc;
 
@@ -827,7 +828,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 		session_close(s);
 		return;
 	}
-	if (!health_writer(rt->health, idx, &L->target, &why)) {
+	if (!health_writer(rt->health, s->cluster, &L->target, why, sizeof(why))) {
 		char hint[256];
 
 		snprintf(hint, sizeof(hint),
@@ -1220,6 +1221,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		rt->sessions->prev = s;
 	rt->sessions = s;
 	rt->nsessions++;
+	atomic_fetch_add(rt->live, 1);
 	rc = uv_accept(listener, (uv_stream_t *)&s->cl.tcp);
 	if (rc < 0) {
 		log_warn("accept failed: %s", uv_strerror(rc));
@@ -1240,7 +1242,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, port);
 	}
 	uv_tcp_nodelay(&s->cl.tcp, 1);
-	s->over_limit = rt->nsessions > rt->cfg->max_client_conn;
+	s->over_limit = atomic_load(rt->live) > rt->cfg->max_client_conn;
 	s->login = calloc(1, sizeof(*s->login));
 	if (s->login == NULL) {
 		log_error("out of memory for a new session");

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include <ini.h>
+#include <uv.h>
 #include <libpq-fe.h>
 
 #include "pins.h"
@@ -434,6 +435,14 @@ static void router_key(struct loader *L, const char *key, const char *value)
 			problem(L, L->line, "[router] tenant_separator: give exactly one character");
 		else
 			c->rule.separator = value[0];
+	} else if (strcmp(key, "threads") == 0) {
+		if (strcmp(value, "auto") == 0) {
+			unsigned n = uv_available_parallelism();
+
+			c->threads = n < 1 ? 1 : n > 64 ? 64 : n;
+		} else {
+			set_uint(L, "router", key, value, 1, 64, &c->threads);
+		}
 	} else if (strcmp(key, "max_client_conn") == 0) {
 		set_uint(L, "router", key, value, 1, 1000000, &c->max_client_conn);
 	} else if (strcmp(key, "client_login_timeout") == 0) {
@@ -632,6 +641,7 @@ static void set_defaults(struct config *c)
 	c->rule.sources = TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER;
 	c->rule.separator = '+';
 	c->max_client_conn = 1000;
+	c->threads = 1;
 	c->client_login_timeout_ms = 60000;
 	c->server_connect_timeout_ms = 5000;
 	c->shutdown_timeout_ms = 30000;

@@ -70,11 +70,17 @@ struct checker {
 };
 
 struct cluster_map {
+	char *name; /* owned */
 	size_t n;
 	struct checker *hosts[CONFIG_MAX_HOSTS]; /* borrowed: h->checkers */
 };
 
 struct health {
+	/*
+	 * Sessions on every event-loop thread read host states and the map;
+	 * only the health loop writes them, under the write lock.
+	 */
+	uv_rwlock_t lock;
 	uv_loop_t *loop;
 	struct checker *checkers; /* owned list */
 	struct cluster_map *map;  /* owned; index = cluster index of the last cfg */
@@ -88,7 +94,6 @@ struct health {
 	size_t closing; /* checkers whose handles are still closing */
 	void (*stopped)(void *arg);
 	void *stopped_arg;
-	char why[512];
 };
 
 static void start_check(struct checker *ck);
@@ -165,15 +170,18 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	copy_reason(ck->why, sizeof(ck->why), msg);
 	drop_conn(ck);
 	ck->phase = PH_IDLE;
 	ck->fails++;
+	uv_rwlock_wrlock(&h->lock);
+	copy_reason(ck->why, sizeof(ck->why), msg);
 	if (ck->state != HEALTH_DOWN && (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after)) {
 		ck->state = HEALTH_DOWN;
+		uv_rwlock_wrunlock(&h->lock);
 		log_warn("health: host down cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			 ck->cluster, ck->host, ck->port, ck->fails, ck->why);
 	} else {
+		uv_rwlock_wrunlock(&h->lock);
 		log_debug("health: check failed cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			  ck->cluster, ck->host, ck->port, ck->fails, ck->why);
 	}
@@ -190,8 +198,10 @@ static void succeed(struct checker *ck)
 	else if (ck->in_recovery != ck->result_recovery)
 		log_info("health: host role changed cluster=%s host=%s:%u role=%s", ck->cluster,
 			 ck->host, ck->port, ck->result_recovery ? "standby" : "primary");
+	uv_rwlock_wrlock(&ck->h->lock);
 	ck->state = HEALTH_UP;
 	ck->in_recovery = ck->result_recovery;
+	uv_rwlock_wrunlock(&ck->h->lock);
 	ck->fails = 0;
 	ck->phase = PH_IDLE;
 	first_round_done(ck);
@@ -466,12 +476,14 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		fail(ck, false, "could not resolve %s: %s", ck->host, uv_strerror(status));
 		return;
 	}
+	uv_rwlock_wrlock(&ck->h->lock);
 	memcpy(&ck->addr, res->ai_addr, res->ai_addrlen);
+	ck->have_addr = true;
+	uv_rwlock_wrunlock(&ck->h->lock);
 	if (res->ai_family == AF_INET6)
 		uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
 	else
 		uv_ip4_name((struct sockaddr_in *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
-	ck->have_addr = true;
 	uv_freeaddrinfo(res);
 	connect_start(ck);
 }
@@ -533,7 +545,8 @@ struct health *health_new(uv_loop_t *loop)
 		return NULL;
 	h->loop = loop;
 	h->conninfo = strdup("");
-	if (h->conninfo == NULL) {
+	if (h->conninfo == NULL || uv_rwlock_init(&h->lock) != 0) {
+		free(h->conninfo);
 		free(h);
 		return NULL;
 	}
@@ -661,6 +674,15 @@ static bool set_tls(struct checker *ck, const struct config *cfg, const struct c
 	return ok;
 }
 
+static void free_map(struct cluster_map *map, size_t n)
+{
+	if (map == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(map[i].name);
+	free(map);
+}
+
 static struct checker *find_checker(struct health *h, const char *cluster, const char *host,
 				    uint16_t port)
 {
@@ -674,7 +696,8 @@ static struct checker *find_checker(struct health *h, const char *cluster, const
 
 int health_apply(struct health *h, const struct config *cfg, health_ready_fn ready, void *arg)
 {
-	struct cluster_map *map;
+	struct cluster_map *map, *old;
+	size_t oldn;
 	struct checker **pp;
 	bool conninfo_changed = strcmp(h->conninfo, cfg->health_conninfo) != 0;
 	char *ci;
@@ -685,6 +708,14 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 		free(map);
 		free(ci);
 		return UV_ENOMEM;
+	}
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		map[i].name = strdup(cfg->clusters[i].name);
+		if (map[i].name == NULL) {
+			free_map(map, i);
+			free(ci);
+			return UV_ENOMEM;
+		}
 	}
 	for (struct checker *ck = h->checkers; ck; ck = ck->next)
 		ck->keep = false;
@@ -698,7 +729,7 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 			if (ck == NULL) {
 				ck = checker_new(h, cl->name, cl->hosts[j].host, cl->hosts[j].port);
 				if (ck == NULL) {
-					free(map);
+					free_map(map, cfg->nclusters);
 					free(ci);
 					return UV_ENOMEM;
 				}
@@ -711,13 +742,21 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 			}
 			ck->keep = true;
 			if (!set_tls(ck, cfg, cl)) {
-				free(map);
+				free_map(map, cfg->nclusters);
 				free(ci);
 				return UV_ENOMEM;
 			}
 			map[i].hosts[map[i].n++] = ck;
 		}
 	}
+	/* Publish the new map first: no reader may reach a checker we stop below. */
+	uv_rwlock_wrlock(&h->lock);
+	old = h->map;
+	oldn = h->nmap;
+	h->map = map;
+	h->nmap = cfg->nclusters;
+	uv_rwlock_wrunlock(&h->lock);
+	free_map(old, oldn);
 	/* Stop checkers of hosts the new configuration no longer lists. */
 	for (pp = &h->checkers; *pp;) {
 		struct checker *ck = *pp;
@@ -729,9 +768,6 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 			pp = &ck->next;
 		}
 	}
-	free(h->map);
-	h->map = map;
-	h->nmap = cfg->nclusters;
 	free(h->conninfo);
 	h->conninfo = ci;
 	h->interval_ms = cfg->health_interval_ms;
@@ -753,16 +789,24 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 	return 0;
 }
 
-bool health_writer(struct health *h, size_t idx, struct health_target *t, const char **why)
+bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
+		   size_t whylen)
 {
-	struct cluster_map *m;
+	struct cluster_map *m = NULL;
 	size_t down = 0, standby = 0;
+	bool found = false;
 
-	if (idx >= h->nmap) {
-		*why = "unknown cluster";
-		return false;
+	uv_rwlock_rdlock(&h->lock);
+	for (size_t i = 0; i < h->nmap; i++) {
+		if (strcmp(h->map[i].name, cluster) == 0) {
+			m = &h->map[i];
+			break;
+		}
 	}
-	m = &h->map[idx];
+	if (m == NULL) {
+		snprintf(why, whylen, "no health information yet");
+		goto out;
+	}
 	for (size_t i = 0; i < m->n; i++) {
 		struct checker *ck = m->hosts[i];
 
@@ -770,7 +814,8 @@ bool health_writer(struct health *h, size_t idx, struct health_target *t, const 
 			memcpy(&t->addr, &ck->addr, sizeof(t->addr));
 			snprintf(t->host, sizeof(t->host), "%s", ck->host);
 			t->port = ck->port;
-			return true;
+			found = true;
+			goto out;
 		}
 		if (ck->state == HEALTH_UP)
 			standby++;
@@ -778,17 +823,16 @@ bool health_writer(struct health *h, size_t idx, struct health_target *t, const 
 			down++;
 	}
 	if (standby > 0 && down == 0)
-		snprintf(h->why, sizeof(h->why), "all %zu hosts are standbys (in recovery)",
-			 standby);
+		snprintf(why, whylen, "all %zu hosts are standbys (in recovery)", standby);
 	else if (m->n == 1)
-		snprintf(h->why, sizeof(h->why), "host %s:%u is %s: %s", m->hosts[0]->host,
-			 m->hosts[0]->port, m->hosts[0]->state == HEALTH_DOWN ? "down" : "unchecked",
+		snprintf(why, whylen, "host %s:%u is %s: %s", m->hosts[0]->host, m->hosts[0]->port,
+			 m->hosts[0]->state == HEALTH_DOWN ? "down" : "unchecked",
 			 m->hosts[0]->why[0] ? m->hosts[0]->why : "no check has finished yet");
 	else
-		snprintf(h->why, sizeof(h->why), "%zu of %zu hosts down, %zu standby", down, m->n,
-			 standby);
-	*why = h->why;
-	return false;
+		snprintf(why, whylen, "%zu of %zu hosts down, %zu standby", down, m->n, standby);
+out:
+	uv_rwlock_rdunlock(&h->lock);
+	return found;
 }
 
 void health_stop(struct health *h, void (*done)(void *arg), void *arg)
@@ -797,13 +841,15 @@ void health_stop(struct health *h, void (*done)(void *arg), void *arg)
 
 	h->stopped = done;
 	h->stopped_arg = arg;
+	uv_rwlock_wrlock(&h->lock);
+	free_map(h->map, h->nmap);
+	h->map = NULL;
+	h->nmap = 0;
+	uv_rwlock_wrunlock(&h->lock);
 	while ((ck = h->checkers) != NULL) {
 		h->checkers = ck->next;
 		checker_stop(ck);
 	}
-	free(h->map);
-	h->map = NULL;
-	h->nmap = 0;
 	maybe_stopped(h);
 }
 
@@ -812,7 +858,8 @@ void health_free(struct health *h)
 	if (h == NULL)
 		return;
 	TR_ASSERT(h->checkers == NULL && h->closing == 0);
-	free(h->map);
+	free_map(h->map, h->nmap);
+	uv_rwlock_destroy(&h->lock);
 	free(h->conninfo);
 	free(h);
 }

@@ -11,14 +11,24 @@
  * thread pool (a big pins file must not stall the loop) and swaps it in;
  * a broken one is logged and dropped. SIGTERM/SIGINT stop accepting and
  * wait for sessions up to shutdown_timeout; a second signal closes them now.
+ *
+ * Threads: `threads = N` runs N event loops. Worker 0 is the main loop,
+ * which also owns signals, reloads and the health checkers; every worker
+ * has its own SO_REUSEPORT listener and its own sessions. The main loop
+ * talks to the others only through each worker's uv_async_t and a small
+ * mailbox under a mutex (a new config, drain, close all, stop).
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -36,16 +46,37 @@
 
 #define TR_VERSION "0.1.0"
 #define RELOAD_ERR_CAP 16384
+#define MAX_THREADS 64
+
+struct worker {
+	int index;
+	uv_loop_t own_loop; /* workers > 0 */
+	uv_loop_t *loop;    /* borrowed: own_loop, or the main loop for worker 0 */
+	struct router rt;
+	uv_tcp_t listeners[CONFIG_MAX_LISTEN];
+	size_t nlisteners;
+	uv_async_t wake; /* workers > 0 */
+	uv_thread_t thread;
+	bool started;
+	/* Mailbox from the main loop, under lock. */
+	uv_mutex_t lock;
+	struct config *pending; /* owned reference */
+	bool drain, close_all, stop;
+};
 
 struct daemon {
 	uv_loop_t loop;
-	struct router rt;
 	const char *config_path;
-	uv_tcp_t listeners[CONFIG_MAX_LISTEN];
-	size_t nlisteners;
+	struct config *cfg; /* owned reference: the main loop's current snapshot */
+	struct health *health;
+	struct cancel_map *cancels;
+	size_t nworkers;
+	struct worker *workers; /* owned array */
+	atomic_size_t live;	/* sessions across all workers */
+	bool draining;
+	uv_async_t empty_async; /* a worker's last session ended while draining */
 	uv_signal_t sighup, sigterm, sigint;
 	uv_timer_t shutdown_timer;
-	bool shutdown_timer_on;
 	uv_work_t reload_work;
 	bool reloading, reload_again;
 	struct config *reload_result;
@@ -81,15 +112,37 @@ static void close_noop_cb(uv_handle_t *h)
 {
 }
 
+static void walk_close_cb(uv_handle_t *h, void *arg)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, close_noop_cb);
+}
+
+/* Sets mailbox flags (and a config) for worker w and wakes it. */
+static void post(struct worker *w, struct config *cfg, bool drain, bool close_all, bool stop)
+{
+	uv_mutex_lock(&w->lock);
+	if (cfg) {
+		config_unref(w->pending);
+		w->pending = config_ref(cfg);
+	}
+	w->drain |= drain;
+	w->close_all |= close_all;
+	w->stop |= stop;
+	uv_mutex_unlock(&w->lock);
+	uv_async_send(&w->wake);
+}
+
 static void health_stopped_cb(void *arg)
 {
 	uv_close((uv_handle_t *)&D.sighup, close_noop_cb);
 	uv_close((uv_handle_t *)&D.sigterm, close_noop_cb);
 	uv_close((uv_handle_t *)&D.sigint, close_noop_cb);
 	uv_close((uv_handle_t *)&D.shutdown_timer, close_noop_cb);
+	uv_close((uv_handle_t *)&D.empty_async, close_noop_cb);
 }
 
-/* Every session is gone: stop the checkers, then the loop runs dry. */
+/* Every session is gone: stop the workers and the checkers; the loop runs dry. */
 static void finish(void)
 {
 	if (D.finishing)
@@ -97,46 +150,123 @@ static void finish(void)
 	D.finishing = true;
 	log_info("shutdown complete");
 	sdnotify("STOPPING=1");
-	health_stop(D.rt.health, health_stopped_cb, NULL);
+	for (size_t i = 1; i < D.nworkers; i++) {
+		if (D.workers[i].started)
+			post(&D.workers[i], NULL, false, false, true);
+	}
+	health_stop(D.health, health_stopped_cb, NULL);
 }
 
+static void check_finished(void)
+{
+	if (D.draining && atomic_load(&D.live) == 0)
+		finish();
+}
+
+static void empty_async_cb(uv_async_t *a)
+{
+	check_finished();
+}
+
+/* Called on the worker's own thread when its last session ends while draining. */
 static void on_empty(struct router *rt)
 {
-	finish();
+	struct worker *w = container_of(rt, struct worker, rt);
+
+	if (w->index == 0)
+		check_finished();
+	else
+		uv_async_send(&D.empty_async);
 }
 
-static void close_listeners(void)
+static void close_listeners(struct worker *w)
 {
-	for (size_t i = 0; i < D.nlisteners; i++) {
-		if (!uv_is_closing((uv_handle_t *)&D.listeners[i]))
-			uv_close((uv_handle_t *)&D.listeners[i], close_noop_cb);
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		if (!uv_is_closing((uv_handle_t *)&w->listeners[i]))
+			uv_close((uv_handle_t *)&w->listeners[i], close_noop_cb);
+	}
+}
+
+/* On the worker's thread: stop accepting and report when empty. */
+static void worker_drain(struct worker *w)
+{
+	if (w->rt.draining)
+		return;
+	w->rt.draining = true;
+	close_listeners(w);
+	if (w->rt.nsessions == 0)
+		on_empty(&w->rt);
+}
+
+static void wake_cb(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	struct config *cfg;
+	bool drain, close_all, stop;
+
+	uv_mutex_lock(&w->lock);
+	cfg = w->pending;
+	w->pending = NULL;
+	drain = w->drain;
+	close_all = w->close_all;
+	stop = w->stop;
+	w->close_all = false;
+	uv_mutex_unlock(&w->lock);
+	if (cfg) {
+		config_unref(w->rt.cfg);
+		w->rt.cfg = cfg;
+	}
+	if (drain)
+		worker_drain(w);
+	if (close_all)
+		client_close_all(&w->rt);
+	if (stop)
+		uv_walk(w->loop, walk_close_cb, NULL);
+}
+
+static void worker_thread(void *arg)
+{
+	struct worker *w = arg;
+
+	uv_run(w->loop, UV_RUN_DEFAULT);
+	/* The relay buffer pool is per thread. */
+	splice_pool_drain();
+}
+
+static void close_all_sessions(void)
+{
+	client_close_all(&D.workers[0].rt);
+	for (size_t i = 1; i < D.nworkers; i++) {
+		if (D.workers[i].started)
+			post(&D.workers[i], NULL, false, true, false);
 	}
 }
 
 static void shutdown_timer_cb(uv_timer_t *t)
 {
-	log_info("shutdown timeout reached, closing %zu sessions", D.rt.nsessions);
-	client_close_all(&D.rt);
+	log_info("shutdown timeout reached, closing %zu sessions", atomic_load(&D.live));
+	close_all_sessions();
 }
 
 static void begin_shutdown(int signum)
 {
-	if (D.rt.draining) {
+	if (D.draining) {
 		log_info("second signal (%s), closing %zu sessions now", strsignal(signum),
-			 D.rt.nsessions);
-		client_close_all(&D.rt);
+			 atomic_load(&D.live));
+		close_all_sessions();
 		return;
 	}
-	D.rt.draining = true;
+	D.draining = true;
 	sdnotify("STOPPING=1");
-	close_listeners();
 	log_info("shutting down on %s: waiting up to %llu ms for %zu sessions", strsignal(signum),
-		 (unsigned long long)D.rt.cfg->shutdown_timeout_ms, D.rt.nsessions);
-	if (D.rt.nsessions == 0) {
-		finish();
-		return;
+		 (unsigned long long)D.cfg->shutdown_timeout_ms, atomic_load(&D.live));
+	for (size_t i = 1; i < D.nworkers; i++) {
+		if (D.workers[i].started)
+			post(&D.workers[i], NULL, true, false, false);
 	}
-	uv_timer_start(&D.shutdown_timer, shutdown_timer_cb, D.rt.cfg->shutdown_timeout_ms, 0);
+	worker_drain(&D.workers[0]);
+	uv_timer_start(&D.shutdown_timer, shutdown_timer_cb, D.cfg->shutdown_timeout_ms, 0);
+	check_finished();
 }
 
 static void reload_start(void);
@@ -148,7 +278,7 @@ static void reload_work_cb(uv_work_t *w)
 
 static bool same_listen(const struct config *a, const struct config *b)
 {
-	if (a->nlisten != b->nlisten)
+	if (a->nlisten != b->nlisten || a->threads != b->threads)
 		return false;
 	for (size_t i = 0; i < a->nlisten; i++) {
 		if (a->listen[i].port != b->listen[i].port ||
@@ -158,9 +288,9 @@ static bool same_listen(const struct config *a, const struct config *b)
 	return true;
 }
 
-static void reload_after_cb(uv_work_t *w, int status)
+static void reload_after_cb(uv_work_t *work, int status)
 {
-	struct config *nc = D.reload_result, *old = D.rt.cfg;
+	struct config *nc = D.reload_result, *old = D.cfg;
 	int rc;
 
 	D.reloading = false;
@@ -170,26 +300,32 @@ static void reload_after_cb(uv_work_t *w, int status)
 		log_error("reload failed, keeping the running configuration: %s", D.reload_err);
 		goto done;
 	}
-	if (D.rt.draining) {
+	if (D.draining) {
 		config_unref(nc);
 		return;
 	}
-	rc = health_apply(D.rt.health, nc, NULL, NULL);
+	rc = health_apply(D.health, nc, NULL, NULL);
 	if (rc < 0) {
 		log_error("reload failed, keeping the running configuration: %s", uv_strerror(rc));
 		config_unref(nc);
 		goto done;
 	}
 	if (!same_listen(old, nc))
-		log_warn("reload: listen addresses changed; restart to apply them");
-	D.rt.cfg = nc;
+		log_warn("reload: listen addresses or threads changed; restart to apply them");
+	D.cfg = nc;
+	config_unref(D.workers[0].rt.cfg);
+	D.workers[0].rt.cfg = config_ref(nc);
+	for (size_t i = 1; i < D.nworkers; i++) {
+		if (D.workers[i].started)
+			post(&D.workers[i], nc, false, false, false);
+	}
 	config_unref(old);
 	log_set_level(nc->log_level);
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));
 done:
 	sdnotify("READY=1");
-	if (D.reload_again && !D.rt.draining) {
+	if (D.reload_again && !D.draining) {
 		D.reload_again = false;
 		reload_start();
 	}
@@ -213,7 +349,7 @@ static void reload_start(void)
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	if (signum == SIGHUP) {
-		if (!D.rt.draining)
+		if (!D.draining)
 			reload_start();
 		return;
 	}
@@ -222,22 +358,28 @@ static void signal_cb(uv_signal_t *h, int signum)
 
 static void connection_cb(uv_stream_t *server, int status)
 {
+	struct worker *w = server->data;
+
 	if (status < 0) {
 		log_warn("accept: %s", uv_strerror(status));
 		return;
 	}
-	client_accept(&D.rt, server);
+	client_accept(&w->rt, server);
 }
 
-static int listen_one(const struct host_port *hp)
+/*
+ * A listening socket for w. With several workers each has its own socket
+ * on the same address (SO_REUSEPORT) and the kernel spreads connections.
+ */
+static int listen_one(struct worker *w, const struct host_port *hp, bool reuseport)
 {
 	struct addrinfo hints = {.ai_family = AF_UNSPEC,
 				 .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_PASSIVE};
 	struct addrinfo *res = NULL;
+	uv_tcp_t *l = &w->listeners[w->nlisteners];
 	char port[8];
-	uv_tcp_t *l = &D.listeners[D.nlisteners];
-	int rc;
+	int one = 1, fd = -1, rc;
 
 	snprintf(port, sizeof(port), "%u", hp->port);
 	rc = getaddrinfo(strcmp(hp->host, "*") == 0 ? NULL : hp->host, port, &hints, &res);
@@ -245,35 +387,67 @@ static int listen_one(const struct host_port *hp)
 		log_error("listen %s:%u: %s", hp->host, hp->port, gai_strerror(rc));
 		return -1;
 	}
-	rc = uv_tcp_init_ex(&D.loop, l, res->ai_family);
-	if (rc == 0) {
-		D.nlisteners++;
-		rc = uv_tcp_bind(l, res->ai_addr, 0);
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd == -1 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) ||
+	    (res->ai_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1) ||
+	    bind(fd, res->ai_addr, res->ai_addrlen) == -1) {
+		rc = -errno;
+		goto fail;
 	}
-	if (rc == 0)
-		rc = uv_listen((uv_stream_t *)l, 1024, connection_cb);
+	rc = uv_tcp_init(w->loop, l);
+	if (rc < 0)
+		goto fail;
+	l->data = w;
+	w->nlisteners++;
+	rc = uv_tcp_open(l, fd);
+	if (rc < 0)
+		goto fail;
+	fd = -1; /* the handle owns it now */
+	rc = uv_listen((uv_stream_t *)l, 1024, connection_cb);
+	if (rc < 0)
+		goto fail;
 	freeaddrinfo(res);
-	if (rc < 0) {
-		log_error("listen %s:%u: %s", hp->host, hp->port, uv_strerror(rc));
-		return -1;
-	}
-	log_info("listening on %s:%u", hp->host, hp->port);
+	if (w->index == 0)
+		log_info("listening on %s:%u", hp->host, hp->port);
 	return 0;
+fail:
+	log_error("listen %s:%u: %s", hp->host, hp->port, uv_strerror(rc));
+	if (fd != -1)
+		close(fd);
+	freeaddrinfo(res);
+	return -1;
 }
 
 static void health_ready_cb(void *arg)
 {
-	const struct config *cfg = D.rt.cfg;
+	const struct config *cfg = D.cfg;
+	bool reuseport = D.nworkers > 1;
 
-	if (D.rt.draining)
+	if (D.draining)
 		return;
-	for (size_t i = 0; i < cfg->nlisten; i++) {
-		if (listen_one(&cfg->listen[i]) < 0) {
+	for (size_t i = 0; i < D.nworkers; i++) {
+		for (size_t j = 0; j < cfg->nlisten; j++) {
+			if (listen_one(&D.workers[i], &cfg->listen[j], reuseport) < 0) {
+				D.exit_code = 1;
+				begin_shutdown(SIGTERM);
+				return;
+			}
+		}
+	}
+	/* The other loops start only now: until here the main thread set them up. */
+	for (size_t i = 1; i < D.nworkers; i++) {
+		if (uv_thread_create(&D.workers[i].thread, worker_thread, &D.workers[i]) != 0) {
+			log_error("could not start event-loop thread %zu", i);
 			D.exit_code = 1;
 			begin_shutdown(SIGTERM);
 			return;
 		}
+		D.workers[i].started = true;
 	}
+	if (D.nworkers > 1)
+		log_info("running %zu event-loop threads", D.nworkers);
 	sdnotify("READY=1");
 }
 
@@ -296,10 +470,58 @@ static void raise_nofile(const struct config *cfg)
 			 cfg->max_client_conn);
 }
 
-static void walk_close_cb(uv_handle_t *h, void *arg)
+static int workers_init(struct config *cfg)
 {
-	if (!uv_is_closing(h))
-		uv_close(h, close_noop_cb);
+	D.nworkers = cfg->threads;
+	D.workers = calloc(D.nworkers, sizeof(*D.workers));
+	if (D.workers == NULL)
+		return UV_ENOMEM;
+	for (size_t i = 0; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+
+		w->index = (int)i;
+		if (uv_mutex_init(&w->lock) != 0)
+			return UV_ENOMEM;
+		if (i == 0) {
+			w->loop = &D.loop;
+		} else {
+			w->loop = &w->own_loop;
+			if (uv_loop_init(w->loop) != 0 ||
+			    uv_async_init(w->loop, &w->wake, wake_cb) != 0)
+				return UV_ENOMEM;
+			w->wake.data = w;
+		}
+		w->rt.loop = w->loop;
+		w->rt.cfg = config_ref(cfg);
+		w->rt.health = D.health;
+		w->rt.cancels = D.cancels;
+		w->rt.live = &D.live;
+		w->rt.on_empty = on_empty;
+	}
+	return 0;
+}
+
+static void workers_free(void)
+{
+	for (size_t i = 0; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+
+		if (i > 0) {
+			if (w->started) {
+				uv_thread_join(&w->thread);
+			} else {
+				/* Never started: close what the main thread set up for it. */
+				uv_walk(w->loop, walk_close_cb, NULL);
+				uv_run(w->loop, UV_RUN_DEFAULT);
+			}
+			if (uv_loop_close(w->loop) != 0)
+				log_warn("event loop %zu closed with handles still open", i);
+		}
+		config_unref(w->pending);
+		config_unref(w->rt.cfg);
+		uv_mutex_destroy(&w->lock);
+	}
+	free(D.workers);
 }
 
 /* Loads a configuration, or prints every problem to stderr and returns NULL. */
@@ -331,16 +553,14 @@ static int run(const char *path)
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile(cfg);
 	D.config_path = path;
+	D.cfg = cfg;
 	if (uv_loop_init(&D.loop) != 0) {
 		log_error("could not create the event loop");
 		return 1;
 	}
-	D.rt.loop = &D.loop;
-	D.rt.cfg = cfg;
-	D.rt.on_empty = on_empty;
-	D.rt.cancels = cancel_map_new();
-	D.rt.health = health_new(&D.loop);
-	if (D.rt.cancels == NULL || D.rt.health == NULL) {
+	D.cancels = cancel_map_new();
+	D.health = health_new(&D.loop);
+	if (D.cancels == NULL || D.health == NULL || workers_init(cfg) < 0) {
 		log_error("out of memory at start-up");
 		return 1;
 	}
@@ -348,12 +568,13 @@ static int run(const char *path)
 	uv_signal_init(&D.loop, &D.sigterm);
 	uv_signal_init(&D.loop, &D.sigint);
 	uv_timer_init(&D.loop, &D.shutdown_timer);
+	uv_async_init(&D.loop, &D.empty_async, empty_async_cb);
 	uv_signal_start(&D.sighup, signal_cb, SIGHUP);
 	uv_signal_start(&D.sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&D.sigint, signal_cb, SIGINT);
-	log_info("tenant-router %s starting: clusters=%zu pins=%zu vnodes=%u", TR_VERSION,
-		 cfg->nclusters, pins_count(cfg->pins), cfg->vnodes);
-	if (health_apply(D.rt.health, cfg, health_ready_cb, NULL) < 0) {
+	log_info("tenant-router %s starting: clusters=%zu pins=%zu vnodes=%u threads=%u",
+		 TR_VERSION, cfg->nclusters, pins_count(cfg->pins), cfg->vnodes, cfg->threads);
+	if (health_apply(D.health, cfg, health_ready_cb, NULL) < 0) {
 		log_error("out of memory starting health checks");
 		return 1;
 	}
@@ -361,11 +582,12 @@ static int run(const char *path)
 	/* Anything still open (none expected) is closed so the loop can be freed. */
 	uv_walk(&D.loop, walk_close_cb, NULL);
 	uv_run(&D.loop, UV_RUN_DEFAULT);
+	workers_free();
 	if (uv_loop_close(&D.loop) != 0)
 		log_warn("event loop closed with handles still open");
-	health_free(D.rt.health);
-	cancel_map_free(D.rt.cancels);
-	config_unref(D.rt.cfg);
+	health_free(D.health);
+	cancel_map_free(D.cancels);
+	config_unref(D.cfg);
 	splice_pool_drain();
 	return D.exit_code;
 }

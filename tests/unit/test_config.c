@@ -69,6 +69,7 @@ static void test_config_defaults(void **state)
 	assert_int_equal(c->rule.sources, TENANT_SRC_OPTIONS | TENANT_SRC_PARAMETER);
 	assert_int_equal(c->rule.separator, '+');
 	assert_int_equal(c->max_client_conn, 1000);
+	assert_int_equal(c->threads, 1);
 	assert_int_equal(c->client_login_timeout_ms, 60000);
 	assert_int_equal(c->server_connect_timeout_ms, 5000);
 	assert_int_equal(c->health_interval_ms, 1000);
@@ -98,6 +99,7 @@ static void test_config_all_keys(void **state)
 				   "tenant_sources = options, user, database\n"
 				   "tenant_separator = @\n"
 				   "max_client_conn = 50\n"
+				   "threads = 3\n"
 				   "client_login_timeout = 1500ms\n"
 				   "server_connect_timeout = 2\n"
 				   "shutdown_timeout = 1m\n"
@@ -117,6 +119,7 @@ static void test_config_all_keys(void **state)
 			 TENANT_SRC_OPTIONS | TENANT_SRC_USER | TENANT_SRC_DATABASE);
 	assert_int_equal(c->rule.separator, '@');
 	assert_int_equal(c->max_client_conn, 50);
+	assert_int_equal(c->threads, 3);
 	assert_int_equal(c->client_login_timeout_ms, 1500);
 	assert_int_equal(c->server_connect_timeout_ms, 2000);
 	assert_int_equal(c->shutdown_timeout_ms, 60000);
