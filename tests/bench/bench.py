@@ -1556,7 +1556,7 @@ set grid ytics
 set xtics rotate by -25 noenhanced
 set ylabel "throughput / direct (same round)"
 set yrange [0:{cap}]
-clip(x) = x > {cap - 0.05} ? {cap - 0.05} : x
+clip(x) = x > {cap - 0.1} ? {cap - 0.1} : x
 set arrow from graph 0, first 0.85 to graph 1, first 0.85 nohead dt 2 lc rgb "red"
 set arrow from graph 0, first 0.95 to graph 1, first 0.95 nohead dt 3 lc rgb "red"
 plot '{dat}' using 2:xtic(1) title "direct" lc rgb "#999999", \\

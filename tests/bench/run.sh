@@ -52,8 +52,9 @@ fi
 for tool in pgbench psql pgbouncer gnuplot cc "$PGBIN/initdb" "$PGBIN/pg_ctl"; do
 	command -v "$tool" >/dev/null || die "$tool not found (run make deps, or .ci/install-deps)"
 done
-[[ -x $PY ]] && "$PY" -c 'import psycopg' 2>/dev/null ||
+if ! { [[ -x $PY ]] && "$PY" -c 'import psycopg' 2>/dev/null; }; then
 	die "$PY with psycopg is needed (Debian package python3-psycopg)"
+fi
 
 # --- binaries ------------------------------------------------------------------------------------
 OUT=${BENCH_RESULTS_DIR:-build/bench}
