@@ -57,6 +57,8 @@ void pins_seal(struct pins *p);
 
 /* Cluster index pinned for this tenant, or -1. */
 int pins_lookup(const struct pins *p, const void *tenant, size_t len);
+/* The same, with hash = XXH3_64bits(tenant, len) already computed (the ring's hash too). */
+int pins_lookup_hashed(const struct pins *p, const void *tenant, size_t len, uint64_t hash);
 
 size_t pins_count(const struct pins *p);
 

@@ -41,6 +41,9 @@ void ring_free(struct ring *r);
 /* Index (into the members given to ring_build) of the tenant's cluster. */
 size_t ring_lookup(const struct ring *r, const void *tenant, size_t len);
 
+/* The same, given the tenant's hash XXH3_64bits(tenant, len). */
+size_t ring_lookup_hash(const struct ring *r, uint64_t hash);
+
 /* Number of points on the ring (for logs and admin). */
 size_t ring_points(const struct ring *r);
 

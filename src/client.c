@@ -57,14 +57,14 @@
 enum sv_phase { SV_TCP, SV_SSL_ANSWER, SV_TLS_HANDSHAKE };
 
 struct login {
-	uint8_t in[PROTO_MAX_STARTUP_LEN]; /* client bytes until the packet is whole */
-	size_t inlen;
+	uint8_t *in; /* owned: client bytes until the packet is whole (grows to the limit) */
+	size_t inlen, incap;
 	bool overflow;
 	uint8_t nego; /* SSLRequest/GSSENCRequest answered */
 	const uint8_t *pkt; /* the packet to forward: in or fwd */
 	size_t pktlen;
 	size_t extra_off; /* in[extra_off, inlen): bytes the client sent after it */
-	uint8_t fwd[FORWARD_CAP];
+	uint8_t *fwd; /* owned: the rewritten packet, only when we rewrite it */
 	struct health_target target;
 	bool pinned;
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
@@ -79,7 +79,9 @@ struct login {
 	size_t blen;  /* body bytes received so far */
 	uint8_t *msg; /* owned: the current message's body */
 	size_t msgcap;
-	bool ready; /* ReadyForQuery seen */
+	bool ready;	    /* ReadyForQuery seen */
+	struct block *out; /* owned: server messages gathered for one write to the client */
+	size_t outlen;
 	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
 	bool sasl_pending; /* the server asked for SASL; its first 'p' is still to come */
 	uint8_t cmsg[96];
@@ -167,6 +169,10 @@ static void login_free(struct login *L)
 		return;
 	if (L->sv_ctx)
 		tls_ctx_free(L->sv_ctx);
+	if (L->out)
+		block_put(L->out);
+	free(L->in);
+	free(L->fwd);
 	free(L->msg);
 	free(L);
 }
@@ -468,21 +474,69 @@ static uint32_t be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* Sends one whole message (type, body) to the client. */
-static bool send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+/* Sends what out_put() gathered to the client; false if the session is closing. */
+static bool out_flush(struct session *s)
 {
-	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
-			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
-	int rc = side_send_copy(s, &s->cl, hdr, sizeof(hdr));
+	struct login *L = s->login;
+	struct block *b = L->out;
+	int rc;
 
-	if (rc == 0)
-		rc = side_send_copy(s, &s->cl, body, len);
+	L->out = NULL;
+	if (b == NULL)
+		return true;
+	if (L->outlen == 0 || s->closed || s->state == CLIENT_CLOSING) {
+		block_put(b);
+		return !s->closed && s->state != CLIENT_CLOSING;
+	}
+	rc = side_send(s, &s->cl, b, L->outlen);
+	L->outlen = 0;
 	if (rc < 0) {
 		send_failed(s, &s->cl, rc);
 		return false;
 	}
 	apply_pressure(s, &s->cl);
 	return true;
+}
+
+/*
+ * Gathers bytes for the client. During login a server sends many small
+ * messages in one segment; one write for all of them, not one per message,
+ * halves the router's syscalls per connection and wakes the client once.
+ */
+static bool out_put(struct session *s, const void *p, size_t n)
+{
+	struct login *L = s->login;
+	const uint8_t *src = p;
+
+	while (n > 0) {
+		size_t c;
+
+		if (L->out == NULL) {
+			L->out = block_get();
+			L->outlen = 0;
+			if (L->out == NULL) {
+				session_close(s);
+				return false;
+			}
+		}
+		c = SPLICE_BLOCK_SIZE - L->outlen < n ? SPLICE_BLOCK_SIZE - L->outlen : n;
+		memcpy(L->out->data + L->outlen, src, c);
+		L->outlen += c;
+		src += c;
+		n -= c;
+		if (L->outlen == SPLICE_BLOCK_SIZE && !out_flush(s))
+			return false;
+	}
+	return true;
+}
+
+/* Queues one whole message (type, body) for the client. */
+static bool send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
+			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
+
+	return out_put(s, hdr, sizeof(hdr)) && out_put(s, body, len);
 }
 
 /*
@@ -569,7 +623,7 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
  * Frames server bytes during the auth relay and passes each whole message
  * on. Bytes after ReadyForQuery go on unparsed. False on a broken length.
  */
-static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
+static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 {
 	struct login *L = s->login;
 
@@ -616,12 +670,20 @@ static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
 		if (s->state != CLIENT_AUTH_RELAY)
 			return true;
 		if (L->ready) {
-			if (n > 0 && side_send_copy(s, &s->cl, p, n) < 0)
-				session_close(s);
+			out_put(s, p, n);
 			return true;
 		}
 	}
 	return true;
+}
+
+static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
+{
+	bool ok = relay_auth_msgs(s, p, n);
+
+	if (s->login)
+		out_flush(s);
+	return ok;
 }
 
 /*
@@ -844,7 +906,8 @@ static void route(struct session *s, const struct startup *st, size_t len)
 	if (cl->tls_ctx)
 		L->sv_ctx = tls_ctx_ref(cl->tls_ctx);
 	if (t.strip_user || t.strip_database || t.source & (TENANT_SRC_USER | TENANT_SRC_DATABASE)) {
-		L->pktlen = startup_build_forward(st, &cfg->rule, &t, L->fwd, sizeof(L->fwd));
+		L->fwd = malloc(FORWARD_CAP);
+		L->pktlen = L->fwd ? startup_build_forward(st, &cfg->rule, &t, L->fwd, FORWARD_CAP) : 0;
 		L->pkt = L->fwd;
 		if (L->pktlen == 0) {
 			client_refuse(s, "08P01", "Shorten the startup parameters.",
@@ -1022,9 +1085,27 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 	switch (s->state) {
 	case CLIENT_STARTUP: {
 		struct login *L = s->login;
-		size_t room = sizeof(L->in) - L->inlen;
+		size_t room = PROTO_MAX_STARTUP_LEN - L->inlen;
 		size_t take = n < room ? n : room;
 
+		/* Most startup packets are a few hundred bytes: grow only as needed. */
+		if (L->inlen + take > L->incap) {
+			size_t cap = L->incap ? L->incap : 512;
+			uint8_t *in;
+
+			while (cap < L->inlen + take)
+				cap *= 2;
+			if (cap > PROTO_MAX_STARTUP_LEN)
+				cap = PROTO_MAX_STARTUP_LEN;
+			in = realloc(L->in, cap);
+			if (in == NULL) {
+				block_put(b);
+				session_close(s);
+				break;
+			}
+			L->in = in;
+			L->incap = cap;
+		}
 		memcpy(L->in + L->inlen, b->data, take);
 		L->inlen += take;
 		L->overflow |= take < n;

@@ -118,6 +118,40 @@ static void walk_close_cb(uv_handle_t *h, void *arg)
 		uv_close(h, close_noop_cb);
 }
 
+struct release {
+	uv_work_t work;
+	struct config *cfg; /* owned reference */
+};
+
+static void release_work_cb(uv_work_t *w)
+{
+	config_unref(container_of(w, struct release, work)->cfg);
+}
+
+static void release_after_cb(uv_work_t *w, int status)
+{
+	free(container_of(w, struct release, work));
+}
+
+/*
+ * Drops a reference on the thread pool: the last one frees the snapshot,
+ * and unmapping a table of ten million pins takes tens of milliseconds that
+ * no event loop should stall for.
+ */
+static void release_config(uv_loop_t *loop, struct config *cfg)
+{
+	struct release *r;
+
+	if (cfg == NULL)
+		return;
+	r = malloc(sizeof(*r));
+	if (r == NULL || (r->cfg = cfg, uv_queue_work(loop, &r->work, release_work_cb,
+						     release_after_cb) != 0)) {
+		free(r);
+		config_unref(cfg);
+	}
+}
+
 /* Sets mailbox flags (and a config) for worker w and wakes it. */
 static void post(struct worker *w, struct config *cfg, bool drain, bool close_all, bool stop)
 {
@@ -213,7 +247,7 @@ static void wake_cb(uv_async_t *a)
 	w->close_all = false;
 	uv_mutex_unlock(&w->lock);
 	if (cfg) {
-		config_unref(w->rt.cfg);
+		release_config(w->loop, w->rt.cfg);
 		w->rt.cfg = cfg;
 	}
 	if (drain)
@@ -313,13 +347,13 @@ static void reload_after_cb(uv_work_t *work, int status)
 	if (!same_listen(old, nc))
 		log_warn("reload: listen addresses or threads changed; restart to apply them");
 	D.cfg = nc;
-	config_unref(D.workers[0].rt.cfg);
+	release_config(&D.loop, D.workers[0].rt.cfg);
 	D.workers[0].rt.cfg = config_ref(nc);
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], nc, false, false, false);
 	}
-	config_unref(old);
+	release_config(&D.loop, old);
 	log_set_level(nc->log_level);
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));

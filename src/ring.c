@@ -250,7 +250,11 @@ void ring_free(struct ring *r)
 
 size_t ring_lookup(const struct ring *r, const void *tenant, size_t len)
 {
-	uint64_t h = XXH3_64bits(tenant, len);
+	return ring_lookup_hash(r, XXH3_64bits(tenant, len));
+}
+
+size_t ring_lookup_hash(const struct ring *r, uint64_t h)
+{
 	const struct ring_point *base = r->points;
 	size_t n = r->npoints, idx;
 

@@ -10,6 +10,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include <xxhash.h>
 
 #include "pins.h"
 #include "ring.h"
@@ -17,11 +20,13 @@
 size_t route_lookup(const struct pins *pins, const struct ring *ring, const void *tenant,
                     size_t len, bool *pinned)
 {
-	int c = pins != NULL ? pins_lookup(pins, tenant, len) : -1;
+	/* Pins and ring hash the tenant the same way: hash it once. */
+	uint64_t h = XXH3_64bits(tenant, len);
+	int c = pins != NULL ? pins_lookup_hashed(pins, tenant, len, h) : -1;
 
 	if (pinned != NULL)
 		*pinned = c >= 0;
 	if (c >= 0)
 		return (size_t)c;
-	return ring_lookup(ring, tenant, len);
+	return ring_lookup_hash(ring, h);
 }
