@@ -334,20 +334,20 @@ static char *resolve_path(struct loader *L, const char *value)
 static bool tls_key(struct loader *L, const char *key, const char *value)
 {
 	struct config *c = L->c;
-	static const struct {
+	const struct {
 		const char *key;
-		size_t off;
+		char **field;
 	} strings[] = {
-		{"client_tls_cert_file", offsetof(struct config, client_tls_cert_file)},
-		{"client_tls_key_file", offsetof(struct config, client_tls_key_file)},
-		{"client_tls_ca_file", offsetof(struct config, client_tls_ca_file)},
-		{"client_tls_protocols", offsetof(struct config, client_tls_protocols)},
-		{"client_tls_ciphers", offsetof(struct config, client_tls_ciphers)},
-		{"server_tls_ca_file", offsetof(struct config, server_tls_ca_file)},
-		{"server_tls_cert_file", offsetof(struct config, server_tls_cert_file)},
-		{"server_tls_key_file", offsetof(struct config, server_tls_key_file)},
-		{"server_tls_protocols", offsetof(struct config, server_tls_protocols)},
-		{"server_tls_ciphers", offsetof(struct config, server_tls_ciphers)},
+		{"client_tls_cert_file", &c->client_tls_cert_file},
+		{"client_tls_key_file", &c->client_tls_key_file},
+		{"client_tls_ca_file", &c->client_tls_ca_file},
+		{"client_tls_protocols", &c->client_tls_protocols},
+		{"client_tls_ciphers", &c->client_tls_ciphers},
+		{"server_tls_ca_file", &c->server_tls_ca_file},
+		{"server_tls_cert_file", &c->server_tls_cert_file},
+		{"server_tls_key_file", &c->server_tls_key_file},
+		{"server_tls_protocols", &c->server_tls_protocols},
+		{"server_tls_ciphers", &c->server_tls_ciphers},
 	};
 
 	if (strcmp(key, "client_tls_mode") == 0) {
@@ -368,7 +368,7 @@ static bool tls_key(struct loader *L, const char *key, const char *value)
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(strings); i++) {
 		if (strcmp(key, strings[i].key) == 0) {
-			char **field = (char **)((char *)c + strings[i].off);
+			char **field = strings[i].field;
 
 			free(*field);
 			*field = strstr(key, "_file") ? resolve_path(L, value) : strdup(value);

@@ -32,6 +32,9 @@ import psycopg
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HZ = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "pgbouncer", "router")
+# The TLS section (issue #4): the main router (plaintext), two more routers with TLS on one or both
+# legs, and PostgreSQL itself over TLS.
+TLS_TARGETS = ("router-plain", "router-tls-client", "router-tls-both", "direct-tls")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,6 +239,7 @@ class PgServer:
         self.port = free_port()
         self.running = False
         self.max_connections = 0
+        self.ssl_files = None  # (cert, key): ssl = on (the TLS section)
 
     def _run(self, args, timeout=120):
         r = subprocess.run(as_postgres(args), capture_output=True, text=True, timeout=timeout,
@@ -265,6 +269,9 @@ class PgServer:
                     "shared_buffers = '256MB'\n"
                     f"max_connections = {n}\n"
                     "log_min_messages = warning\n")
+            if self.ssl_files:
+                f.write(f"ssl = on\nssl_cert_file = '{self.ssl_files[0]}'\n"
+                        f"ssl_key_file = '{self.ssl_files[1]}'\n")
 
     def start(self):
         self._run([os.path.join(S.pgbin, "pg_ctl"), "-D", self.data, "-l", self.logfile, "-w",
@@ -301,13 +308,20 @@ class PgServer:
 class Router:
     """One tenant-router process with its own config and log."""
 
-    def __init__(self, root, name, servers, pins_file=None, max_client_conn=12000):
+    def __init__(self, root, name, servers, pins_file=None, max_client_conn=12000,
+                 server_tls_mode="disable", client_tls=None):
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.cfg = os.path.join(self.dir, "router.ini")
         self.logfile = os.path.join(self.dir, "router.log")
         pins = f"[pins]\nfile = {pins_file}\n" if pins_file else ""
+        # server_tls_mode is explicit: with the TLS section on, the clusters have ssl = on, and
+        # the default (prefer) would put TLS on the server leg of every other measurement.
+        tls = f"server_tls_mode = {server_tls_mode}\n"
+        if client_tls:  # (mode, cert, key)
+            tls += (f"client_tls_mode = {client_tls[0]}\nclient_tls_cert_file = {client_tls[1]}\n"
+                    f"client_tls_key_file = {client_tls[2]}\n")
         clusters = "".join(f"[cluster.{n}]\nhosts = 127.0.0.1:{s.port}\nweight = 1\n\n"
                            for n, s in servers.items())
         with open(self.cfg, "w") as f:
@@ -320,7 +334,7 @@ client_login_timeout = 60s
 server_connect_timeout = 5s
 shutdown_timeout = 2s
 log_level = {S.log_level}
-
+{tls}
 [health]
 interval = 1s
 timeout = 2s
@@ -405,6 +419,7 @@ max_client_conn = 12000
 default_pool_size = 6000
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits, options
+server_tls_sslmode = disable
 """)
         if os.geteuid() == 0:
             uid, gid = pg_ids()
@@ -468,22 +483,33 @@ class Env:
         self.notes = []
         self.warnings = {}     # router log warnings, per router log
         self.waited = 0.0      # seconds spent waiting for other load to pass
+        self.certs = None      # the TLS section's CA and server certificate
+        self.tls_routers = {}  # "router-tls-client", "router-tls-both" -> Router
+
+    def _router(self, target):
+        if target in ("router", "router-plain"):
+            return self.router
+        return self.tls_routers.get(target)
 
     def port(self, target):
-        if target == "direct":
+        if target in ("direct", "direct-tls"):
             return self.servers[self.target_cluster].port
-        return self.pgb.port if target == "pgbouncer" else self.router.port
+        return self.pgb.port if target == "pgbouncer" else self._router(target).port
 
     def proxy_pid(self, target):
-        if target == "direct":
+        if target in ("direct", "direct-tls"):
             return None
-        return self.pgb.pid if target == "pgbouncer" else self.router.pid
+        return self.pgb.pid if target == "pgbouncer" else self._router(target).pid
 
     def client_env(self, target):
         e = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         e.update(PGHOST="127.0.0.1", PGPORT=str(self.port(target)), PGUSER="bench",
                  PGDATABASE="bench", PGSSLMODE="disable", PGCONNECT_TIMEOUT="10",
                  PGOPTIONS=f"-c app.tenant_id={self.tenant}")
+        if target in ("router-tls-client", "router-tls-both", "direct-tls"):
+            # require; with a root certificate given libpq also checks the chain (verify-ca),
+            # and a ~/.postgresql/root.crt of the user cannot get in the way.
+            e.update(PGSSLMODE="require", PGSSLROOTCERT=self.certs["ca"])
         return e
 
 
@@ -1056,6 +1082,22 @@ def setup(env):
     os.chmod(env.tmp, 0o711)
     maxc = max(200, int(S.idle * 0.6) + 200)
     env.servers = {n: PgServer(n, env.tmp) for n in router_clusters}
+    if S.want("tls"):
+        # ssl = on from the start (plaintext clients are unaffected): one CA and one server
+        # certificate for 127.0.0.1 / localhost, shared by PostgreSQL and the TLS routers.
+        env.certs = make_certs(os.path.join(env.tmp, "certs"))
+        for s in env.servers.values():
+            crt, key = os.path.join(s.dir, "server.crt"), os.path.join(s.dir, "server.key")
+            shutil.copyfile(env.certs["cert"], crt)
+            shutil.copyfile(env.certs["key"], key)
+            os.chmod(key, 0o600)
+            if os.geteuid() == 0:
+                uid, gid = pg_ids()
+                os.chown(crt, uid, gid)
+                os.chown(key, uid, gid)
+            s.ssl_files = (crt, key)
+        say(f"TLS: CA and server certificate (ECDSA P-256, 127.0.0.1 / localhost) in "
+            f"{os.path.dirname(env.certs['ca'])}; clusters start with ssl = on")
     errors = []
 
     def boot(s):
@@ -1079,7 +1121,7 @@ def setup(env):
     say(f"pgbench -i -s {S.scale} on cluster {env.target_cluster}")
     subprocess.run(["pgbench", "-i", "-q", "-s", str(S.scale)], check=True,
                    capture_output=True, timeout=600, env=env.client_env("direct"))
-    if S.want("copy"):
+    if S.want("copy") or S.want("tls"):
         rows = int(S.copy_mb * 1e6 / 201)
         say(f"COPY source: {rows} rows (~{S.copy_mb} MB of COPY text)")
         with a.connect(user="bench", dbname="bench") as c:
@@ -1094,6 +1136,7 @@ def setup(env):
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else env.tmp
         env.extra["copy_in_file"] = os.path.join(shm, f"tr-bench-{os.getpid()}-in.copy")
         env.extra["copy_out_file"] = os.path.join(shm, f"tr-bench-{os.getpid()}-out.copy")
+    if S.want("copy"):
         with open(env.extra["copy_in_file"], "wb") as f:
             subprocess.run(["psql", "-X", "-q", "-c", "COPY copy_src TO STDOUT"], stdout=f,
                            check=True, timeout=600, env=env.client_env("direct"))
@@ -1113,7 +1156,7 @@ def setup(env):
 
 
 def teardown(env):
-    for p in (env.router, env.pgb):
+    for p in (env.router, env.pgb, *env.tls_routers.values()):
         if p:
             try:
                 p.stop()
@@ -1171,16 +1214,246 @@ def run_workloads(env):
                 else:
                     row = run_copy(env, t, rnd, wl)
                 env.raw.append(row)
-                cpu = row.get("cpu_us_per_op")
-                say(f"{wl['name']:<20} r{rnd} {t:<9} {row['status']:<4} "
-                    f"{row.get('tput', 0):>10.1f} {row['unit']:<4} "
-                    f"lat {row.get('lat_mean_ms') or 0:.3f} ms "
-                    f"p99 {row.get('lat_p99_ms') or 0:.3f} ms "
-                    f"cpu {'' if cpu is None else f'{cpu:.1f} us/op'} "
-                    f"busy {row.get('host_busy', 0) * 100:.0f}% "
-                    f"other {row.get('foreign', 0) * 100:.0f}%"
-                    f"{'  ' + row['reason'] if row['reason'] else ''}")
+                say_row(row)
                 time.sleep(0.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# TLS (issue #4): the main router against routers with TLS on the client leg, on both legs, and
+# PostgreSQL over TLS, in interleaved rounds
+
+def make_certs(d):
+    """A CA and a server certificate for 127.0.0.1 / localhost (ECDSA P-256), with the openssl
+    command line tool; returns {"ca", "cert", "key"} paths."""
+    os.makedirs(d, exist_ok=True)
+
+    def ossl(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60,
+                           cwd=d, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} exited {r.returncode}: {r.stderr.strip()}")
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *newkey, "-keyout", "ca.key", "-out", "ca.crt", "-days", "7",
+         "-sha256", "-subj", "/CN=tenant-router bench CA")
+    ossl("req", "-new", *newkey, "-keyout", "server.key", "-out", "server.csr", "-subj",
+         "/CN=localhost")
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write("basicConstraints = CA:FALSE\n"
+                "keyUsage = critical, digitalSignature, keyEncipherment\n"
+                "extendedKeyUsage = serverAuth\n"
+                "subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "7", "-sha256", "-extfile", "server.ext", "-out",
+         "server.crt")
+    ossl("verify", "-CAfile", "ca.crt", "server.crt")
+    for k in ("ca.key", "server.key"):
+        os.chmod(os.path.join(d, k), 0o600)
+    return {k: os.path.join(d, f) for k, f in (("ca", "ca.crt"), ("cert", "server.crt"),
+                                                ("key", "server.key"))}
+
+
+def tls_workloads():
+    return [dict(name="tls select simple c16", kind="select", mode="simple", clients=16),
+            dict(name="tls copy out", kind="copy_out", mode=None, clients=1)]
+
+
+TLS_EXPECT = {  # target: (client leg TLS, server leg TLS)
+    "router-plain": (False, False), "router-tls-client": (True, False),
+    "router-tls-both": (True, True), "direct-tls": (True, True)}
+
+
+def tls_check(env, target):
+    """What each leg of a session to target really uses: psql's \\conninfo for the client leg
+    (libpq's view), pg_stat_ssl of the backend for the server leg (PostgreSQL's view). Returns
+    (legs text, error or None)."""
+    r = subprocess.run(
+        ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", "\\conninfo", "-c",
+         "SELECT CASE WHEN ssl THEN 'TLS ' || version || ' ' || cipher ELSE 'plaintext' END "
+         "FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+        env=env.client_env(target), capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        return "?", f"psql exit {r.returncode}: {r.stderr.strip()[:200]}"
+    m = re.search(r"SSL connection \(protocol: (\S+), cipher: ([^,)]+)", r.stdout)
+    client = f"TLS {m.group(1)} {m.group(2)}" if m else "plaintext"
+    lines = [ln.strip() for ln in r.stdout.splitlines()
+             if ln.strip() == "plaintext" or ln.startswith("TLS ")]
+    server = lines[-1] if lines else "?"
+    legs = f"{client} / {server}"
+    want_c, want_s = TLS_EXPECT[target]
+    if (client != "plaintext") != want_c or (server.startswith("TLS ")) != want_s:
+        return legs, (f"expected client leg {'TLS' if want_c else 'plaintext'}, server leg "
+                      f"{'TLS' if want_s else 'plaintext'}; got {legs}")
+    return legs, None
+
+
+def tls_step(env):
+    """router-plain (the main router), router-tls-client (client_tls_mode = require), router-tls-
+    both (and server_tls_mode = require) and direct-tls: pgbench -S simple c16 and COPY out,
+    in interleaved rounds. Rows go to env.raw; returns {target: legs}."""
+    c = env.certs
+    say("TLS: starting router-tls-client (client_tls_mode = require, server_tls_mode = disable) "
+        "and router-tls-both (client_tls_mode = require, server_tls_mode = require)")
+    for name, smode in (("router-tls-client", "disable"), ("router-tls-both", "require")):
+        r = Router(env.tmp, name, env.servers, max_client_conn=5000, server_tls_mode=smode,
+                   client_tls=("require", c["cert"], c["key"]))
+        env.tls_routers[name] = r
+    info = {"legs": {}, "errors": {}}
+    try:
+        for name, r in env.tls_routers.items():
+            try:
+                r.start()
+            except Exception as e:  # its runs are marked FAIL
+                info["errors"][name] = f"router did not start: {str(e)[:300]}"
+        for t in TLS_TARGETS:
+            if t in info["errors"]:
+                info["legs"][t] = "?"
+                say(f"TLS: {t:<17} FAIL: {info['errors'][t]}")
+                continue
+            legs, err = tls_check(env, t)
+            info["legs"][t] = legs
+            say(f"TLS: {t:<17} client / server leg: {legs}{'  FAIL: ' + err if err else ''}")
+            if err:
+                info["errors"][t] = err
+        say("TLS warm-up: pgbench -S -c 16 for 1 s against each target")
+        for t in TLS_TARGETS:
+            if t not in info["errors"]:
+                subprocess.run(["pgbench", "-n", "-S", "-c", "16", "-j", "2", "-T", "1"],
+                               env=env.client_env(t), capture_output=True, timeout=120)
+        for wl in tls_workloads():
+            for rnd in range(1, S.rounds + 1):
+                order = TLS_TARGETS if rnd % 2 == 1 else tuple(reversed(TLS_TARGETS))
+                for t in order:
+                    if t in info["errors"]:
+                        row = dict(workload=wl["name"], target=t, round=rnd, status="FAIL",
+                                   reason=info["errors"][t], unit="tps" if wl["kind"] ==
+                                   "select" else "MB/s", ops=0, conns=0)
+                    else:
+                        waited = wait_quiet()
+                        if waited > 1:
+                            env.waited += waited
+                        row = (run_pgbench(env, t, rnd, wl) if wl["kind"] == "select"
+                               else run_copy(env, t, rnd, wl))
+                    env.raw.append(row)
+                    say_row(row)
+                    time.sleep(0.3)
+    finally:
+        for name, r in env.tls_routers.items():
+            r.stop()
+            env.warnings[name] = router_warnings(r)
+        env.tls_routers = {}
+    return info
+
+
+def aggregate_tls(env):
+    """Per TLS workload and target: means over OK runs; ratios to router-plain, paired by
+    round."""
+    by = {}
+    for r in env.raw:
+        by.setdefault((r["workload"], r["target"]), []).append(r)
+    agg = []
+    for wl in tls_workloads():
+        w = wl["name"]
+        plain = {r["round"]: r for r in by.get((w, "router-plain"), []) if r["status"] == "ok"}
+        for t in TLS_TARGETS:
+            runs = by.get((w, t), [])
+            ok = [r for r in runs if r["status"] == "ok"]
+            ratios = [r["tput"] / plain[r["round"]]["tput"] for r in ok
+                      if r["round"] in plain and plain[r["round"]]["tput"] > 0]
+            cpu_vs = [r["cpu_us_per_op"] / plain[r["round"]]["cpu_us_per_op"] for r in ok
+                      if r["round"] in plain and r.get("cpu_us_per_op") is not None
+                      and plain[r["round"]].get("cpu_us_per_op")]
+            agg.append(dict(
+                workload=w, kind=wl["kind"], target=t, runs=len(runs), ok=len(ok),
+                fails=[r["reason"] for r in runs if r["status"] != "ok"],
+                unit=runs[0]["unit"] if runs else "", tput=mean(r["tput"] for r in ok),
+                lat_mean_ms=mean(r.get("lat_mean_ms") for r in ok),
+                lat_p99_ms=mean(r.get("lat_p99_ms") for r in ok),
+                ratio=mean(ratios), ratio_min=min(ratios) if ratios else None,
+                ratio_max=max(ratios) if ratios else None,
+                cpu_us_per_op=mean(r.get("cpu_us_per_op") for r in ok),
+                cpu_vs_plain=mean(cpu_vs),
+                host_busy=mean(r.get("host_busy") for r in ok),
+                foreign=max((r.get("foreign") or 0 for r in runs), default=0)))
+    return agg
+
+
+def tls_report(env, tagg):
+    """The TLS section of results.md (list of lines), and tls.tsv."""
+    info = env.extra["tls"]
+    cols = ["workload", "target", "legs", "runs", "ok", "tput", "unit", "lat_mean_ms",
+            "lat_p99_ms", "ratio_to_plain", "ratio_min", "ratio_max", "cpu_us_per_op",
+            "cpu_unit", "cpu_vs_plain", "host_busy", "foreign"]
+    with open(os.path.join(S.results, "tls.tsv"), "w") as f:
+        f.write("\t".join(cols) + "\n")
+        for a in tagg:
+            a = dict(a, cpu_unit=cpu_unit(a["kind"]), ratio_to_plain=a["ratio"],
+                     legs=info["legs"].get(a["target"], ""))
+            f.write("\t".join("" if a.get(c) is None else
+                              (f"{a[c]:.6g}" if isinstance(a.get(c), float) else str(a[c]))
+                              for c in cols) + "\n")
+    L = ["\n## TLS (issue #4)\n"]
+    L.append(f"{S.rounds} interleaved round(s) (router-plain, router-tls-client, "
+             "router-tls-both, direct-tls, then reversed) of `pgbench -n -S -M simple -c 16 -j 2 "
+             f"-T {int(S.seconds)}` and a {env.extra.get('copy_bytes', 0) / 1e6:.0f} MB `COPY "
+             "copy_src TO STDOUT` (psql, to tmpfs). router-plain is the main router (plaintext "
+             "on both legs); router-tls-client and router-tls-both are two more router "
+             "processes with `client_tls_mode = require` and `server_tls_mode = disable` / "
+             "`require`; direct-tls is PostgreSQL itself (`ssl = on`). TLS clients use "
+             "`PGSSLMODE=require` (with `PGSSLROOTCERT` = the bench CA); certificates: a CA and "
+             "one ECDSA P-256 server certificate for 127.0.0.1 / localhost, made with the "
+             "openssl CLI. Ratio: throughput / router-plain in the same round, mean (min–max); "
+             "router CPU: utime+stime of that router process per transaction or per MB, and "
+             "its ratio to router-plain's in the same round.\n")
+    L.append("| workload | target | client leg / server leg | runs ok | throughput | "
+             "mean latency | p99 latency | ratio to router-plain | router CPU | "
+             "CPU vs router-plain | busy | other |")
+    L.append("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    def short(legs):  # "TLS TLSv1.3 CIPHER / plaintext" -> "TLSv1.3 / plain"
+        return " / ".join(p.split()[1] if p.startswith("TLS ") else
+                          ("plain" if p == "plaintext" else p)
+                          for p in legs.split(" / "))
+    for a in tagg:
+        legs = short(info["legs"].get(a["target"], "?"))
+        if a["ok"] == 0:
+            L.append(f"| {a['workload']} | {a['target']} | {legs} | **FAIL** 0/{a['runs']} "
+                     "| | | | | | | | |")
+            continue
+        lat = (f"{a['lat_mean_ms']:.3f} ms" if a["kind"] == "select"
+               else f"{a['lat_mean_ms'] / 1000:.2f} s")
+        p99 = f"{a['lat_p99_ms']:.3f} ms" if a["lat_p99_ms"] is not None else "–"
+        ratio = ("1" if a["target"] == "router-plain" else
+                 f"{a['ratio']:.3f} ({a['ratio_min']:.3f}–{a['ratio_max']:.3f})"
+                 if a["ratio"] is not None else "n/a")
+        cpu = (f"{a['cpu_us_per_op']:.1f} {cpu_unit(a['kind'])}"
+               if a["cpu_us_per_op"] is not None else "–")
+        vs = (f"{a['cpu_vs_plain']:.2f}×" if a["cpu_vs_plain"] is not None and
+              a["target"] != "router-plain" else "")
+        okc = f"{a['ok']}/{a['runs']}" + (" **FAIL**" if a["ok"] < a["runs"] else "")
+        tput = f"{a['tput']:.0f} tps" if a["unit"] == "tps" else f"{a['tput']:.1f} MB/s"
+        L.append(f"| {a['workload']} | {a['target']} | {legs} | {okc} | {tput} | {lat} | "
+                 f"{p99} | {ratio} | {cpu} | {vs} | {a['host_busy'] * 100:.0f}% | "
+                 f"{a['foreign']:.2f} |")
+    L.append("\nLegs as seen by psql's `\\conninfo` (client leg) and `pg_stat_ssl` (server leg), "
+             "checked before the runs:\n")
+    L.extend(f"- {t}: {info['legs'].get(t, '?')}" for t in TLS_TARGETS)
+    fails = [(a["workload"], a["target"], f) for a in tagg for f in a["fails"]]
+    if fails:
+        L.append("\nFailed TLS runs (left out of the means):\n")
+        L.extend(f"- {w} / {t}: {f}" for w, t, f in fails)
+    return L
+
+
+def say_row(row):
+    cpu = row.get("cpu_us_per_op")
+    say(f"{row['workload']:<21} r{row['round']} {row['target']:<17} {row['status']:<4} "
+        f"{row.get('tput', 0):>10.1f} {row['unit']:<4} "
+        f"lat {row.get('lat_mean_ms') or 0:.3f} ms "
+        f"p99 {row.get('lat_p99_ms') or 0:.3f} ms "
+        f"cpu {'' if cpu is None else f'{cpu:.1f} us/op'} "
+        f"busy {row.get('host_busy', 0) * 100:.0f}% "
+        f"other {row.get('foreign', 0) * 100:.0f}%"
+        f"{'  ' + row['reason'] if row['reason'] else ''}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1323,7 +1596,8 @@ def evaluate(env, agg):
 
 def write_reports(env, agg, targets):
     os.makedirs(S.results, exist_ok=True)
-    chart(env, agg)
+    if agg:
+        chart(env, agg)
     # raw.tsv
     cols = ["workload", "target", "round", "status", "tput", "unit", "lat_mean_ms", "lat_p99_ms",
             "ops", "conns", "wall_s", "proxy_cpu_s", "cpu_us_per_op", "host_busy", "foreign",
@@ -1379,9 +1653,12 @@ def write_reports(env, agg, targets):
              "by the benchmark used during any run of that row (the machine is shared; each "
              "run first waits up to 30 s for other load below 0.25 CPU)\n")
     L.append("## Workloads\n")
-    L.append("| workload | target | runs ok | throughput | mean latency | p99 latency | "
-             "ratio to direct | proxy CPU | CPU vs PgBouncer | busy | other |")
-    L.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    if agg:
+        L.append("| workload | target | runs ok | throughput | mean latency | p99 latency | "
+                 "ratio to direct | proxy CPU | CPU vs PgBouncer | busy | other |")
+        L.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    else:
+        L.append("- none in this run (BENCH_ONLY)")
     for a in agg:
         if a["ok"] == 0:
             L.append(f"| {a['workload']} | {a['target']} | **FAIL** 0/{a['runs']} | | | | | | | | |")
@@ -1405,6 +1682,8 @@ def write_reports(env, agg, targets):
         L.append("\nFailed runs (left out of the means):\n")
         for w, t, f in fails:
             L.append(f"- {w} / {t}: {f}")
+    if env.extra.get("tls"):
+        L.extend(tls_report(env, aggregate_tls(env)))
     idle = env.extra.get("idle")
     big = env.extra.get("big")
     if idle or big:
@@ -1492,8 +1771,11 @@ def write_reports(env, agg, targets):
                          f"{pr['max_ms']:.2f} ms; worst samples (ms after SIGHUP, latency ms): "
                          f"{pr['worst']}")
     L.append("\n## Targets (issue #5)\n")
-    L.append("| target | requirement | measured | verdict |")
-    L.append("| --- | --- | --- | --- |")
+    if targets:
+        L.append("| target | requirement | measured | verdict |")
+        L.append("| --- | --- | --- | --- |")
+    else:
+        L.append("- none measured in this run (BENCH_ONLY)")
     for t in targets:
         L.append(f"| {t[0]} | {t[1]} | {t[2]} | {'**' + t[3] + '**' if t[3] != 'met' else t[3]} |")
     L.append("\n## Router log warnings\n")
@@ -1664,6 +1946,10 @@ def main():
             env.tmp = None
         setup(env)
         run_workloads(env)
+        if S.want("tls"):
+            t0 = time.monotonic()
+            env.extra["tls"] = tls_step(env)
+            env.notes.append(f"TLS section: {time.monotonic() - t0:.0f} s")
         if S.want("idle") and S.idle > 0:
             env.extra["idle"] = idle_step(env, S.idle, "main")
         if S.want("reload") and pins_file and os.path.exists(pins_file):
