@@ -14,7 +14,7 @@
 #define MUSTCHECK	       __attribute__((warn_unused_result))
 #define PRINTF_LIKE(f, a)      __attribute__((format(printf, f, a)))
 #define ARRAY_SIZE(a)	       (sizeof(a) / sizeof((a)[0]))
-#define container_of(p, T, m) ((T *)((char *)(p)-offsetof(T, m)))
+#define container_of(p, T, m) ((T *)(void *)((char *)(p)-offsetof(T, m)))
 #define UNUSED(x)	       ((void)(x))
 
 #define TR_ASSERT(cond)                                                                    \

@@ -481,9 +481,9 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	ck->have_addr = true;
 	uv_rwlock_wrunlock(&ck->h->lock);
 	if (res->ai_family == AF_INET6)
-		uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
+		uv_ip6_name((struct sockaddr_in6 *)(void *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
 	else
-		uv_ip4_name((struct sockaddr_in *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
+		uv_ip4_name((struct sockaddr_in *)(void *)res->ai_addr, ck->addrstr, sizeof(ck->addrstr));
 	uv_freeaddrinfo(res);
 	connect_start(ck);
 }
