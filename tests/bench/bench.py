@@ -2,8 +2,9 @@
 """tests/bench/bench.py - the benchmark driver that tests/bench/run.sh runs (see README.md).
 
 Starts two PostgreSQL 15 servers, PgBouncer (session mode) and tenant-router on 127.0.0.1 only,
-runs every workload against `direct`, `pgbouncer` and `router` in interleaved rounds, measures
-throughput, latency and the proxy's CPU, and writes results.md, results.tsv, raw.tsv and
+runs every workload against `direct`, `pgbouncer` and `router` in interleaved rounds, then the
+TLS section (router-plain, router-tls-client, router-tls-both, direct-tls), measures throughput,
+latency and the proxy's CPU, and writes results.md, results.tsv, tls.tsv, raw.tsv and
 results.png to the results directory. Every wait and loop is bounded; everything it started is
 stopped on exit (also on Ctrl-C / SIGTERM).
 

@@ -13,7 +13,7 @@
 # when a run failed (marked FAIL in the output), 2 on a setup problem.
 #
 # Environment: BENCH_ROUNDS (2), BENCH_SECONDS (5), BENCH_QUICK (0), BENCH_RESULTS_DIR
-# (build/bench), BENCH_ONLY (comma list of: select,churn,copy,idle,big,route,reload),
+# (build/bench), BENCH_ONLY (comma list of: select,churn,copy,idle,big,route,reload,tls),
 # BENCH_COPY_MB (200), BENCH_IDLE_SESSIONS (2000), BENCH_BIG_SESSIONS (10000, 0 skips),
 # BENCH_PINS (10000000), BENCH_SCALE (10), BENCH_SAMPLING (0.1), BENCH_ROUTER_LOG_LEVEL (info),
 # BENCH_KEEP (0: remove the temp dir), TR_BIN (build/tenant-router), PGBIN.
