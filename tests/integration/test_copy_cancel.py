@@ -29,38 +29,43 @@ def copy_rows(total_bytes):
         yield chunk, 10000
 
 
-@pytest.mark.timeout(180)
-def test_copy_100mb_in_and_out_byte_exact(router):
+def copy_round_trip(conn):
+    """COPY COPY_BYTES into a temp table and back out through conn; assert byte-exact."""
     sent_hash = hashlib.sha256()
     rows_in = 0
     nbytes = 0
-    with router.connect("copy-tenant") as conn:
-        conn.execute("SET work_mem = '256MB'")
-        conn.execute("CREATE TEMP TABLE bulk (id bigint, payload text)")
-        cur = conn.cursor()
-        with cur.copy("COPY bulk FROM STDIN") as cp:
-            for chunk, n in copy_rows(COPY_BYTES):
-                sent_hash.update(chunk)
-                cp.write(chunk)
-                rows_in += n
-                nbytes += len(chunk)
-        assert nbytes >= COPY_BYTES
-        assert conn.execute("SELECT count(*) FROM bulk").fetchone()[0] == rows_in
+    conn.execute("SET work_mem = '256MB'")
+    conn.execute("CREATE TEMP TABLE bulk (id bigint, payload text)")
+    cur = conn.cursor()
+    with cur.copy("COPY bulk FROM STDIN") as cp:
+        for chunk, n in copy_rows(COPY_BYTES):
+            sent_hash.update(chunk)
+            cp.write(chunk)
+            rows_in += n
+            nbytes += len(chunk)
+    assert nbytes >= COPY_BYTES
+    assert conn.execute("SELECT count(*) FROM bulk").fetchone()[0] == rows_in
 
-        got_hash = hashlib.sha256()
-        rows_out = 0
-        got_bytes = 0
-        # COPY's multi-insert does not keep heap order, so read back in id order.
-        with cur.copy("COPY (SELECT id, payload FROM bulk ORDER BY id) TO STDOUT") as cp:
-            for data in cp:
-                got_hash.update(data)
-                got_bytes += len(data)
-                rows_out += bytes(data).count(b"\n")
-        assert rows_out == rows_in
-        assert got_bytes == nbytes
-        assert got_hash.hexdigest() == sent_hash.hexdigest()
-        # The session is still in a sane state after 200 MB through it.
-        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    got_hash = hashlib.sha256()
+    rows_out = 0
+    got_bytes = 0
+    # COPY's multi-insert does not keep heap order, so read back in id order.
+    with cur.copy("COPY (SELECT id, payload FROM bulk ORDER BY id) TO STDOUT") as cp:
+        for data in cp:
+            got_hash.update(data)
+            got_bytes += len(data)
+            rows_out += bytes(data).count(b"\n")
+    assert rows_out == rows_in
+    assert got_bytes == nbytes
+    assert got_hash.hexdigest() == sent_hash.hexdigest()
+    # The session is still in a sane state after 200 MB through it.
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.timeout(180)
+def test_copy_100mb_in_and_out_byte_exact(router):
+    with router.connect("copy-tenant") as conn:
+        copy_round_trip(conn)
 
 
 def tenant_on(router, cluster):

@@ -6,7 +6,6 @@ made here with the openssl CLI (tlscerts.TestPKI).  Everything asserted is what 
 psql / psycopg / JDBC outcomes and messages, ErrorResponse fields, pg_stat_ssl on the server.
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -316,36 +315,11 @@ def test_tls_require_refuses_plaintext(tls_router, pki, client_home):
 
 @pytest.mark.timeout(240)
 def test_tls_copy_100mb_in_and_out_byte_exact(tls_router):
-    from test_copy_cancel import COPY_BYTES, copy_rows
-    sent_hash = hashlib.sha256()
-    rows_in = 0
-    nbytes = 0
+    from test_copy_cancel import copy_round_trip
     with connect(tls_router, "copy-tenant", sslmode="require") as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute(SERVER_SSL).fetchone()[0] is True
-        conn.execute("SET work_mem = '256MB'")
-        conn.execute("CREATE TEMP TABLE bulk (id bigint, payload text)")
-        cur = conn.cursor()
-        with cur.copy("COPY bulk FROM STDIN") as cp:
-            for chunk, n in copy_rows(COPY_BYTES):
-                sent_hash.update(chunk)
-                cp.write(chunk)
-                rows_in += n
-                nbytes += len(chunk)
-        assert nbytes >= COPY_BYTES
-        assert conn.execute("SELECT count(*) FROM bulk").fetchone()[0] == rows_in
-        got_hash = hashlib.sha256()
-        rows_out = 0
-        got_bytes = 0
-        with cur.copy("COPY (SELECT id, payload FROM bulk ORDER BY id) TO STDOUT") as cp:
-            for data in cp:
-                got_hash.update(data)
-                got_bytes += len(data)
-                rows_out += bytes(data).count(b"\n")
-        assert rows_out == rows_in
-        assert got_bytes == nbytes
-        assert got_hash.hexdigest() == sent_hash.hexdigest()
-        assert conn.execute("SELECT 1").fetchone()[0] == 1
+        copy_round_trip(conn)
 
 
 # --- 5. client certificates --------------------------------------------------------------------
