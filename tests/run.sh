@@ -4,7 +4,8 @@
 #   SAN=0|1 BUILD=build|build/san tests/run.sh      (make test calls it so, from the repo root)
 #
 # 1. unit tests: every $BUILD/tests/test_* binary (cmocka; exit code = number of failures)
-# 2. tests/fuzz/run.sh, if present and executable (one test: pass/fail by exit code)
+# 2. tests/fuzz/run.sh, if present and executable (one test: pass/fail by exit code), and the
+#    demo's smoke check (tests/demo/demo.sh --smoke: one test)
 # 3. the integration suite: pytest on tests/integration against $BUILD/tenant-router
 # Exits non-zero if anything failed or if no test ran at all.
 
@@ -59,6 +60,16 @@ if [ -x tests/fuzz/run.sh ]; then
 		echo "!! tests/fuzz/run.sh failed"
 		failed=$((failed + 1))
 	fi
+fi
+
+# --- 2b. the demo, end to end (what `make demo` does, checked and stopped) ----------------------
+echo "== demo: tests/demo/demo.sh --smoke"
+if TR_BIN="$BUILD/tenant-router" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 timeout 300 tests/demo/demo.sh --smoke; then
+	passed=$((passed + 1))
+else
+	echo "!! tests/demo/demo.sh --smoke failed"
+	failed=$((failed + 1))
 fi
 
 # --- 3. integration --------------------------------------------------------------------------
