@@ -44,6 +44,12 @@ static inline size_t rd_left(const struct rd *r)
 	return (size_t)(r->end - r->p);
 }
 
+/* The big-endian int32 at p (the caller has checked that 4 bytes are there). */
+static inline uint32_t proto_get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
 bool rd_u8(struct rd *r, uint8_t *v) MUSTCHECK;
 bool rd_u16(struct rd *r, uint16_t *v) MUSTCHECK;
 bool rd_u32(struct rd *r, uint32_t *v) MUSTCHECK;

@@ -469,11 +469,6 @@ static void timer_cb(uv_timer_t *t)
 	}
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 /* Sends what out_put() gathered to the client; false if the session is closing. */
 static bool out_flush(struct session *s)
 {
@@ -586,7 +581,7 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 
 	switch (type) {
 	case 'R':
-		if (len >= 4 && be32(body) == 10)
+		if (len >= 4 && proto_get_u32(body) == 10)
 			L->sasl_pending = true;
 		n = len < sizeof(sasl) ? strip_scram_plus(body, len, sasl, sizeof(sasl)) : 0;
 		if (n > 0) {
@@ -598,8 +593,8 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 		/* BackendKeyData: pid, then a 4-byte (3.0) to 256-byte (3.2) secret. */
 		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY)
 			break;
-		rc = cancel_register(s->rt->cancels, &s->ce, be32(body), body + 4, len - 4,
-				     (const struct sockaddr *)&L->target.addr);
+		rc = cancel_register(s->rt->cancels, &s->ce, proto_get_u32(body), body + 4,
+				     len - 4, (const struct sockaddr *)&L->target.addr);
 		if (rc < 0)
 			slog(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
 		break;
@@ -631,7 +626,8 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 		size_t take;
 
 		if (L->hlen < 5) {
-			uint32_t mlen;
+			uint8_t type;
+			size_t total;
 
 			if (n == 0)
 				break;
@@ -642,10 +638,10 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 			n -= take;
 			if (L->hlen < 5)
 				break;
-			mlen = be32(L->hdr + 1);
-			if (mlen < 4 || mlen > AUTH_MSG_MAX)
+			if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) !=
+			    PROTO_OK)
 				return false;
-			L->mlen = mlen - 4;
+			L->mlen = total - sizeof(L->hdr);
 			L->blen = 0;
 			if (L->mlen > L->msgcap) {
 				uint8_t *m = realloc(L->msg, L->mlen);

@@ -392,6 +392,16 @@ static void notice_cb(void *arg, const char *msg)
 		  line);
 }
 
+/* Appends one libpq keyword when it has a value (NULL: libpq's default). */
+static void add_param(const char **keys, const char **vals, int *n, const char *key,
+		      const char *val)
+{
+	if (val == NULL)
+		return;
+	keys[*n] = key;
+	vals[(*n)++] = val;
+}
+
 static void connect_start(struct checker *ck)
 {
 	struct health *h = ck->h;
@@ -412,30 +422,12 @@ static void connect_start(struct checker *ck)
 	vals[n++] = port;
 	keys[n] = "fallback_application_name";
 	vals[n++] = "tenant-router-health";
-	if (ck->sslmode) {
-		keys[n] = "sslmode";
-		vals[n++] = ck->sslmode;
-	}
-	if (ck->sslrootcert) {
-		keys[n] = "sslrootcert";
-		vals[n++] = ck->sslrootcert;
-	}
-	if (ck->sslcert) {
-		keys[n] = "sslcert";
-		vals[n++] = ck->sslcert;
-	}
-	if (ck->sslkey) {
-		keys[n] = "sslkey";
-		vals[n++] = ck->sslkey;
-	}
-	if (ck->sslmin) {
-		keys[n] = "ssl_min_protocol_version";
-		vals[n++] = ck->sslmin;
-	}
-	if (ck->sslmax) {
-		keys[n] = "ssl_max_protocol_version";
-		vals[n++] = ck->sslmax;
-	}
+	add_param(keys, vals, &n, "sslmode", ck->sslmode);
+	add_param(keys, vals, &n, "sslrootcert", ck->sslrootcert);
+	add_param(keys, vals, &n, "sslcert", ck->sslcert);
+	add_param(keys, vals, &n, "sslkey", ck->sslkey);
+	add_param(keys, vals, &n, "ssl_min_protocol_version", ck->sslmin);
+	add_param(keys, vals, &n, "ssl_max_protocol_version", ck->sslmax);
 	keys[n] = NULL;
 	vals[n] = NULL;
 	ck->phase = PH_CONNECT;

@@ -33,8 +33,7 @@ bool rd_u32(struct rd *r, uint32_t *v)
 {
 	if (rd_left(r) < 4)
 		return false;
-	*v = (uint32_t)r->p[0] << 24 | (uint32_t)r->p[1] << 16 | (uint32_t)r->p[2] << 8 |
-	     (uint32_t)r->p[3];
+	*v = proto_get_u32(r->p);
 	r->p += 4;
 	return true;
 }
@@ -74,11 +73,6 @@ bool rd_sub(struct rd *r, size_t n, struct rd *child)
 	return true;
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 enum proto_status proto_frame_msg(const uint8_t *buf, size_t len, uint32_t max, uint8_t *type,
 				  size_t *total)
 {
@@ -86,7 +80,7 @@ enum proto_status proto_frame_msg(const uint8_t *buf, size_t len, uint32_t max, 
 
 	if (len < 5)
 		return PROTO_NEED_MORE;
-	mlen = get_u32(buf + 1);
+	mlen = proto_get_u32(buf + 1);
 	/* The length counts itself, and it is a signed int32 on the wire. */
 	if (mlen < 4 || mlen > max || mlen > INT32_MAX)
 		return PROTO_BAD;
@@ -106,12 +100,12 @@ enum proto_status proto_frame_startup(const uint8_t *buf, size_t len, size_t *to
 	 */
 	if (len < 4)
 		return PROTO_NEED_MORE;
-	plen = get_u32(buf);
+	plen = proto_get_u32(buf);
 	if (plen < 8 || plen > PROTO_MAX_STARTUP_LEN)
 		return PROTO_BAD;
 	if (len < 8)
 		return PROTO_NEED_MORE;
-	*code = get_u32(buf + 4);
+	*code = proto_get_u32(buf + 4);
 	*total = plen;
 	return PROTO_OK;
 }
