@@ -22,7 +22,12 @@
 typedef struct ssl_ctx_st SSL_CTX;
 struct tls;
 
-enum tls_client_mode { TLS_CLIENT_DISABLE, TLS_CLIENT_ALLOW, TLS_CLIENT_REQUIRE, TLS_CLIENT_VERIFY_CA };
+enum tls_client_mode {
+	TLS_CLIENT_DISABLE,
+	TLS_CLIENT_ALLOW,
+	TLS_CLIENT_REQUIRE,
+	TLS_CLIENT_VERIFY_CA,
+};
 enum tls_server_mode {
 	TLS_SERVER_DISABLE,
 	TLS_SERVER_PREFER,
