@@ -11,7 +11,7 @@ DESTDIR ?=
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route
+PURE    := proto startup ring pins route query auth
 IO      := log config health client splice cancel main sdnotify tls
 
 ifeq ($(SAN),1)
@@ -30,7 +30,7 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
            -Wimplicit-fallthrough -Wnull-dereference -Wdeclaration-after-statement \
            -Wno-unused-parameter
 PKGCF   := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKGLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKGLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpg_query -lprotobuf-c
 CFLAGS  ?=
 ALLCF   := -std=c11 -D_GNU_SOURCE $(OPT) $(HARDEN) -fPIE $(WARN) -Iinclude $(PKGCF) -MMD -MP $(CFLAGS)
 LDFLAGS ?=

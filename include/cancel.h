@@ -36,6 +36,10 @@ struct cancel_entry {
 	bool linked;
 	uint8_t *key; /* owned */
 	union cancel_addr addr;
+	/* Mapped entries: the key we gave the client stands for this server key. */
+	uint32_t spid;
+	uint16_t skeylen; /* 0: not mapped, the client holds the server's own key */
+	uint8_t *skey;	  /* owned */
 };
 
 struct cancel_map;
@@ -46,6 +50,22 @@ void cancel_map_free(struct cancel_map *m);
 /* Registers e (re-registering replaces). Returns 0 or UV_ENOMEM / UV_EINVAL. */
 int cancel_register(struct cancel_map *m, struct cancel_entry *e, uint32_t pid,
 		    const uint8_t *key, size_t keylen, const struct sockaddr *addr) MUSTCHECK;
+/*
+ * Registers e under the key (pid, key) that the router gave its client,
+ * standing for the server's (spid, skey): a router that answers a client's
+ * login itself hands out its own BackendKeyData before it has a server.
+ */
+int cancel_register_mapped(struct cancel_map *m, struct cancel_entry *e, uint32_t pid,
+			   const uint8_t *key, size_t keylen, uint32_t spid, const uint8_t *skey,
+			   size_t skeylen, const struct sockaddr *addr) MUSTCHECK;
+/*
+ * For a CancelRequest packet (pid, key) received: the server address and
+ * the packet to send it (the same packet, or one with the server's key for
+ * a mapped entry) in out (cap >= 12 + PROTO_MAX_CANCEL_KEY). False if unknown.
+ */
+bool cancel_lookup_packet(struct cancel_map *m, uint32_t pid, const uint8_t *key, size_t keylen,
+			  const uint8_t *packet, size_t len, union cancel_addr *addr, uint8_t *out,
+			  size_t *outlen);
 /* Removes e if registered and frees its key copy. */
 void cancel_unregister(struct cancel_map *m, struct cancel_entry *e);
 

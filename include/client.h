@@ -17,6 +17,10 @@ enum client_state {
 	CLIENT_AUTH_RELAY, /* relaying authentication until ReadyForQuery */
 	CLIENT_SPLICING,   /* bytes in, bytes out */
 	CLIENT_CLOSING,	   /* flushing, then closing handles */
+	/* Tenant source query: the router authenticates the client and answers it itself. */
+	CLIENT_LOCAL_AUTH,    /* checking the client's password (login timer) */
+	CLIENT_NO_TENANT,     /* logged in to the router; SETs answered here until the tenant */
+	CLIENT_SERVER_LOGIN,  /* logging in to the chosen server for the client, replaying SETs */
 };
 
 const char *client_state_name(enum client_state s);

@@ -21,6 +21,13 @@
 
 struct pins;
 struct ring;
+struct userlist;
+
+/* The stickiness guard on spliced sessions. */
+enum guard_mode { GUARD_OFF, GUARD_ON, GUARD_STRICT };
+
+/* How the router checks a client it authenticates itself (tenant source query). */
+enum auth_type { AUTH_TRUST, AUTH_MD5, AUTH_SCRAM };
 
 #define CONFIG_MAX_CLUSTERS 1024
 #define CONFIG_MAX_HOSTS    16 /* per cluster */
@@ -57,6 +64,16 @@ struct config {
 	uint64_t server_connect_timeout_ms;
 	uint64_t shutdown_timeout_ms;
 	enum log_level log_level;
+	char *tenant_column; /* owned; NULL: the column source is off */
+	enum guard_mode guard;
+
+	/* [auth]: clients the router authenticates itself (tenant source query). */
+	enum auth_type auth_type;
+	char *auth_file;	   /* owned; resolved path or NULL */
+	struct userlist *userlist; /* owned; loaded from auth_file */
+	char *auth_query;	   /* owned or NULL */
+	int auth_cluster;	   /* index of the cluster whose health connection runs auth_query */
+	char *server_passfile;	   /* owned; resolved path or NULL */
 
 	/* [router] client_tls_*: we are the TLS server for clients. */
 	enum tls_client_mode client_tls_mode;

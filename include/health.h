@@ -58,6 +58,29 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
 		   size_t whylen);
 
+/*
+ * ParameterStatus messages ('S', framed) as a healthy coordinator reported
+ * them to its checker: server_version, encodings, DateStyle, TimeZone, ...
+ * For a client the router answers itself. Returns the bytes written to out,
+ * 0 if no coordinator is up or cap is too small. Safe from any thread.
+ */
+size_t health_parameter_status(struct health *h, uint8_t *out, size_t cap);
+
+/*
+ * auth_query: runs query (with user as $1) on the health connection of the
+ * named cluster's writer, between checks. fn runs on loop (the caller's)
+ * exactly once, unless health_auth_cancel() was called before: ok false
+ * with why when the query could not run; else secret is column 2 of the
+ * row ("" when no row: an unknown user). NULL if it cannot be started.
+ */
+struct health_auth;
+typedef void (*health_auth_fn)(void *arg, bool ok, const char *secret, const char *why);
+struct health_auth *health_auth_start(struct health *h, uv_loop_t *loop, const char *cluster,
+				      const char *query, const char *user, health_auth_fn fn,
+				      void *arg) MUSTCHECK;
+/* fn will not be called; the request frees itself. Only on the requester's loop. */
+void health_auth_cancel(struct health_auth *a);
+
 /* Stops every checker; done is called when all handles are closed. */
 void health_stop(struct health *h, void (*done)(void *arg), void *arg);
 void health_free(struct health *h);

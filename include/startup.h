@@ -56,6 +56,7 @@ enum {
 	TENANT_SRC_PARAMETER = 1u << 1, /* a startup parameter named key */
 	TENANT_SRC_USER = 1u << 2,	/* user=name<sep>tenant */
 	TENANT_SRC_DATABASE = 1u << 3,	/* database=name<sep>tenant */
+	TENANT_SRC_QUERY = 1u << 4,	/* the first query (the session code, not this module) */
 };
 
 struct tenant_rule {

@@ -135,6 +135,70 @@ void cancel_unregister(struct cancel_map *m, struct cancel_entry *e)
 	free(e->key);
 	e->key = NULL;
 	e->keylen = 0;
+	free(e->skey);
+	e->skey = NULL;
+	e->skeylen = 0;
+}
+
+int cancel_register_mapped(struct cancel_map *m, struct cancel_entry *e, uint32_t pid,
+			   const uint8_t *key, size_t keylen, uint32_t spid, const uint8_t *skey,
+			   size_t skeylen, const struct sockaddr *addr)
+{
+	uint8_t *copy;
+	int rc;
+
+	if (skeylen == 0 || skeylen > PROTO_MAX_CANCEL_KEY)
+		return UV_EINVAL;
+	copy = malloc(skeylen);
+	if (copy == NULL)
+		return UV_ENOMEM;
+	memcpy(copy, skey, skeylen);
+	rc = cancel_register(m, e, pid, key, keylen, addr);
+	if (rc < 0) {
+		free(copy);
+		return rc;
+	}
+	/* Under the lock: a lookup on another loop may read the entry now. */
+	uv_mutex_lock(&m->lock);
+	e->spid = spid;
+	e->skey = copy;
+	e->skeylen = (uint16_t)skeylen;
+	uv_mutex_unlock(&m->lock);
+	return 0;
+}
+
+bool cancel_lookup_packet(struct cancel_map *m, uint32_t pid, const uint8_t *key, size_t keylen,
+			  const uint8_t *packet, size_t len, union cancel_addr *addr, uint8_t *out,
+			  size_t *outlen)
+{
+	uint64_t h = key_hash(pid, key, keylen);
+	bool found = false;
+
+	uv_mutex_lock(&m->lock);
+	for (struct cancel_entry *e = m->buckets[h & (m->nbuckets - 1)]; e; e = e->next) {
+		if (e->hash != h || e->pid != pid || e->keylen != keylen ||
+		    memcmp(e->key, key, keylen) != 0)
+			continue;
+		*addr = e->addr;
+		found = true;
+		if (e->skeylen == 0) {
+			memcpy(out, packet, len);
+			*outlen = len;
+		} else {
+			struct wbuf w;
+
+			wb_init(&w, out, 12 + PROTO_MAX_CANCEL_KEY);
+			wb_begin(&w, 0);
+			wb_u32(&w, PROTO_CODE_CANCEL);
+			wb_u32(&w, e->spid);
+			wb_bytes(&w, e->skey, e->skeylen);
+			wb_end(&w);
+			*outlen = w.len;
+		}
+		break;
+	}
+	uv_mutex_unlock(&m->lock);
+	return found;
 }
 
 bool cancel_lookup(struct cancel_map *m, uint32_t pid, const uint8_t *key, size_t keylen,

@@ -20,6 +20,7 @@
 #include <uv.h>
 #include <libpq-fe.h>
 
+#include "auth.h"
 #include "pins.h"
 #include "ring.h"
 
@@ -45,6 +46,8 @@ struct loader {
 	size_t nseen;
 	struct inline_pin *pins;
 	size_t npins, pincap;
+	char *auth_cluster; /* [auth] auth_cluster, checked once clusters are known */
+	int auth_cluster_line;
 	bool oom;
 };
 
@@ -285,6 +288,8 @@ static bool parse_sources(const char *value, unsigned *out)
 			src |= TENANT_SRC_USER;
 		else if (strcmp(items[i], "database") == 0)
 			src |= TENANT_SRC_DATABASE;
+		else if (strcmp(items[i], "query") == 0)
+			src |= TENANT_SRC_QUERY;
 		else
 			return false;
 	}
@@ -428,8 +433,27 @@ static void router_key(struct loader *L, const char *key, const char *value)
 		if (!parse_sources(value, &c->rule.sources))
 			problem(L, L->line,
 				"[router] tenant_sources: \"%s\" is not a list of options, "
-				"parameter, user, database",
+				"parameter, user, database, query",
 				value);
+	} else if (strcmp(key, "tenant_column") == 0) {
+		if (*value == '\0' || strlen(value) > 63 || strpbrk(value, " \t\\\"'.=")) {
+			problem(L, L->line, "[router] tenant_column: \"%s\" is not a column name",
+				value);
+			return;
+		}
+		free(c->tenant_column);
+		c->tenant_column = strdup(value);
+		if (c->tenant_column == NULL)
+			L->oom = true;
+	} else if (strcmp(key, "guard") == 0) {
+		if (strcmp(value, "on") == 0)
+			c->guard = GUARD_ON;
+		else if (strcmp(value, "strict") == 0)
+			c->guard = GUARD_STRICT;
+		else if (strcmp(value, "off") == 0)
+			c->guard = GUARD_OFF;
+		else
+			problem(L, L->line, "[router] guard: \"%s\" is not on, strict or off", value);
 	} else if (strcmp(key, "tenant_separator") == 0) {
 		if (strlen(value) != 1 || value[0] == ' ')
 			problem(L, L->line, "[router] tenant_separator: give exactly one character");
@@ -458,6 +482,49 @@ static void router_key(struct loader *L, const char *key, const char *value)
 				value);
 	} else {
 		problem(L, L->line, "[router] %s: unknown setting", key);
+	}
+}
+
+static void auth_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+
+	if (strcmp(key, "auth_type") == 0) {
+		if (strcmp(value, "scram-sha-256") == 0)
+			c->auth_type = AUTH_SCRAM;
+		else if (strcmp(value, "md5") == 0)
+			c->auth_type = AUTH_MD5;
+		else if (strcmp(value, "trust") == 0)
+			c->auth_type = AUTH_TRUST;
+		else
+			problem(L, L->line,
+				"[auth] auth_type: \"%s\" is not scram-sha-256, md5 or trust", value);
+	} else if (strcmp(key, "auth_file") == 0) {
+		free(c->auth_file);
+		c->auth_file = resolve_path(L, value);
+	} else if (strcmp(key, "server_passfile") == 0) {
+		free(c->server_passfile);
+		c->server_passfile = resolve_path(L, value);
+	} else if (strcmp(key, "auth_query") == 0) {
+		if (strstr(value, "$1") == NULL) {
+			problem(L, L->line,
+				"[auth] auth_query: must take the user name as $1 and return the "
+				"user's name and password, e.g. SELECT usename, passwd FROM pg_shadow "
+				"WHERE usename = $1");
+			return;
+		}
+		free(c->auth_query);
+		c->auth_query = strdup(value);
+		if (c->auth_query == NULL)
+			L->oom = true;
+	} else if (strcmp(key, "auth_cluster") == 0) {
+		free(L->auth_cluster);
+		L->auth_cluster = strdup(value);
+		L->auth_cluster_line = L->line;
+		if (L->auth_cluster == NULL)
+			L->oom = true;
+	} else {
+		problem(L, L->line, "[auth] %s: unknown setting", key);
 	}
 }
 
@@ -599,6 +666,8 @@ static int handler(void *user, const char *section, const char *key, const char 
 	}
 	if (strcmp(section, "router") == 0)
 		router_key(L, key, value);
+	else if (strcmp(section, "auth") == 0)
+		auth_key(L, key, value);
 	else if (strcmp(section, "health") == 0)
 		health_key(L, key, value);
 	else if (strcmp(section, "ring") == 0 && strcmp(key, "vnodes") == 0)
@@ -652,6 +721,8 @@ static void set_defaults(struct config *c)
 	c->health_timeout_ms = 2000;
 	c->health_fail_after = 2;
 	c->vnodes = 256;
+	c->guard = GUARD_ON;
+	c->auth_type = AUTH_SCRAM;
 }
 
 static void validate(struct loader *L)
@@ -684,6 +755,24 @@ static void validate(struct loader *L)
 		if (config_cluster_index(c, L->pins[i].cluster) < 0)
 			problem(L, L->pins[i].line, "[pins] %s: unknown cluster \"%s\"",
 				L->pins[i].tenant, L->pins[i].cluster);
+	}
+	if (L->auth_cluster) {
+		c->auth_cluster = config_cluster_index(c, L->auth_cluster);
+		if (c->auth_cluster < 0)
+			problem(L, L->auth_cluster_line, "[auth] auth_cluster: unknown cluster \"%s\"",
+				L->auth_cluster);
+	}
+	if ((c->rule.sources & TENANT_SRC_QUERY) && c->auth_type != AUTH_TRUST &&
+	    c->auth_file == NULL && c->auth_query == NULL)
+		problem(L, 0,
+			"[auth]: tenant source \"query\" needs auth_file or auth_query (or auth_type "
+			"= trust): the router authenticates those clients itself");
+	if (c->auth_file && L->nerrs == 0 && !L->oom) {
+		char uerr[512];
+
+		c->userlist = userlist_load(c->auth_file, uerr, sizeof(uerr));
+		if (c->userlist == NULL)
+			problem(L, 0, "[auth] auth_file: %s", uerr);
 	}
 	for (size_t i = 0; i < c->nclusters; i++) {
 		if (c->clusters[i].nhosts == 0)
@@ -814,6 +903,12 @@ static void free_config(struct config *c)
 	free((char *)c->rule.key);
 	free(c->health_conninfo);
 	free(c->pins_file);
+	free(c->tenant_column);
+	free(c->auth_file);
+	free(c->auth_query);
+	free(c->server_passfile);
+	if (c->userlist)
+		userlist_free(c->userlist);
 	free(c->path);
 	free(c->client_tls_cert_file);
 	free(c->client_tls_key_file);
@@ -887,6 +982,7 @@ done:
 		free(L.pins[i].cluster);
 	}
 	free(L.pins);
+	free(L.auth_cluster);
 	free(L.errs);
 	if (L.nerrs > 0 || L.oom || c->path == NULL) {
 		free_config(c);

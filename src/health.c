@@ -27,11 +27,41 @@
 #include <libpq-fe.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "log.h"
+#include "proto.h"
 #include "tls.h"
 
-enum phase { PH_IDLE, PH_RESOLVE, PH_CONNECT, PH_QUERY };
+enum phase { PH_IDLE, PH_RESOLVE, PH_CONNECT, PH_QUERY, PH_AUTH };
+
+/*
+ * One auth_query request. Made and freed on the requester's loop; the
+ * health loop fills the answer and wakes the requester with done, and
+ * never touches it after that.
+ */
+struct health_auth {
+	uv_async_t done; /* on the requester's loop */
+	struct health_auth *next;
+	health_auth_fn fn;
+	void *arg;
+	bool cancelled; /* requester's loop only */
+	char cluster[64];
+	char user[AUTH_MAX_USER];
+	char *query; /* owned */
+	/* The answer. */
+	bool ok;
+	char secret[AUTH_MAX_SECRET];
+	char why[256];
+};
+
+/* What a session tells a client it answers itself, as the server would. */
+static const char *const reported_params[] = {
+	"server_version",  "server_encoding",		  "client_encoding", "DateStyle",
+	"IntervalStyle",   "TimeZone",			  "integer_datetimes",
+	"standard_conforming_strings", "default_transaction_read_only", "in_hot_standby",
+};
+#define PARAMS_CAP 1024
 
 struct cpoll {
 	uv_poll_t handle;
@@ -66,6 +96,11 @@ struct checker {
 	/* libpq TLS settings, from the cluster's server_tls_* (owned; may be NULL). */
 	char *sslmode, *sslrootcert, *sslcert, *sslkey;
 	char *sslmin, *sslmax;
+	/* ParameterStatus messages from the last good check (under the lock). */
+	uint8_t params[PARAMS_CAP];
+	size_t paramslen;
+	/* auth_query requests waiting for this connection, and the running one. */
+	struct health_auth *auth_q, *auth_cur;
 	struct checker *next;
 };
 
@@ -94,10 +129,38 @@ struct health {
 	size_t closing; /* checkers whose handles are still closing */
 	void (*stopped)(void *arg);
 	void *stopped_arg;
+	/* auth_query requests from any loop, handed over under auth_mu. */
+	uv_mutex_t auth_mu;
+	struct health_auth *auth_in;
+	uv_async_t auth_wake;
+	bool auth_stopping;
 };
 
 static void start_check(struct checker *ck);
 static void timer_cb(uv_timer_t *t);
+
+/* Hands an answered request back to its loop; the last touch of a on this thread. */
+static void auth_finish(struct health_auth *a, bool ok, const char *secret, const char *why)
+{
+	a->ok = ok;
+	snprintf(a->secret, sizeof(a->secret), "%s", secret ? secret : "");
+	snprintf(a->why, sizeof(a->why), "%s", why ? why : "");
+	uv_async_send(&a->done);
+}
+
+static void auth_fail_all(struct checker *ck, const char *why)
+{
+	struct health_auth *a;
+
+	if (ck->auth_cur) {
+		auth_finish(ck->auth_cur, false, NULL, why);
+		ck->auth_cur = NULL;
+	}
+	while ((a = ck->auth_q) != NULL) {
+		ck->auth_q = a->next;
+		auth_finish(a, false, NULL, why);
+	}
+}
 
 static void poll_close_cb(uv_handle_t *h)
 {
@@ -170,6 +233,7 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	auth_fail_all(ck, msg);
 	drop_conn(ck);
 	ck->phase = PH_IDLE;
 	ck->fails++;
@@ -190,6 +254,25 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	schedule_next(ck, lost ? 0 : until_next(ck));
 }
 
+/* The server's reported settings as ParameterStatus messages (under the write lock). */
+static void record_params(struct checker *ck)
+{
+	struct wbuf w;
+
+	wb_init(&w, ck->params, sizeof(ck->params));
+	for (size_t i = 0; i < ARRAY_SIZE(reported_params); i++) {
+		const char *v = PQparameterStatus(ck->conn, reported_params[i]);
+
+		if (v == NULL)
+			continue;
+		wb_begin(&w, 'S');
+		wb_cstr(&w, reported_params[i]);
+		wb_cstr(&w, v);
+		wb_end(&w);
+	}
+	ck->paramslen = w.failed ? 0 : w.len;
+}
+
 static void succeed(struct checker *ck)
 {
 	if (ck->state != HEALTH_UP)
@@ -201,6 +284,7 @@ static void succeed(struct checker *ck)
 	uv_rwlock_wrlock(&ck->h->lock);
 	ck->state = HEALTH_UP;
 	ck->in_recovery = ck->result_recovery;
+	record_params(ck);
 	uv_rwlock_wrunlock(&ck->h->lock);
 	ck->fails = 0;
 	ck->phase = PH_IDLE;
@@ -261,6 +345,90 @@ static void send_query(struct checker *ck)
 		fail(ck, false, "poll: %s", uv_strerror(rc));
 }
 
+/* Runs the next waiting auth_query on the idle connection, if any. */
+static void auth_kick(struct checker *ck)
+{
+	struct health_auth *a = ck->auth_q;
+	const char *user;
+	int rc;
+
+	if (a == NULL || ck->auth_cur || ck->phase != PH_IDLE || ck->stopping)
+		return;
+	if (ck->conn == NULL || PQstatus(ck->conn) != CONNECTION_OK) {
+		auth_fail_all(ck, "the health connection is not up");
+		return;
+	}
+	ck->auth_q = a->next;
+	ck->auth_cur = a;
+	ck->phase = PH_AUTH;
+	ck->got_result = false;
+	user = a->user;
+	/* Bounded like a check: a stuck auth_query must not stop health checks. */
+	uv_timer_start(&ck->timer, timer_cb, ck->h->timeout_ms, 0);
+	if (!PQsendQueryParams(ck->conn, a->query, 1, NULL, &user, NULL, NULL, 0)) {
+		fail(ck, false, "auth_query: %s", PQerrorMessage(ck->conn));
+		return;
+	}
+	rc = PQflush(ck->conn);
+	if (rc < 0) {
+		fail(ck, false, "auth_query: %s", PQerrorMessage(ck->conn));
+		return;
+	}
+	rc = watch(ck, UV_READABLE | (rc == 1 ? UV_WRITABLE : 0));
+	if (rc < 0)
+		fail(ck, false, "poll: %s", uv_strerror(rc));
+}
+
+/* Reads the auth_query's answer: no row is an unknown user, else column 2 is the secret. */
+static void read_auth(struct checker *ck)
+{
+	struct health_auth *a = ck->auth_cur;
+	PGresult *res;
+
+	if (!PQconsumeInput(ck->conn)) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	while (!PQisBusy(ck->conn)) {
+		res = PQgetResult(ck->conn);
+		if (res == NULL) {
+			ck->auth_cur = NULL;
+			ck->phase = PH_IDLE;
+			if (!ck->got_result)
+				auth_finish(a, true, "", NULL);
+			else
+				uv_async_send(&a->done);
+			schedule_next(ck, until_next(ck));
+			if (watch(ck, UV_READABLE) < 0)
+				fail(ck, true, "poll failed");
+			else
+				auth_kick(ck);
+			return;
+		}
+		if (!ck->got_result) {
+			ck->got_result = true;
+			a->ok = true;
+			a->secret[0] = '\0';
+			a->why[0] = '\0';
+			if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+				a->ok = false;
+				copy_reason(a->why, sizeof(a->why), PQresultErrorMessage(res));
+			} else if (PQnfields(res) < 2) {
+				a->ok = false;
+				snprintf(a->why, sizeof(a->why),
+					 "auth_query must return two columns (name, password)");
+			} else if (PQntuples(res) > 1) {
+				a->ok = false;
+				snprintf(a->why, sizeof(a->why), "auth_query returned %d rows",
+					 PQntuples(res));
+			} else if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1)) {
+				snprintf(a->secret, sizeof(a->secret), "%s", PQgetvalue(res, 0, 1));
+			}
+		}
+		PQclear(res);
+	}
+}
+
 static void read_results(struct checker *ck)
 {
 	PGresult *res;
@@ -283,6 +451,8 @@ static void read_results(struct checker *ck)
 			rc = watch(ck, UV_READABLE);
 			if (rc < 0)
 				fail(ck, true, "poll: %s", uv_strerror(rc));
+			else
+				auth_kick(ck);
 			return;
 		}
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
@@ -357,6 +527,15 @@ static void poll_cb(uv_poll_t *p, int status, int events)
 		}
 		if (events & UV_READABLE)
 			read_results(ck);
+		break;
+	case PH_AUTH:
+		if ((events & UV_WRITABLE) && PQflush(ck->conn) == 0 &&
+		    watch(ck, UV_READABLE) < 0) {
+			fail(ck, false, "poll failed");
+			return;
+		}
+		if (events & UV_READABLE)
+			read_auth(ck);
 		break;
 	case PH_IDLE:
 		/* Readable between checks: a notice, or the server closing on us. */
@@ -526,6 +705,64 @@ static void timer_cb(uv_timer_t *t)
 		fail(ck, false, "check timed out after %llu ms",
 		     (unsigned long long)ck->h->timeout_ms);
 		break;
+	case PH_AUTH:
+		fail(ck, false, "auth_query timed out after %llu ms",
+		     (unsigned long long)ck->h->timeout_ms);
+		break;
+	}
+}
+
+/* Health loop: requests handed over by sessions go to their cluster's writer. */
+static void auth_wake_cb(uv_async_t *w)
+{
+	struct health *h = w->data;
+	struct health_auth *list, *a;
+
+	uv_mutex_lock(&h->auth_mu);
+	list = h->auth_in;
+	h->auth_in = NULL;
+	uv_mutex_unlock(&h->auth_mu);
+	/* The list is newest first: reverse it to serve in order. */
+	{
+		struct health_auth *rev = NULL;
+
+		while ((a = list) != NULL) {
+			list = a->next;
+			a->next = rev;
+			rev = a;
+		}
+		list = rev;
+	}
+	while ((a = list) != NULL) {
+		struct checker *ck = NULL;
+
+		list = a->next;
+		a->next = NULL;
+		for (size_t i = 0; i < h->nmap && ck == NULL; i++) {
+			if (strcmp(h->map[i].name, a->cluster) != 0)
+				continue;
+			for (size_t j = 0; j < h->map[i].n; j++) {
+				struct checker *c = h->map[i].hosts[j];
+
+				if (c->state == HEALTH_UP && !c->in_recovery) {
+					ck = c;
+					break;
+				}
+			}
+		}
+		if (ck == NULL) {
+			auth_finish(a, false, NULL, "the cluster has no healthy coordinator");
+			continue;
+		}
+		/* Append: requests are answered in the order they came. */
+		{
+			struct health_auth **pp = &ck->auth_q;
+
+			while (*pp)
+				pp = &(*pp)->next;
+			*pp = a;
+		}
+		auth_kick(ck);
 	}
 }
 
@@ -542,7 +779,93 @@ struct health *health_new(uv_loop_t *loop)
 		free(h);
 		return NULL;
 	}
+	if (uv_mutex_init(&h->auth_mu) != 0) {
+		uv_rwlock_destroy(&h->lock);
+		free(h->conninfo);
+		free(h);
+		return NULL;
+	}
+	uv_async_init(loop, &h->auth_wake, auth_wake_cb);
+	h->auth_wake.data = h;
+	/* Only pending requests should keep the loop alive. */
+	uv_unref((uv_handle_t *)&h->auth_wake);
 	return h;
+}
+
+static void free_auth_cb(uv_handle_t *hd)
+{
+	struct health_auth *a = container_of((uv_async_t *)hd, struct health_auth, done);
+
+	free(a->query);
+	free(a);
+}
+
+static void auth_done_cb(uv_async_t *d)
+{
+	struct health_auth *a = container_of(d, struct health_auth, done);
+
+	if (!a->cancelled)
+		a->fn(a->arg, a->ok, a->secret, a->why);
+	uv_close((uv_handle_t *)&a->done, free_auth_cb);
+}
+
+struct health_auth *health_auth_start(struct health *h, uv_loop_t *loop, const char *cluster,
+				      const char *query, const char *user, health_auth_fn fn,
+				      void *arg)
+{
+	struct health_auth *a = calloc(1, sizeof(*a));
+
+	if (a == NULL)
+		return NULL;
+	a->fn = fn;
+	a->arg = arg;
+	snprintf(a->cluster, sizeof(a->cluster), "%s", cluster);
+	snprintf(a->user, sizeof(a->user), "%s", user);
+	a->query = strdup(query);
+	if (a->query == NULL || uv_async_init(loop, &a->done, auth_done_cb) != 0) {
+		free(a->query);
+		free(a);
+		return NULL;
+	}
+	uv_mutex_lock(&h->auth_mu);
+	if (h->auth_stopping) {
+		uv_mutex_unlock(&h->auth_mu);
+		/* Never sent: close it here, on its own loop. */
+		a->cancelled = true;
+		uv_close((uv_handle_t *)&a->done, free_auth_cb);
+		return NULL;
+	}
+	a->next = h->auth_in;
+	h->auth_in = a;
+	uv_mutex_unlock(&h->auth_mu);
+	uv_async_send(&h->auth_wake);
+	return a;
+}
+
+void health_auth_cancel(struct health_auth *a)
+{
+	if (a)
+		a->cancelled = true;
+}
+
+size_t health_parameter_status(struct health *h, uint8_t *out, size_t cap)
+{
+	size_t n = 0;
+
+	uv_rwlock_rdlock(&h->lock);
+	for (size_t i = 0; i < h->nmap && n == 0; i++) {
+		for (size_t j = 0; j < h->map[i].n; j++) {
+			struct checker *ck = h->map[i].hosts[j];
+
+			if (ck->state == HEALTH_UP && ck->paramslen > 0 && ck->paramslen <= cap) {
+				memcpy(out, ck->params, ck->paramslen);
+				n = ck->paramslen;
+				break;
+			}
+		}
+	}
+	uv_rwlock_rdunlock(&h->lock);
+	return n;
 }
 
 static void checker_free(struct checker *ck)
@@ -590,6 +913,7 @@ static void timer_close_cb(uv_handle_t *t)
 
 static void checker_stop(struct checker *ck)
 {
+	auth_fail_all(ck, "the router is stopping");
 	ck->stopping = true;
 	drop_conn(ck);
 	if (!ck->first_done)
@@ -833,6 +1157,12 @@ void health_stop(struct health *h, void (*done)(void *arg), void *arg)
 
 	h->stopped = done;
 	h->stopped_arg = arg;
+	uv_mutex_lock(&h->auth_mu);
+	h->auth_stopping = true;
+	uv_mutex_unlock(&h->auth_mu);
+	/* Answer what was handed over but not yet taken, then stop taking. */
+	auth_wake_cb(&h->auth_wake);
+	uv_close((uv_handle_t *)&h->auth_wake, NULL);
 	uv_rwlock_wrlock(&h->lock);
 	free_map(h->map, h->nmap);
 	h->map = NULL;
@@ -852,6 +1182,7 @@ void health_free(struct health *h)
 	TR_ASSERT(h->checkers == NULL && h->closing == 0);
 	free_map(h->map, h->nmap);
 	uv_rwlock_destroy(&h->lock);
+	uv_mutex_destroy(&h->auth_mu);
 	free(h->conninfo);
 	free(h);
 }

@@ -338,7 +338,8 @@ size_t startup_build_forward(const struct startup *st, const struct tenant_rule 
 			     const struct tenant *t, uint8_t *out, size_t cap)
 {
 	struct wbuf w;
-	bool add_key = t->source == TENANT_SRC_USER || t->source == TENANT_SRC_DATABASE;
+	bool add_key = t->source == TENANT_SRC_USER || t->source == TENANT_SRC_DATABASE ||
+		       t->source == TENANT_SRC_QUERY;
 
 	wb_init(&w, out, cap);
 	wb_begin(&w, 0);

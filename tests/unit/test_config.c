@@ -296,6 +296,63 @@ static void test_config_host_port(void **state)
 	}
 }
 
+/* Tenant source query, the guard and [auth]. */
+static void test_config_query_and_auth(void **state)
+{
+	char err[4096], text[1024];
+	struct config *c;
+	const char *path;
+
+	write_file("users.txt", "\"app\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n");
+	snprintf(text, sizeof(text),
+		 "[router]\ntenant_sources = options, query\ntenant_column = tenant_id\n"
+		 "guard = strict\n[auth]\nauth_type = md5\nauth_file = users.txt\n"
+		 "auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1\n"
+		 "auth_cluster = b\nserver_passfile = pass\n%s",
+		 base);
+	path = write_file("q.ini", text);
+	c = config_load(path, err, sizeof(err));
+	assert_non_null(c);
+	assert_true(c->rule.sources & TENANT_SRC_QUERY);
+	assert_string_equal(c->tenant_column, "tenant_id");
+	assert_int_equal(c->guard, GUARD_STRICT);
+	assert_int_equal(c->auth_type, AUTH_MD5);
+	assert_non_null(c->userlist);
+	assert_int_equal(c->auth_cluster, 1);
+	assert_non_null(strstr(c->server_passfile, "/pass"));
+	config_unref(c);
+
+	/* Defaults: guard on, SCRAM. */
+	c = config_load(write_file("d.ini", base), err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->guard, GUARD_ON);
+	assert_int_equal(c->auth_type, AUTH_SCRAM);
+	assert_null(c->userlist);
+	config_unref(c);
+
+	snprintf(text, sizeof(text),
+		 "[router]\ntenant_sources = query\nguard = maybe\n[auth]\nauth_type = pw\n"
+		 "auth_query = SELECT 1\nauth_cluster = zz\n%s",
+		 base);
+	path = write_file("bad.ini", text);
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, ":3: [router] guard: \"maybe\" is not on, strict or off\n"));
+	assert_non_null(strstr(err, ":5: [auth] auth_type: \"pw\" is not scram-sha-256, md5 or "
+				    "trust\n"));
+	assert_non_null(strstr(err, ":6: [auth] auth_query: must take the user name as $1"));
+	assert_non_null(strstr(err, ":7: [auth] auth_cluster: unknown cluster \"zz\"\n"));
+	assert_non_null(strstr(err, "[auth]: tenant source \"query\" needs auth_file or "
+				    "auth_query"));
+
+	/* A missing auth_file is named. */
+	snprintf(text, sizeof(text), "[router]\ntenant_sources = query\n[auth]\n"
+				     "auth_file = nope.txt\n%s",
+		 base);
+	assert_null(config_load(write_file("nf.ini", text), err, sizeof(err)));
+	assert_non_null(strstr(err, "[auth] auth_file: "));
+	assert_non_null(strstr(err, "nope.txt"));
+}
+
 static void test_config_refcount(void **state)
 {
 	char err[4096];
@@ -325,6 +382,7 @@ int main(void)
 		cmocka_unit_test(test_config_durations),
 		cmocka_unit_test(test_config_host_port),
 		cmocka_unit_test(test_config_refcount),
+		cmocka_unit_test(test_config_query_and_auth),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
