@@ -91,6 +91,14 @@ bool auth_md5_check(const struct secret *s, const char *user, const uint8_t salt
 /* Fills buf with n cryptographically random bytes; false on failure. */
 bool auth_random(void *buf, size_t n) MUSTCHECK;
 
+/*
+ * For a user without a SCRAM verifier (unknown, or md5 only): gives sec a
+ * salt made from the user name and a per-process key, which the mock SCRAM
+ * exchange then uses, so that trying twice shows the same salt, as for a
+ * real user (PostgreSQL does the same). No-op for SCRAM and plaintext.
+ */
+void auth_mock_salt(const char *user, struct secret *sec);
+
 /* SCRAM, the router as server. Messages are text without a NUL. */
 struct scram_server {
 	struct secret secret; /* copy; a plaintext one is turned into a verifier */

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -762,7 +763,37 @@ static bool server_secret(struct scram_server *st, const struct secret *sec)
 	st->mock = true;
 	st->secret.iterations = SCRAM_ITERATIONS;
 	st->secret.saltlen = SCRAM_SALT_LEN;
+	/* A salt from auth_mock_salt(): the same for a user at every try. */
+	if (sec != NULL && sec->saltlen == SCRAM_SALT_LEN) {
+		memcpy(st->secret.salt, sec->salt, SCRAM_SALT_LEN);
+		return true;
+	}
 	return auth_random(st->secret.salt, st->secret.saltlen);
+}
+
+static uint8_t mock_key[32];
+static pthread_once_t mock_once = PTHREAD_ONCE_INIT;
+static bool mock_ok;
+
+static void mock_init(void)
+{
+	mock_ok = auth_random(mock_key, sizeof(mock_key));
+}
+
+void auth_mock_salt(const char *user, struct secret *sec)
+{
+	uint8_t buf[sizeof(mock_key) + AUTH_MAX_USER], h[SCRAM_KEY_LEN];
+	size_t n = strnlen(user, AUTH_MAX_USER);
+
+	pthread_once(&mock_once, mock_init);
+	if (!mock_ok || sec->kind == SECRET_SCRAM || sec->kind == SECRET_PLAIN)
+		return;
+	memcpy(buf, mock_key, sizeof(mock_key));
+	memcpy(buf + sizeof(mock_key), user, n);
+	if (!sha256(buf, sizeof(mock_key) + n, h))
+		return;
+	memcpy(sec->salt, h, SCRAM_SALT_LEN);
+	sec->saltlen = SCRAM_SALT_LEN;
 }
 
 int scram_server_first(struct scram_server *st, const struct secret *sec, const uint8_t *data,

@@ -1162,6 +1162,7 @@ static void local_challenge(struct session *s)
 		send_auth_request(s, 5, lc->salt, sizeof(lc->salt));
 		lc->phase = LP_MD5;
 	} else {
+		auth_mock_salt(lc->user, &lc->secret);
 		send_auth_request(s, 10, mechs, sizeof(mechs));
 		lc->phase = LP_SASL_FIRST;
 	}

@@ -61,6 +61,9 @@ def pytest_runtest_makereport(item, call):
     if rep.failed:
         for i, r in enumerate(getattr(item, "_tr_routers", [])):
             rep.sections.append((f"router {i} log tail ({r.logfile})", r.log_tail(80)))
+        # Routers shared by a module (make_module_router) are reported too.
+        for i, r in enumerate(getattr(item.module, "_tr_module_routers", None) or []):
+            rep.sections.append((f"module router {i} log tail ({r.logfile})", r.log_tail(80)))
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +139,53 @@ def make_router(request, clusters):
 def router(make_router):
     """A router with the default test configuration (clusters a and b, no pins)."""
     return make_router()
+
+
+@pytest.fixture(scope="module")
+def make_module_router(request, clusters):
+    """Like make_router, but the routers live for the whole test module (share one router
+    between tests to keep a module fast).  Same arguments; the routers are stopped and
+    checked (exit code, sanitizer report) when the module ends."""
+    routers = []
+    request.module._tr_module_routers = routers
+
+    def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
+                cluster_set=None):
+        r = harness.Router(cluster_set if cluster_set is not None else clusters,
+                           overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env)
+        routers.append(r)
+        if start:
+            try:
+                r.start()
+            except Exception:
+                # Reported by the test (or fixture) that asked for it, with the log tail;
+                # not again when the module ends.
+                r._start_failed = True
+                raise
+        return r
+
+    yield factory
+
+    problems = []
+    for i, r in enumerate(routers):
+        if r.proc is None or getattr(r, "_start_failed", False):
+            r.close()
+            continue
+        died = r.proc.poll() is not None and r.returncode is None
+        try:
+            if died:
+                problems.append(f"module router {i} died with exit code {r.proc.returncode}")
+            rc = r.stop()
+            if rc not in (0, None) and not died:
+                problems.append(f"module router {i} exited {rc} after SIGTERM")
+        except AssertionError as e:
+            problems.append(str(e))
+        rep = r.sanitizer_report()
+        if rep:
+            problems.append(f"module router {i} sanitizer report:\n{rep}")
+        if problems:
+            print(f"\n--- module router {i} log tail ---\n{r.log_tail(80)}")
+        r.close()
+    request.module._tr_module_routers = []
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

@@ -217,6 +217,44 @@ def start_clusters(names=("a", "b"), make=PgServer):
     return servers
 
 
+def role_secret(srv, role):
+    """pg_authid.rolpassword of role on srv (SCRAM verifier, md5 hash, or None)."""
+    rows = srv.sql("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+    return rows[0][0] if rows else None
+
+
+def ensure_shared_verifier_role(clusters, role, password):
+    """A LOGIN role with the very same SCRAM verifier (salt, iterations, keys) on every
+    cluster: created with a password on the first cluster, its verifier copied to the
+    others.  Idempotent (ALTER if the role exists).  Returns the verifier."""
+    names = sorted(clusters)
+    first = clusters[names[0]]
+
+    def create_or_alter(srv, secret):
+        with srv.connect() as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                  (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(f'{verb} ROLE "{role}" LOGIN PASSWORD ' + "'" +
+                         secret.replace("'", "''") + "'")
+
+    create_or_alter(first, password)
+    verifier = role_secret(first, role)
+    assert verifier and verifier.startswith("SCRAM-SHA-256$"), verifier
+    for n in names[1:]:
+        create_or_alter(clusters[n], verifier)
+        assert role_secret(clusters[n], role) == verifier
+    return verifier
+
+
+def userlist_text(entries):
+    """PgBouncer userlist.txt text from {user: secret} ('"' doubled inside quotes)."""
+    def q(v):
+        return '"' + v.replace('"', '""') + '"'
+    return "".join(f"{q(u)} {q(sec)}\n" for u, sec in entries.items())
+
+
 def router_binary():
     p = os.environ.get("TR_BIN", "build/tenant-router")
     return p if os.path.isabs(p) else os.path.join(REPO, p)
@@ -303,6 +341,14 @@ class Router:
     def write_pins(self, text, name="pins.txt"):
         with open(os.path.join(self.dir, name), "w") as f:
             f.write(text)
+
+    def write_file(self, name, text, mode=0o600):
+        """A file in the router's directory (relative paths in the INI resolve there)."""
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
 
     def write_config(self, overrides=None, raw_ini=None):
         if overrides:

@@ -196,3 +196,158 @@ def md5_password_message(user, password, salt):
     inner = hashlib.md5((password + user).encode()).hexdigest().encode()
     outer = b"md5" + hashlib.md5(inner + salt).hexdigest().encode() + b"\0"
     return b"p" + struct.pack("!I", len(outer) + 4) + outer
+
+
+# --- extended protocol ---------------------------------------------------------------------
+
+def _cstr(s):
+    return (s.encode() if isinstance(s, str) else s) + b"\0"
+
+
+def _msg(t, body):
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def parse_message(sql, name="", oids=()):
+    """Parse: statement name, query, parameter type oids (0 = let the server infer)."""
+    body = _cstr(name) + _cstr(sql) + struct.pack("!H", len(oids))
+    for o in oids:
+        body += struct.pack("!I", o)
+    return _msg(b"P", body)
+
+
+def bind_message(params=(), portal="", stmt=""):
+    """Bind with text-format parameters (str/bytes, None -> NULL) and text results."""
+    body = _cstr(portal) + _cstr(stmt) + struct.pack("!H", 0) + struct.pack("!H", len(params))
+    for p in params:
+        if p is None:
+            body += struct.pack("!i", -1)
+        else:
+            b = p.encode() if isinstance(p, str) else p
+            body += struct.pack("!i", len(b)) + b
+    return _msg(b"B", body + struct.pack("!H", 0))
+
+
+def describe_message(kind="P", name=""):
+    return _msg(b"D", kind.encode() + _cstr(name))
+
+
+def execute_message(portal="", max_rows=0):
+    return _msg(b"E", _cstr(portal) + struct.pack("!I", max_rows))
+
+
+def sync_message():
+    return _msg(b"S", b"")
+
+
+def flush_message():
+    return _msg(b"H", b"")
+
+
+def extended_query(sql, params=(), describe=False):
+    """Parse/Bind/[Describe]/Execute of one unnamed statement (no Sync)."""
+    out = parse_message(sql) + bind_message(params)
+    if describe:
+        out += describe_message("P")
+    return out + execute_message()
+
+
+def data_row(body):
+    """DataRow body -> list of str (NULL -> None)."""
+    (ncol,) = struct.unpack("!H", body[:2])
+    i = 2
+    row = []
+    for _ in range(ncol):
+        (n,) = struct.unpack("!i", body[i:i + 4])
+        i += 4
+        if n < 0:
+            row.append(None)
+        else:
+            row.append(body[i:i + n].decode())
+            i += n
+    return row
+
+
+def read_until_ready(conn, timeout=5.0):
+    """All backend messages up to and including ReadyForQuery, as (type, body)."""
+    msgs = []
+    while True:
+        t, body = conn.recv_msg(timeout)
+        msgs.append((t, body))
+        if t == "Z":
+            return msgs
+
+
+# --- password logins (cleartext, md5, SCRAM-SHA-256) -----------------------------------------
+
+class LoginError(AssertionError):
+    """The peer answered the login with an ErrorResponse; .fields has its fields."""
+
+    def __init__(self, fields):
+        super().__init__(f"login failed: {fields}")
+        self.fields = fields
+
+
+def password_message(data):
+    return _msg(b"p", data)
+
+
+def _scram_client(conn, password, mechs, timeout):
+    import base64
+    import hashlib
+    import hmac
+    import os as _os
+    assert "SCRAM-SHA-256" in mechs, f"SASL mechanisms {mechs}"
+    nonce = base64.b64encode(_os.urandom(18)).decode()
+    first_bare = f"n=,r={nonce}"
+    first = ("n,," + first_bare).encode()
+    conn.send(password_message(_cstr("SCRAM-SHA-256") + struct.pack("!i", len(first)) + first))
+    t, body = conn.recv_msg(timeout)
+    if t == "E":
+        raise LoginError(parse_fields(body))
+    assert t == "R" and struct.unpack("!I", body[:4])[0] == 11, (t, body[:80])
+    server_first = body[4:].decode()
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    assert attrs["r"].startswith(nonce), server_first
+    salt = base64.b64decode(attrs["s"])
+    iters = int(attrs["i"])
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iters)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    without_proof = f"c=biws,r={attrs['r']}"
+    auth_msg = f"{first_bare},{server_first},{without_proof}".encode()
+    sig = hmac.new(stored_key, auth_msg, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, sig))
+    final = f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+    conn.send(password_message(final))
+
+
+def login_password(conn, params, password, version=PROTO_30, timeout=5.0):
+    """Send a startup packet and answer whatever password request follows (cleartext, md5,
+    SCRAM-SHA-256); read through ReadyForQuery.  Returns the list of (type, body) messages;
+    raises LoginError(fields) if the peer sends an ErrorResponse."""
+    conn.send(startup_packet(params, version))
+    user = dict((k, v) for k, v in params).get("user", "")
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t, body = conn.recv_msg(timeout)
+        msgs.append((t, body))
+        if t == "E":
+            raise LoginError(parse_fields(body))
+        if t == "R":
+            (code,) = struct.unpack("!I", body[:4])
+            if code == 3:
+                conn.send(password_message(_cstr(password)))
+            elif code == 5:
+                conn.send(md5_password_message(user, password, body[4:8]))
+            elif code == 10:
+                mechs = [m.decode() for m in body[4:].split(b"\0") if m]
+                _scram_client(conn, password, mechs, timeout)
+            elif code in (0, 12):
+                pass
+            else:
+                raise AssertionError(f"unsupported authentication request {code}")
+        if t == "Z":
+            return msgs
+    raise AssertionError("no ReadyForQuery")

@@ -615,6 +615,33 @@ static void test_auth_scram_plain_secret(void **state)
 }
 
 /* Unknown users (NULL, SECRET_NONE) and md5 secrets: a normal-looking exchange that fails. */
+/* The salt an unknown user is shown is the same at every try, and differs between users. */
+static void test_auth_mock_salt_is_stable(void **state)
+{
+	static const char first[] = "n,,n=,r=abcdefghijkl";
+	struct secret a1 = {0}, a2 = {0}, b = {0}, md5 = {0};
+	struct scram_server st;
+	char out1[512], out2[512];
+	size_t n1, n2;
+	const char *why;
+
+	auth_mock_salt("alice", &a1);
+	auth_mock_salt("alice", &a2);
+	auth_mock_salt("bob", &b);
+	assert_int_equal(a1.saltlen, 16);
+	assert_memory_equal(a1.salt, a2.salt, 16);
+	assert_memory_not_equal(a1.salt, b.salt, 16);
+	assert_true(secret_parse(PG_MD5_ALICE, &md5));
+	auth_mock_salt("alice", &md5);
+	assert_memory_equal(md5.salt, a1.salt, 16);
+	/* The server-first messages carry the same s= (nonces differ). */
+	assert_int_equal(srv_first(&st, &a1, first, strlen(first), out1, sizeof(out1), &n1, &why), 0);
+	assert_true(st.mock);
+	assert_int_equal(srv_first(&st, &a2, first, strlen(first), out2, sizeof(out2), &n2, &why), 0);
+	out1[n1] = out2[n2] = '\0';
+	assert_string_equal(strstr(out1, ",s="), strstr(out2, ",s="));
+}
+
 static void test_auth_scram_mock(void **state)
 {
 	struct scram_client c;
@@ -1124,6 +1151,7 @@ int main(void)
 	        cmocka_unit_test(test_auth_userlist_empty_and_missing),
 	        cmocka_unit_test(test_auth_passfile_lookup),
 	        cmocka_unit_test(test_auth_passfile_limits),
+	        cmocka_unit_test(test_auth_mock_salt_is_stable),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
