@@ -1393,6 +1393,12 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	}
 	local_rule(s->rt->cfg, &rule);
 	query_find_tenant(sql, n, &rule, &q);
+	if (q.kind == QUERY_OTHER && q.nstmts == 0) {
+		/* Only comments or semicolons: what PostgreSQL answers to an empty query. */
+		send_msg(s, 'I', NULL, 0);
+		send_ready(s, lc->txn);
+		return;
+	}
 	if (q.kind == QUERY_TENANT) {
 		if (!gbuf_add(&lc->held, msg, total)) {
 			client_refuse(s, "54000", "Send smaller messages.", "message too long");
@@ -1568,6 +1574,10 @@ static void no_tenant_sync(struct session *s)
 			if (st->empty)
 				continue;
 			query_find_tenant(sql, ql, &rule, &st->q);
+			if (st->q.kind == QUERY_OTHER && st->q.nstmts == 0) {
+				st->empty = true;
+				continue;
+			}
 			if (st->q.kind == QUERY_TENANT) {
 				if (found && (tlen != st->q.tenant_len ||
 					      memcmp(tenant, st->q.tenant, tlen) != 0))
@@ -2295,8 +2305,14 @@ static bool guard_sql(struct session *s, const char *sql, size_t len, struct que
 
 	word = word ? word + 1 : key;
 	q->kind = QUERY_OTHER;
-	/* The cheap test first: most statements never name the key. */
-	if (!query_mentions(sql, len, word, strlen(word)))
+	/*
+	 * The cheap test first (a parse costs tens of microseconds). A switch
+	 * needs the key's last word (however the name is quoted or spaced), and
+	 * either "set" (SET, RESET, set_config) or a comment holding the key.
+	 */
+	if (!query_mentions(sql, len, word, strlen(word)) ||
+	    (!query_mentions(sql, len, "set", 3) &&
+	     !(memmem(sql, len, "/*", 2) && query_mentions(sql, len, key, strlen(key)))))
 		return true;
 	query_find_tenant(sql, len, &rule, q);
 	switch (q->kind) {

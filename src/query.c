@@ -7,12 +7,14 @@
  * scanner's token list is used for two things only: the text of / * * /
  * comments (sqlcommenter) and a bound on how deeply the input can nest.
  *
- * That bound exists because libpg_query recurses without a depth limit when
- * it packs and unpacks its protobuf tree: `SELECT 1+1+...+1` of some 100 KB
- * overflows an 8 MB stack. Inputs up to SHALLOW_LEN bytes cannot nest deep
- * enough to matter (about one tree level per byte); longer ones are parsed
- * only if nest_estimate() stays within NEST_BUDGET, else they are
- * QUERY_UNKNOWN. The estimate is an upper bound, checked by fuzzing.
+ * That bound exists because libpg_query and protobuf-c recurse without a
+ * depth limit when they pack and unpack the tree (up to ~1 KB of stack per
+ * level): `SELECT 1||1||...||1` of some 50 KB overflows an 8 MB stack. Inputs
+ * up to SHALLOW_LEN bytes cannot nest deep enough to matter (at most about
+ * one protobuf level per byte); longer ones are parsed only if
+ * nest_estimate() stays within NEST_BUDGET, else they are QUERY_UNKNOWN.
+ * Either way the worst case stays near 2 MB of stack. The estimate is an
+ * upper bound (a fuzzer compared it with real trees while it was written).
  *
  * Not done here: anything a server-side function might do to the key (a
  * user function calling set_config()), and EXECUTE of a prepared statement.
@@ -29,11 +31,11 @@
 
 #include "proto.h"
 
-#define SHALLOW_LEN  2048 /* never deeper than ~2 protobuf levels per byte */
-#define NEST_BUDGET  2000 /* nest_estimate() units: at most 4 protobuf levels each */
-#define NEST_MAX     256  /* bracket levels the estimator follows */
-#define WALK_MAX     8000 /* backstop for walk(); the budget keeps us far below */
-#define SMALL_COPY   1024 /* shorter strings are copied on the stack */
+#define SHALLOW_LEN 1024 /* at most about one protobuf level per byte */
+#define NEST_BUDGET 1000 /* nest_estimate() units: 2 protobuf levels each, 4 at most */
+#define NEST_MAX    256  /* bracket levels the estimator follows */
+#define WALK_MAX    8000 /* backstop for walk(); the budget keeps us far below */
+#define SMALL_COPY  1024 /* shorter strings are copied on the stack */
 
 /* Everything the statements and comments of one string have said so far. */
 struct acc {
@@ -42,11 +44,11 @@ struct acc {
 	bool have_lit;
 	char lit[STARTUP_MAX_TENANT_LEN + 1];
 	size_t lit_len;
-	int param;	  /* 0: none */
+	int param;        /* 0: none */
 	unsigned sources; /* QSRC_* of the places above */
-	bool conflict;	  /* two different tenants (or parameters) */
-	bool unknown;	  /* the key gets a value we cannot know */
-	bool invalid;	  /* PostgreSQL would refuse what libpg_query accepted */
+	bool conflict;    /* two different tenants (or parameters) */
+	bool unknown;     /* the key gets a value we cannot know */
+	bool invalid;     /* PostgreSQL would refuse what libpg_query accepted */
 };
 
 /* A constant (or parameter) found where a tenant may be. */
@@ -600,8 +602,7 @@ static bool classify(struct acc *a, const PgQuery__Node *stmt, struct query_loca
 
 	if (stmt->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT && stmt->variable_set_stmt)
 		is_local = var_set(a, stmt->variable_set_stmt, l);
-	else if (stmt->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT &&
-		 stmt->transaction_stmt)
+	else if (stmt->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT && stmt->transaction_stmt)
 		is_local = txn_stmt(stmt->transaction_stmt, l);
 	else if (a->rule->column)
 		column_stmt(a, stmt);
@@ -633,7 +634,7 @@ static int hex_digit(char c)
  * bytes but counts all of them in *outlen. False on a broken %XX.
  */
 static bool url_decode(const char *s, size_t n, bool unescape, char *out, size_t cap,
-		       size_t *outlen)
+                       size_t *outlen)
 {
 	size_t o = 0;
 
@@ -723,7 +724,7 @@ static bool commenter(struct acc *a, const char *s, size_t n, bool apply)
 }
 
 static void find_comments(struct acc *a, const char *sql, size_t len,
-			  const PgQuery__ScanResult *scan)
+                          const PgQuery__ScanResult *scan)
 {
 	for (size_t i = 0; i < scan->n_tokens; i++) {
 		const PgQuery__ScanToken *t = scan->tokens[i];
@@ -733,8 +734,8 @@ static void find_comments(struct acc *a, const char *sql, size_t len,
 			continue;
 		start = (size_t)t->start;
 		end = (size_t)t->end;
-		if (end > len || start > end || end - start < 4 || memcmp(sql + start, "/*", 2) != 0 ||
-		    memcmp(sql + end - 2, "*/", 2) != 0)
+		if (end > len || start > end || end - start < 4 ||
+		    memcmp(sql + start, "/*", 2) != 0 || memcmp(sql + end - 2, "*/", 2) != 0)
 			continue;
 		if (commenter(a, sql + start + 2, end - start - 4, false))
 			(void)commenter(a, sql + start + 2, end - start - 4, true);
@@ -744,24 +745,24 @@ static void find_comments(struct acc *a, const char *sql, size_t len,
 /* ---- how deep may the tree be? --------------------------------------------- */
 
 struct nest {
-	uint32_t seg;	/* tokens in the current segment */
-	uint32_t child; /* deepest bracket group in the current segment */
-	uint32_t best;	/* deepest finished segment */
-	uint32_t chain; /* UNION/INTERSECT/EXCEPT/JOIN: above the whole level */
-	bool boolean;	/* AND/OR seen: at most two flattened levels (OR of ANDs) */
+	size_t seg;   /* tokens in the current segment */
+	size_t child; /* deepest bracket group in the current segment */
+	size_t best;  /* deepest finished segment */
+	size_t chain; /* UNION/INTERSECT/EXCEPT/JOIN: above the whole level */
+	bool boolean; /* AND/OR seen: at most two flattened levels (OR of ANDs) */
 	bool is_case;
 };
 
-static uint32_t nest_value(const struct nest *l)
+static size_t nest_value(const struct nest *l)
 {
-	uint32_t seg = l->seg + l->child;
+	size_t seg = l->seg + l->child;
 
 	return (l->best > seg ? l->best : seg) + l->chain + (l->boolean ? 2 : 0);
 }
 
 static void nest_cut(struct nest *l)
 {
-	uint32_t seg = l->seg + l->child;
+	size_t seg = l->seg + l->child;
 
 	if (seg > l->best)
 		l->best = seg;
@@ -776,12 +777,12 @@ static void nest_cut(struct nest *l)
  * ancestors of each other (a+b+c is left-deep); different segments are
  * siblings, except that set operations and joins chain across them. A
  * bracket group (also CASE ... END) hangs under its whole enclosing segment.
- * Returns UINT32_MAX when brackets nest deeper than NEST_MAX.
+ * Returns SIZE_MAX when brackets nest deeper than NEST_MAX.
  */
-static uint32_t nest_estimate(const PgQuery__ScanResult *scan)
+static size_t nest_estimate(const PgQuery__ScanResult *scan)
 {
 	struct nest lv[NEST_MAX];
-	uint32_t top = 0, worst = 0;
+	size_t top = 0, worst = 0;
 
 	memset(&lv[0], 0, sizeof(lv[0]));
 	for (size_t i = 0; i < scan->n_tokens; i++) {
@@ -798,7 +799,7 @@ static uint32_t nest_estimate(const PgQuery__ScanResult *scan)
 		case '(':
 		case '[':
 			if (top + 1 == NEST_MAX)
-				return UINT32_MAX;
+				return SIZE_MAX;
 			l->seg++;
 			top++;
 			memset(&lv[top], 0, sizeof(lv[top]));
@@ -850,7 +851,7 @@ static uint32_t nest_estimate(const PgQuery__ScanResult *scan)
 	}
 	/* Unbalanced brackets do not parse, but fold them anyway. */
 	while (top > 0) {
-		uint32_t v = nest_value(&lv[top]) + 1;
+		size_t v = nest_value(&lv[top]) + 1;
 
 		top--;
 		if (v > lv[top].child)
@@ -887,11 +888,12 @@ static void finish(const struct acc *a, size_t nstmts, bool all_local, struct qu
 	}
 	if (q->kind != QUERY_LOCAL)
 		q->nlocal = 0;
+	q->nstmts = nstmts;
 }
 
 /* Parses buf (NUL-terminated, n bytes) and fills q; scan may be NULL. */
 static void parse_and_classify(struct acc *a, const char *buf, size_t n,
-			       const PgQuery__ScanResult *scan, struct query_tenant *q)
+                               const PgQuery__ScanResult *scan, struct query_tenant *q)
 {
 	PgQueryProtobufParseResult pr = pg_query_parse_protobuf(buf);
 	PgQuery__ParseResult *tree = NULL;
@@ -902,7 +904,7 @@ static void parse_and_classify(struct acc *a, const char *buf, size_t n,
 		goto out;
 	}
 	tree = pg_query__parse_result__unpack(NULL, pr.parse_tree.len,
-					      (const uint8_t *)pr.parse_tree.data);
+	                                      (const uint8_t *)pr.parse_tree.data);
 	if (!tree) {
 		/* Out of memory: we cannot tell, and must not guess. */
 		q->kind = QUERY_UNKNOWN;
@@ -910,7 +912,7 @@ static void parse_and_classify(struct acc *a, const char *buf, size_t n,
 	}
 	for (size_t i = 0; i < tree->n_stmts; i++) {
 		const PgQuery__RawStmt *rs = tree->stmts[i];
-		struct query_local scratch;
+		struct query_local scratch = {.txn = 0};
 		struct query_local *l = i < QUERY_MAX_LOCAL ? &q->local[i] : &scratch;
 
 		if (!rs || !rs->stmt) {
@@ -930,14 +932,14 @@ out:
 }
 
 static void classify_copy(const char *buf, size_t n, const struct query_rule *rule,
-			  struct query_tenant *q)
+                          struct query_tenant *q)
 {
 	PgQueryScanResult sr = {0};
 	PgQuery__ScanResult *scan = NULL;
 	struct acc a = {.rule = rule, .keylen = strlen(rule->key)};
 	bool deep = n > SHALLOW_LEN;
-	bool comments = memmem(buf, n, "/*", 2) != NULL &&
-			query_mentions(buf, n, rule->key, a.keylen);
+	bool comments =
+	        memmem(buf, n, "/*", 2) != NULL && query_mentions(buf, n, rule->key, a.keylen);
 
 	if (deep || comments) {
 		sr = pg_query_scan(buf);
@@ -947,7 +949,7 @@ static void classify_copy(const char *buf, size_t n, const struct query_rule *ru
 			goto out;
 		}
 		scan = pg_query__scan_result__unpack(NULL, sr.pbuf.len,
-						     (const uint8_t *)sr.pbuf.data);
+		                                     (const uint8_t *)sr.pbuf.data);
 		if (!scan || (deep && nest_estimate(scan) > NEST_BUDGET)) {
 			q->kind = QUERY_UNKNOWN;
 			goto out;
@@ -962,7 +964,7 @@ out:
 }
 
 void query_find_tenant(const char *sql, size_t len, const struct query_rule *rule,
-		       struct query_tenant *q)
+                       struct query_tenant *q)
 {
 	char small[SMALL_COPY];
 	const char *nul = len ? memchr(sql, 0, len) : NULL;
@@ -974,6 +976,7 @@ void query_find_tenant(const char *sql, size_t len, const struct query_rule *rul
 	q->tenant[0] = '\0';
 	q->tenant_len = 0;
 	q->param = 0;
+	q->nstmts = 0;
 	q->nlocal = 0;
 	/* PostgreSQL reads the string up to its NUL; libpg_query needs one. */
 	if (n >= sizeof(small)) {

@@ -9,7 +9,7 @@
 # kept as build/fuzz/<target>-crash-* (replay: build/fuzz/fuzz_<target> FILE). When clang's fuzzer runtime is missing
 # (Debian: apt-get install clang-14 libclang-rt-14-dev) it says so and exits 0.
 #
-# Environment: FUZZ_CC (default clang), FUZZ_TARGETS (default "startup proto").
+# Environment: FUZZ_CC (default clang), FUZZ_TARGETS (default "startup proto query").
 set -u
 
 secs=${1:-10}
@@ -20,9 +20,10 @@ case $secs in
 	;;
 esac
 cc=${FUZZ_CC:-clang}
-targets=${FUZZ_TARGETS:-startup proto}
+targets=${FUZZ_TARGETS:-startup proto query}
 out=build/fuzz
-srcs="src/proto.c src/startup.c"
+srcs="src/proto.c src/startup.c src/query.c"
+libs="-lpg_query -lprotobuf-c"
 cflags="-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude"
 
 if [ ! -f tests/fuzz/run.sh ] || [ ! -d src ]; then
@@ -59,7 +60,7 @@ for t in $targets; do
 	bin=$out/fuzz_$t
 	log=$out/fuzz_$t.log
 	# shellcheck disable=SC2086 # word splitting of the flag lists is intended
-	if ! "$cc" $cflags "tests/fuzz/fuzz_$t.c" $srcs -o "$bin" >"$log" 2>&1; then
+	if ! "$cc" $cflags "tests/fuzz/fuzz_$t.c" $srcs -o "$bin" $libs >"$log" 2>&1; then
 		echo "fuzz_$t: FAILED to build (see $log)"
 		failed=1
 		continue
