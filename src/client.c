@@ -1174,10 +1174,12 @@ static void auth_query_done(void *arg, bool ok, const char *secret, const char *
 	struct session *s = arg;
 	struct local *lc;
 
+	/* The request frees itself after this call: forget it first, in every case. */
+	if (s->login && s->login->lc)
+		s->login->lc->aq = NULL;
 	if (s->closed || s->state != CLIENT_LOCAL_AUTH)
 		return;
 	lc = s->login->lc;
-	lc->aq = NULL;
 	if (!ok) {
 		client_refuse(s, "08006", "Check auth_query and the auth_cluster's health connection.",
 			      "could not look up user \"%s\" with auth_query: %s", lc->user, why);

@@ -3,10 +3,11 @@
 
 Starts two PostgreSQL 15 servers, PgBouncer (session mode) and tenant-router on 127.0.0.1 only,
 runs every workload against `direct`, `pgbouncer` and `router` in interleaved rounds, then the
-TLS section (router-plain, router-tls-client, router-tls-both, direct-tls), measures throughput,
-latency and the proxy's CPU, and writes results.md, results.tsv, tls.tsv, raw.tsv and
-results.png to the results directory. Every wait and loop is bounded; everything it started is
-stopped on exit (also on Ctrl-C / SIGTERM).
+TLS section (router-plain, router-tls-client, router-tls-both, direct-tls) and the stickiness guard
+section (router-guard-on, router-guard-off), measures throughput, latency and the proxy's CPU, and
+writes results.md, results.tsv, tls.tsv, guard.tsv, raw.tsv and results.png to the results
+directory. Every wait and loop is bounded; everything it started is stopped on exit (also on
+Ctrl-C / SIGTERM).
 
 Stdlib only, except psycopg for setup and the reload-latency loop (Debian's /usr/bin/python3).
 """
@@ -36,6 +37,8 @@ TARGETS = ("direct", "pgbouncer", "router")
 # The TLS section (issue #4): the main router (plaintext), two more routers with TLS on one or both
 # legs, and PostgreSQL itself over TLS.
 TLS_TARGETS = ("router-plain", "router-tls-client", "router-tls-both", "direct-tls")
+# The stickiness guard section (issue #3): two more routers, `guard = on` and `guard = off`.
+GUARD_TARGETS = ("router-guard-on", "router-guard-off")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,6 +58,9 @@ class Settings:
     def __init__(self):
         self.quick = os.environ.get("BENCH_QUICK", "0") == "1"
         self.rounds = env_int("BENCH_ROUNDS", 1 if self.quick else 2)
+        # The guard section looks for a difference of a few per cent: more rounds, and an even
+        # number so that each router goes first as often as the other.
+        self.guard_rounds = env_int("BENCH_GUARD_ROUNDS", 2 if self.quick else 4)
         self.seconds = env_float("BENCH_SECONDS", 2 if self.quick else 5)
         self.copy_mb = env_int("BENCH_COPY_MB", 50 if self.quick else 200)
         self.idle = env_int("BENCH_IDLE_SESSIONS", 500 if self.quick else 2000)
@@ -310,7 +316,7 @@ class Router:
     """One tenant-router process with its own config and log."""
 
     def __init__(self, root, name, servers, pins_file=None, max_client_conn=12000,
-                 server_tls_mode="disable", client_tls=None):
+                 server_tls_mode="disable", client_tls=None, guard=None):
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -323,6 +329,8 @@ class Router:
         if client_tls:  # (mode, cert, key)
             tls += (f"client_tls_mode = {client_tls[0]}\nclient_tls_cert_file = {client_tls[1]}\n"
                     f"client_tls_key_file = {client_tls[2]}\n")
+        # guard = on | strict | off (the stickiness guard); None leaves the daemon's default.
+        guard_line = f"guard = {guard}\n" if guard is not None else ""
         clusters = "".join(f"[cluster.{n}]\nhosts = 127.0.0.1:{s.port}\nweight = 1\n\n"
                            for n, s in servers.items())
         with open(self.cfg, "w") as f:
@@ -335,7 +343,7 @@ client_login_timeout = 60s
 server_connect_timeout = 5s
 shutdown_timeout = 2s
 log_level = {S.log_level}
-{tls}
+{guard_line}{tls}
 [health]
 interval = 1s
 timeout = 2s
@@ -486,10 +494,13 @@ class Env:
         self.waited = 0.0      # seconds spent waiting for other load to pass
         self.certs = None      # the TLS section's CA and server certificate
         self.tls_routers = {}  # "router-tls-client", "router-tls-both" -> Router
+        self.guard_routers = {}  # "router-guard-on", "router-guard-off" -> Router
 
     def _router(self, target):
         if target in ("router", "router-plain"):
             return self.router
+        if target in self.guard_routers:
+            return self.guard_routers[target]
         return self.tls_routers.get(target)
 
     def port(self, target):
@@ -561,9 +572,12 @@ def run_pgbench(env, target, rnd, wl):
     for f in glob.glob(prefix + ".*"):
         os.unlink(f)
     sampling = 1.0 if kind == "churn" else S.sampling
-    args = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(2, clients)),
-            "-T", str(int(S.seconds)), "-l", f"--sampling-rate={sampling}",
-            f"--log-prefix={prefix}"]
+    # wl["script"]: a custom script (-f) instead of the built-in select-only one (-S); -s sets
+    # :scale, which pgbench only detects by itself for its built-in scripts.
+    what = ["-f", wl["script"], "-s", str(S.scale)] if wl.get("script") else ["-S"]
+    args = ["pgbench", "-n", *what, "-M", mode, "-c", str(clients), "-j",
+            str(min(2, clients)), "-T", str(int(S.seconds)), "-l",
+            f"--sampling-rate={sampling}", f"--log-prefix={prefix}"]
     if kind == "churn":
         args.append("-C")
     row = dict(workload=wl["name"], target=target, round=rnd, status="ok", reason="",
@@ -1122,7 +1136,7 @@ def setup(env):
     say(f"pgbench -i -s {S.scale} on cluster {env.target_cluster}")
     subprocess.run(["pgbench", "-i", "-q", "-s", str(S.scale)], check=True,
                    capture_output=True, timeout=600, env=env.client_env("direct"))
-    if S.want("copy") or S.want("tls"):
+    if S.want("copy") or S.want("tls") or S.want("guard"):
         rows = int(S.copy_mb * 1e6 / 201)
         say(f"COPY source: {rows} rows (~{S.copy_mb} MB of COPY text)")
         with a.connect(user="bench", dbname="bench") as c:
@@ -1157,7 +1171,7 @@ def setup(env):
 
 
 def teardown(env):
-    for p in (env.router, env.pgb, *env.tls_routers.values()):
+    for p in (env.router, env.pgb, *env.tls_routers.values(), *env.guard_routers.values()):
         if p:
             try:
                 p.stop()
@@ -1445,6 +1459,255 @@ def tls_report(env, tagg):
     return L
 
 
+# ------------------------------------------------------------------------------------------------
+# The stickiness guard (issue #3): a router with `guard = on` against one with `guard = off`, in
+# interleaved rounds; the cost is the router's CPU per transaction (or per MB)
+
+GUARD_LIMIT = 1.05  # target: guard = on uses < 5 % more CPU per transaction than guard = off
+
+
+def guard_script(env):
+    """The pgbench script whose every transaction names the key, so the guard parses it: a SET of
+    the session's own tenant (allowed: same tenant, same cluster), then the select-only query."""
+    return os.path.join(env.tmp, "guard-set-select.sql")
+
+
+def guard_workloads(env):
+    """judged: its statements do not name the key (the byte search fails, nothing is parsed), so
+    the < 5 % target applies."""
+    return [dict(name="guard simple c16", kind="select", mode="simple", clients=16, judged=True),
+            dict(name="guard extended c16", kind="select", mode="extended", clients=16,
+                 judged=True),
+            dict(name="guard SET+select c16", kind="select", mode="simple", clients=16,
+                 script=guard_script(env), judged=False),
+            dict(name="guard copy out", kind="copy_out", mode=None, clients=1, judged=False)]
+
+
+def guard_check(env, target, other):
+    """Is the guard of target really on or off? One psql session sets its own tenant (always
+    allowed), then a tenant of the other cluster (guard = on: ERROR 42501, and the session stays
+    usable; guard = off: forwarded), then SELECTs. Returns (what happened, error or None)."""
+    r = subprocess.run(
+        ["psql", "-X", "-A", "-t", "-v", "VERBOSITY=verbose",
+         "-c", f"SET app.tenant_id = '{env.tenant}'", "-c", "SELECT 'own-ok'",
+         "-c", f"SET app.tenant_id = '{other}'", "-c", "SELECT 'still-alive'"],
+        env=env.client_env(target), capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL)
+    out, err = r.stdout, r.stderr
+    if "own-ok" not in out:
+        return "?", (f"SET of the session's own tenant failed (psql exit {r.returncode}): "
+                     f"{err.strip()[:200]}")
+    if "still-alive" not in out:
+        return "?", f"the session did not survive the SET of another cluster's tenant: " \
+            f"{err.strip()[:200]}"
+    refused = "42501" in err
+    seen = ("SET of another cluster's tenant refused (42501)" if refused else
+            "SET of another cluster's tenant forwarded")
+    want = target == "router-guard-on"
+    if refused != want:
+        return seen, (f"expected the SET of {other!r} (another cluster) to be "
+                      f"{'refused' if want else 'forwarded'}; psql said: "
+                      f"{(err.strip() or 'nothing')[:200]}")
+    return seen, None
+
+
+def guard_step(env):
+    """router-guard-on (guard = on, explicit) and router-guard-off (guard = off): pgbench -S simple
+    and extended c16, a SET-own-tenant + select script c16, and COPY out, in interleaved rounds
+    (S.guard_rounds, order reversed every other round). Rows go to env.raw; returns info."""
+    say("guard: starting router-guard-on (guard = on) and router-guard-off (guard = off)")
+    for name, mode in (("router-guard-on", "on"), ("router-guard-off", "off")):
+        env.guard_routers[name] = Router(env.tmp, name, env.servers, max_client_conn=5000,
+                                         guard=mode)
+    with open(guard_script(env), "w") as f:
+        f.write("\\set aid random(1, 100000 * :scale)\n"
+                f"SET app.tenant_id = '{env.tenant}';\n"
+                "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
+    info = {"checks": {}, "errors": {}, "other": None}
+    try:
+        for name, r in env.guard_routers.items():
+            try:
+                r.start()
+            except Exception as e:  # its runs are marked FAIL
+                info["errors"][name] = f"router did not start: {str(e)[:300]}"
+        up = next((r for n, r in env.guard_routers.items() if n not in info["errors"]), None)
+        if up:
+            cands = [f"bench-{i}" for i in range(1, 200)]
+            info["other"] = next((t for t, c in up.route(cands).items()
+                                  if c != env.target_cluster), None)
+        for t in GUARD_TARGETS:
+            if t in info["errors"]:
+                info["checks"][t] = "?"
+                say(f"guard: {t:<17} FAIL: {info['errors'][t]}")
+                continue
+            if info["other"] is None:
+                seen, err = "?", "no tenant of another cluster among bench-1..199"
+            else:
+                seen, err = guard_check(env, t, info["other"])
+            info["checks"][t] = seen
+            say(f"guard: {t:<17} {seen}{'  FAIL: ' + err if err else ''}")
+            if err:
+                info["errors"][t] = err
+        say("guard warm-up: pgbench -S -c 16 for 1 s against each target")
+        for t in GUARD_TARGETS:
+            if t not in info["errors"]:
+                subprocess.run(["pgbench", "-n", "-S", "-c", "16", "-j", "2", "-T", "1"],
+                               env=env.client_env(t), capture_output=True, timeout=120)
+        for wl in guard_workloads(env):
+            for rnd in range(1, S.guard_rounds + 1):
+                order = GUARD_TARGETS if rnd % 2 == 1 else tuple(reversed(GUARD_TARGETS))
+                for t in order:
+                    if t in info["errors"]:
+                        row = dict(workload=wl["name"], target=t, round=rnd, status="FAIL",
+                                   reason=info["errors"][t], unit="tps" if wl["kind"] ==
+                                   "select" else "MB/s", ops=0, conns=0)
+                    else:
+                        waited = wait_quiet()
+                        if waited > 1:
+                            env.waited += waited
+                        row = (run_pgbench(env, t, rnd, wl) if wl["kind"] == "select"
+                               else run_copy(env, t, rnd, wl))
+                    env.raw.append(row)
+                    say_row(row)
+                    time.sleep(0.3)
+    finally:
+        for name, r in env.guard_routers.items():
+            r.stop()
+            if r.proc:
+                env.warnings[name] = router_warnings(r)
+        env.guard_routers = {}
+    for a in aggregate_guard(env):
+        say(f"guard: {a['workload']:<21} CPU on {fmt(a['cpu_on'], '.1f')} / off "
+            f"{fmt(a['cpu_off'], '.1f')} {cpu_unit(a['kind'])} = {fmt(a['cpu_ratio'], '.3f')}× "
+            f"({fmt(a['cpu_ratio_min'], '.3f')}–{fmt(a['cpu_ratio_max'], '.3f')}); throughput "
+            f"on/off {fmt(a['tput_ratio'], '.3f')}×; {a['verdict']}")
+    return info
+
+
+def aggregate_guard(env):
+    """One row per guard workload: means over OK runs for on and off, and on/off ratios of CPU
+    per transaction (or MB) and of throughput, paired by round."""
+    by = {}
+    for r in env.raw:
+        by.setdefault((r["workload"], r["target"]), []).append(r)
+    agg = []
+    for wl in guard_workloads(env):
+        w = wl["name"]
+        runs = {t: by.get((w, t), []) for t in GUARD_TARGETS}
+        ok = {t: [r for r in runs[t] if r["status"] == "ok"] for t in GUARD_TARGETS}
+        on = {r["round"]: r for r in ok["router-guard-on"]}
+        off = {r["round"]: r for r in ok["router-guard-off"]}
+        paired = sorted(set(on) & set(off))
+        cpu_r = [on[k]["cpu_us_per_op"] / off[k]["cpu_us_per_op"] for k in paired
+                 if on[k].get("cpu_us_per_op") is not None and off[k].get("cpu_us_per_op")]
+        tput_r = [on[k]["tput"] / off[k]["tput"] for k in paired if off[k]["tput"] > 0]
+        cpu_ratio = mean(cpu_r)
+        if not wl["judged"]:
+            verdict = "not judged"
+        elif cpu_ratio is None:
+            verdict = "FAIL (no paired runs)"
+        else:
+            verdict = "PASS" if cpu_ratio < GUARD_LIMIT else "FAIL"
+        allruns = runs["router-guard-on"] + runs["router-guard-off"]
+        agg.append(dict(
+            workload=w, kind=wl["kind"], mode=wl["mode"], judged=wl["judged"],
+            runs_on=len(runs["router-guard-on"]), ok_on=len(on),
+            runs_off=len(runs["router-guard-off"]), ok_off=len(off), paired=len(paired),
+            unit=allruns[0]["unit"] if allruns else "",
+            tput_on=mean(r["tput"] for r in on.values()),
+            tput_off=mean(r["tput"] for r in off.values()),
+            lat_on_ms=mean(r.get("lat_mean_ms") for r in on.values()),
+            lat_off_ms=mean(r.get("lat_mean_ms") for r in off.values()),
+            cpu_on=mean(r.get("cpu_us_per_op") for r in on.values()),
+            cpu_off=mean(r.get("cpu_us_per_op") for r in off.values()),
+            cpu_ratio=cpu_ratio, cpu_ratio_min=min(cpu_r) if cpu_r else None,
+            cpu_ratio_max=max(cpu_r) if cpu_r else None,
+            tput_ratio=mean(tput_r), tput_ratio_min=min(tput_r) if tput_r else None,
+            tput_ratio_max=max(tput_r) if tput_r else None,
+            host_busy=mean(r.get("host_busy") for r in allruns if r["status"] == "ok"),
+            foreign=max((r.get("foreign") or 0 for r in allruns), default=0),
+            fails=[(r["target"], r["reason"]) for r in allruns if r["status"] != "ok"],
+            verdict=verdict))
+    return agg
+
+
+def guard_report(env, gagg):
+    """The stickiness guard section of results.md (list of lines), and guard.tsv."""
+    info = env.extra["guard"]
+    cols = ["workload", "judged", "runs_on", "ok_on", "runs_off", "ok_off", "unit", "tput_on",
+            "tput_off", "tput_ratio", "tput_ratio_min", "tput_ratio_max", "lat_on_ms",
+            "lat_off_ms", "cpu_on", "cpu_off", "cpu_unit", "cpu_ratio", "cpu_ratio_min",
+            "cpu_ratio_max", "host_busy", "foreign", "verdict"]
+    with open(os.path.join(S.results, "guard.tsv"), "w") as f:
+        f.write("\t".join(cols) + "\n")
+        for a in gagg:
+            a = dict(a, cpu_unit=cpu_unit(a["kind"]))
+            f.write("\t".join("" if a.get(c) is None else
+                              (f"{a[c]:.6g}" if isinstance(a.get(c), float) else str(a[c]))
+                              for c in cols) + "\n")
+    T = int(S.seconds)
+    L = ["\n## Stickiness guard (issue #3)\n"]
+    L.append(f"{S.guard_rounds} interleaved round(s) (router-guard-on, router-guard-off, then "
+             "reversed) against two more router processes that differ only in `guard = on` / "
+             "`guard = off` (no TLS). With the guard on, the router frames client → server "
+             "messages and byte-searches every Query and Parse for the key's last word "
+             "(`tenant_id`), parsing the SQL only on a match, and frames server → client message "
+             "headers. Workloads: `pgbench -n -S -M simple -c 16 -j 2 -T "
+             f"{T}` (guard simple c16), the same with `-M extended` (guard extended c16), "
+             f"`pgbench -n -f SCRIPT -s {S.scale} -M simple -c 16 -j 2 -T {T}` where every "
+             f"transaction is `SET app.tenant_id = '{env.tenant}'` (the session's own tenant, "
+             "so the guard allows it) and the select-only query (guard SET+select c16: the "
+             "parser runs on every transaction), and a "
+             f"{env.extra.get('copy_bytes', 0) / 1e6:.0f} MB `COPY copy_src TO STDOUT` "
+             "(psql, to tmpfs). Router CPU: utime+stime of that router process per "
+             "transaction or per MB; on/off: guard = on over guard = off in the same round, "
+             "mean (min–max over rounds).\n")
+    L.append("**Target**: with the guard on, < 5 % more router CPU per transaction than with "
+             "it off, for statements that do not name the key (guard simple c16 and guard "
+             "extended c16); the other two rows are figures only.\n")
+    L.append("| workload | runs ok (on / off) | throughput on | throughput off | "
+             "throughput on/off | router CPU on | router CPU off | CPU on/off | target | "
+             "busy | other |")
+    L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+
+    def tp(v, unit):
+        return "–" if v is None else (f"{v:.0f} tps" if unit == "tps" else f"{v:.1f} MB/s")
+
+    def rr(m, lo, hi):
+        return "n/a" if m is None else f"{m:.3f} ({lo:.3f}–{hi:.3f})"
+
+    for a in gagg:
+        u = cpu_unit(a["kind"])
+        okc = f"{a['ok_on']}/{a['runs_on']} / {a['ok_off']}/{a['runs_off']}"
+        if a["ok_on"] < a["runs_on"] or a["ok_off"] < a["runs_off"]:
+            okc += " **FAIL**"
+        v = a["verdict"]
+        v = f"**{v}**" if v.startswith("FAIL") else v
+        busy = None if a["host_busy"] is None else a["host_busy"] * 100
+        L.append(f"| {a['workload']} | {okc} | {tp(a['tput_on'], a['unit'])} | "
+                 f"{tp(a['tput_off'], a['unit'])} | "
+                 f"{rr(a['tput_ratio'], a['tput_ratio_min'], a['tput_ratio_max'])} | "
+                 f"{fmt(a['cpu_on'], '.1f', '–')} {u} | {fmt(a['cpu_off'], '.1f', '–')} {u} | "
+                 f"{rr(a['cpu_ratio'], a['cpu_ratio_min'], a['cpu_ratio_max'])} | {v} | "
+                 f"{fmt(busy, '.0f', '–')}% | {a['foreign']:.2f} |")
+    judged = [a for a in gagg if a["judged"]]
+    if judged:
+        ok = all(a["verdict"] == "PASS" for a in judged)
+        L.append(f"\nTarget (< 5 % more CPU per transaction, statements without the key): "
+                 f"**{'PASS' if ok else 'FAIL'}** ("
+                 + "; ".join(f"{a['workload']}: {fmt(a['cpu_ratio'], '.3f')}×" for a in judged)
+                 + "). The exit status does not depend on it, only on failed runs.")
+    L.append("\nGuard checked before the runs (one psql session per router: SET of its own "
+             f"tenant `{env.tenant}`, then of `{info.get('other')}`, a tenant of another "
+             "cluster, then SELECT):\n")
+    L.extend(f"- {t}: {info['checks'].get(t, '?')}" for t in GUARD_TARGETS)
+    fails = [(a["workload"], t, f) for a in gagg for t, f in a["fails"]]
+    if fails:
+        L.append("\nFailed guard runs (left out of the means):\n")
+        L.extend(f"- {w} / {t}: {f}" for w, t, f in fails)
+    return L
+
+
 def say_row(row):
     cpu = row.get("cpu_us_per_op")
     say(f"{row['workload']:<21} r{row['round']} {row['target']:<17} {row['status']:<4} "
@@ -1685,6 +1948,8 @@ def write_reports(env, agg, targets):
             L.append(f"- {w} / {t}: {f}")
     if env.extra.get("tls"):
         L.extend(tls_report(env, aggregate_tls(env)))
+    if env.extra.get("guard"):
+        L.extend(guard_report(env, aggregate_guard(env)))
     idle = env.extra.get("idle")
     big = env.extra.get("big")
     if idle or big:
@@ -1951,6 +2216,10 @@ def main():
             t0 = time.monotonic()
             env.extra["tls"] = tls_step(env)
             env.notes.append(f"TLS section: {time.monotonic() - t0:.0f} s")
+        if S.want("guard"):
+            t0 = time.monotonic()
+            env.extra["guard"] = guard_step(env)
+            env.notes.append(f"stickiness guard section: {time.monotonic() - t0:.0f} s")
         if S.want("idle") and S.idle > 0:
             env.extra["idle"] = idle_step(env, S.idle, "main")
         if S.want("reload") and pins_file and os.path.exists(pins_file):
@@ -1967,7 +2236,9 @@ def main():
         targets = evaluate(env, agg)
         env.notes.append(f"total benchmark time {time.monotonic() - t_start:.0f} s")
         write_reports(env, agg, targets)
-        say(f"wrote {S.results}/results.md, results.tsv, raw.tsv, results.png")
+        say(f"wrote {S.results}/results.md, results.tsv, raw.tsv, results.png"
+            f"{', tls.tsv' if env.extra.get('tls') else ''}"
+            f"{', guard.tsv' if env.extra.get('guard') else ''}")
         with open(os.path.join(S.results, "results.md")) as f:
             print(f.read())
         if any(t[3] == "FAIL" for t in targets) or any(r["status"] != "ok" for r in env.raw):
