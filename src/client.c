@@ -2080,6 +2080,31 @@ static inline void guard_count(struct guard *g, uint8_t type)
 		g->syncs++;
 }
 
+/*
+ * Advances over p[*i, n) until a message header completes (true: its type
+ * is hdr[0] and *left its body length) or the bytes run out (false).
+ */
+static bool frame_next(uint8_t hdr[5], uint8_t *hlen, uint32_t *left, const uint8_t *p, size_t n,
+		       size_t *i)
+{
+	while (*i < n) {
+		if (*left > 0) {
+			size_t take = *left < n - *i ? *left : n - *i;
+
+			*left -= (uint32_t)take;
+			*i += take;
+			continue;
+		}
+		hdr[(*hlen)++] = p[(*i)++];
+		if (*hlen == 5) {
+			*hlen = 0;
+			*left = proto_get_u32(hdr + 1) - 4;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Tracks message boundaries in bytes sent to the server without looking at them. */
 static void guard_sent(struct session *s, const uint8_t *p, size_t n)
 {
@@ -2088,24 +2113,10 @@ static void guard_sent(struct session *s, const uint8_t *p, size_t n)
 
 	if (!g->on)
 		return;
-	while (i < n) {
-		size_t take;
-
-		if (g->cleft > 0) {
-			take = g->cleft < n - i ? g->cleft : n - i;
-			g->cleft -= (uint32_t)take;
-			i += take;
-			continue;
-		}
-		g->chdr[g->chlen++] = p[i++];
-		g->cforwarded = true;
-		if (g->chlen < 5)
-			continue;
-		g->chlen = 0;
-		g->cforwarded = false;
-		g->cleft = proto_get_u32(g->chdr + 1) - 4;
+	while (frame_next(g->chdr, &g->chlen, &g->cleft, p, n, &i))
 		guard_count(g, g->chdr[0]);
-	}
+	/* A header cut here already went out: the guard cannot hold that message. */
+	g->cforwarded = g->chlen > 0;
 }
 
 /* Tracks the server's messages: ReadyForQuery count, and errors since the last one. */
@@ -2116,20 +2127,7 @@ static void guard_scan_server(struct session *s, const uint8_t *p, size_t n)
 
 	if (!g->on)
 		return;
-	while (i < n) {
-		size_t take;
-
-		if (g->sleft > 0) {
-			take = g->sleft < n - i ? g->sleft : n - i;
-			g->sleft -= (uint32_t)take;
-			i += take;
-			continue;
-		}
-		g->shdr[g->shlen++] = p[i++];
-		if (g->shlen < 5)
-			continue;
-		g->shlen = 0;
-		g->sleft = proto_get_u32(g->shdr + 1) - 4;
+	while (frame_next(g->shdr, &g->shlen, &g->sleft, p, n, &i)) {
 		if (g->shdr[0] == 'Z') {
 			g->zs++;
 			g->err = false;

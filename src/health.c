@@ -325,17 +325,11 @@ static int watch(struct checker *ck, int events)
 	return uv_poll_start(&ck->poll->handle, events, poll_cb);
 }
 
-static void send_query(struct checker *ck)
+/* After sending a query: push it out, then wait for the answer (and for room, if needed). */
+static void flush_and_watch(struct checker *ck)
 {
-	int rc;
+	int rc = PQflush(ck->conn);
 
-	ck->phase = PH_QUERY;
-	ck->got_result = false;
-	if (!PQsendQuery(ck->conn, "SELECT pg_is_in_recovery()")) {
-		fail(ck, false, "%s", PQerrorMessage(ck->conn));
-		return;
-	}
-	rc = PQflush(ck->conn);
 	if (rc < 0) {
 		fail(ck, false, "%s", PQerrorMessage(ck->conn));
 		return;
@@ -345,12 +339,23 @@ static void send_query(struct checker *ck)
 		fail(ck, false, "poll: %s", uv_strerror(rc));
 }
 
+static void send_query(struct checker *ck)
+{
+
+	ck->phase = PH_QUERY;
+	ck->got_result = false;
+	if (!PQsendQuery(ck->conn, "SELECT pg_is_in_recovery()")) {
+		fail(ck, false, "%s", PQerrorMessage(ck->conn));
+		return;
+	}
+	flush_and_watch(ck);
+}
+
 /* Runs the next waiting auth_query on the idle connection, if any. */
 static void auth_kick(struct checker *ck)
 {
 	struct health_auth *a = ck->auth_q;
 	const char *user;
-	int rc;
 
 	if (a == NULL || ck->auth_cur || ck->phase != PH_IDLE || ck->stopping)
 		return;
@@ -369,14 +374,7 @@ static void auth_kick(struct checker *ck)
 		fail(ck, false, "auth_query: %s", PQerrorMessage(ck->conn));
 		return;
 	}
-	rc = PQflush(ck->conn);
-	if (rc < 0) {
-		fail(ck, false, "auth_query: %s", PQerrorMessage(ck->conn));
-		return;
-	}
-	rc = watch(ck, UV_READABLE | (rc == 1 ? UV_WRITABLE : 0));
-	if (rc < 0)
-		fail(ck, false, "poll: %s", uv_strerror(rc));
+	flush_and_watch(ck);
 }
 
 /* Reads the auth_query's answer: no row is an unknown user, else column 2 is the secret. */

@@ -506,3 +506,20 @@ class Router:
     def server_port(self, tenant, **kw):
         with self.connect(tenant, **kw) as conn:
             return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
+PGJDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+def java_classes(name, prefix="tr-java-"):
+    """Compiles tests/integration/java/NAME.java into a new temporary directory and returns it
+    (the caller removes it). Skips when Java or the JDBC driver is missing."""
+    import pytest
+    if not (shutil.which("java") and shutil.which("javac") and os.path.exists(PGJDBC_JAR)):
+        pytest.skip("java, javac or the PostgreSQL JDBC driver is not installed "
+                    "(apt-get install default-jdk-headless libpostgresql-jdbc-java)")
+    d = tempfile.mkdtemp(prefix=prefix)
+    src = os.path.join(os.path.dirname(__file__), "java", f"{name}.java")
+    r = subprocess.run(["javac", "-d", d, src], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"javac failed: {r.stdout}\n{r.stderr}"
+    return d

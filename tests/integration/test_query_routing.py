@@ -8,7 +8,6 @@ Routers are shared per module to keep this fast; every test opens its own sessio
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 
 import psycopg
@@ -231,13 +230,7 @@ def test_qr_psql_no_tenant_is_an_error_not_fatal(qr):
 
 @pytest.fixture(scope="module")
 def java_classes():
-    if not (shutil.which("java") and shutil.which("javac") and os.path.exists(PGJDBC_JAR)):
-        pytest.skip("java, javac or the PostgreSQL JDBC driver is not installed "
-                    "(apt-get install default-jdk-headless libpostgresql-jdbc-java)")
-    d = tempfile.mkdtemp(prefix="tr-java-qr-")
-    src = os.path.join(os.path.dirname(__file__), "java", "QueryRouting.java")
-    r = subprocess.run(["javac", "-d", d, src], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"javac failed: {r.stdout}\n{r.stderr}"
+    d = harness.java_classes("QueryRouting", prefix="tr-java-qr-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

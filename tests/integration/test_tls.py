@@ -551,13 +551,7 @@ def test_tls_direct_tls_refused_when_client_tls_disabled(router, pki):
 
 @pytest.fixture(scope="module")
 def java_classes():
-    if not (shutil.which("java") and shutil.which("javac") and os.path.exists(PGJDBC_JAR)):
-        pytest.skip("java, javac or the PostgreSQL JDBC driver is not installed "
-                    "(apt-get install default-jdk-headless libpostgresql-jdbc-java)")
-    d = tempfile.mkdtemp(prefix="tr-java-")
-    src = os.path.join(os.path.dirname(__file__), "java", "TlsCheck.java")
-    r = subprocess.run(["javac", "-d", d, src], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"javac failed: {r.stdout}\n{r.stderr}"
+    d = harness.java_classes("TlsCheck", prefix="tr-java-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
