@@ -1603,7 +1603,9 @@ static void no_tenant_sync(struct session *s)
 			if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &name, &nl))
 				continue;
 			st = xstmt_find(v, nv, name);
-			if (st == NULL || st->q.kind != QUERY_PARAM)
+			/* A $n tenant place, alone or next to a literal (which it must match). */
+			if (st == NULL || st->q.param == 0 ||
+			    (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT))
 				continue;
 			if (!bind_param_text(body, blen, st, val, sizeof(val), &vl)) {
 				bad.kind = QUERY_UNKNOWN;
@@ -2353,7 +2355,7 @@ static bool guard_message(struct session *s, const uint8_t *m, size_t total)
 		}
 		if (!guard_sql(s, sql, ql, &q))
 			return false;
-		if (q.kind != QUERY_PARAM || !(q.sources & QSRC_SET_CONFIG))
+		if (q.param == 0 || !(q.sources & QSRC_SET_CONFIG))
 			return true;
 		/* set_config(key, $n): the tenant comes with each Bind of this statement. */
 		f = calloc(1, sizeof(*f) + nl + 1);

@@ -324,6 +324,29 @@ def test_qr_auth_query(make_router, clusters, secrets):
     assert f is not None and f.get("C") == "28P01", f
 
 
+def test_qr_auth_query_that_fails_is_a_clear_error(make_router, clusters, secrets):
+    r = make_router(overrides=qr_overrides(auth={
+        "auth_file": None,
+        "auth_query": "SELECT usename, no_such_column FROM pg_shadow WHERE usename = $1"}))
+    f = raw_login(r, QR_USER, QR_PASSWORD)
+    assert f is not None and f.get("C") == "08006", f
+    assert "auth_query" in f["M"] and "no_such_column" in f["M"], f
+    assert r.alive()
+
+
+def test_qr_literal_and_bound_tenant_must_agree(qr, clusters):
+    with qconnect(qr) as conn:
+        with pytest.raises(psycopg.Error) as ei:
+            conn.execute("SELECT count(*) FROM items WHERE tenant_id = 'ta' AND tenant_id = %s",
+                         ["tb"])
+        assert ei.value.sqlstate == "08004", ei.value
+        assert "more than one tenant" in str(ei.value)
+        # Agreeing places route as usual.
+        conn.execute("SELECT count(*) FROM items WHERE tenant_id = 'ta' AND tenant_id = %s",
+                     ["ta"])
+        assert server_row(conn)[0] == port_of(clusters, "ta")
+
+
 def test_qr_trust_auth_type(make_router, clusters, secrets):
     r = make_router(overrides=qr_overrides(
         auth={"auth_type": "trust", "auth_file": None, "server_passfile": "passfile"}),
