@@ -1,0 +1,1017 @@
+/*
+ * Tenant source `query`: no tenant in the startup packet, so no server yet.
+ * We check the client's password ourselves (auth_file or auth_query), say
+ * AuthenticationOk with a healthy coordinator's ParameterStatus values and
+ * a BackendKeyData of our own, and answer SET/RESET/BEGIN/COMMIT/ROLLBACK
+ * locally (to replay later) until a statement names the tenant. Then we log
+ * in to that tenant's coordinator on the client's behalf, replay, send the
+ * held messages in order, and splice.
+ */
+#include "session.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "config.h"
+#include "router.h"
+
+bool client_gbuf_add(struct gbuf *g, const void *p, size_t n)
+{
+	if (n == 0)
+		return true;
+	if (g->len + n > LOCAL_HELD_MAX)
+		return false;
+	if (g->len + n > g->cap) {
+		size_t cap = g->cap ? g->cap : 256;
+		uint8_t *q;
+
+		while (cap < g->len + n)
+			cap *= 2;
+		q = realloc(g->p, cap);
+		if (q == NULL)
+			return false;
+		g->p = q;
+		g->cap = cap;
+	}
+	memcpy(g->p + g->len, p, n);
+	g->len += n;
+	return true;
+}
+
+void local_free(struct local *lc)
+{
+	if (lc == NULL)
+		return;
+	health_auth_cancel(lc->aq);
+	secret_clear(&lc->secret);
+	OPENSSL_cleanse(&lc->ss, sizeof(lc->ss));
+	OPENSSL_cleanse(&lc->sc, sizeof(lc->sc));
+	free(lc->cin.p);
+	free(lc->held.p);
+	free(lc->replay.p);
+	free(lc);
+}
+
+/* An ERROR (not FATAL) for a client we answer ourselves; the session goes on. */
+static void local_error(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
+			...) PRINTF_LIKE(4, 5);
+
+static void local_error(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
+			...)
+{
+	char msg[768];
+	uint8_t buf[1536];
+	struct wbuf w;
+	va_list ap;
+	int n;
+
+	n = snprintf(msg, sizeof(msg), "tenant-router: ");
+	va_start(ap, fmt);
+	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	va_end(ap);
+	client_log(s, LOG_DEBUG, "error sqlstate=%s reason=\"%s\"", sqlstate, msg + n);
+	wb_init(&w, buf, sizeof(buf));
+	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
+	if (!w.failed)
+		client_out_put(s, buf, w.len);
+}
+
+static void send_ready(struct session *s, char txn)
+{
+	uint8_t t = (uint8_t)txn;
+
+	client_send_msg(s, 'Z', &t, 1);
+}
+
+static void send_auth_request(struct session *s, uint32_t code, const void *data, size_t n)
+{
+	uint8_t buf[600];
+	struct wbuf w;
+
+	wb_init(&w, buf, sizeof(buf));
+	wb_u32(&w, code);
+	wb_bytes(&w, data, n);
+	if (!w.failed)
+		client_send_msg(s, 'R', buf, w.len);
+}
+
+static void refuse_password(struct session *s)
+{
+	client_refuse(s, "28P01", "Check the user name and password.",
+		      "password authentication failed for user \"%s\"", s->login->lc->user);
+}
+
+static void local_process(struct session *s);
+
+/* The client is who it says: log it in to the router, then wait for the tenant. */
+static void local_auth_ok(struct session *s)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	uint8_t buf[2048], kd[8];
+	const struct startup_param *app;
+	struct startup st;
+	const char *why;
+	size_t n;
+
+	send_auth_request(s, 0, NULL, 0);
+	n = health_parameter_status(s->rt->health, buf, sizeof(buf));
+	client_out_put(s, buf, n);
+	if (startup_parse(L->in, L->extra_off, &st, &why) == PROTO_OK &&
+	    (app = startup_get(&st, "application_name")) != NULL) {
+		struct wbuf w;
+
+		wb_init(&w, buf, sizeof(buf));
+		wb_cstr(&w, "application_name");
+		wb_cstr(&w, app->val);
+		if (!w.failed)
+			client_send_msg(s, 'S', buf, w.len);
+	}
+	if (!auth_random(&lc->pid, sizeof(lc->pid)) || !auth_random(lc->key, sizeof(lc->key))) {
+		client_refuse(s, "08006", "Retry.", "no random bytes for a cancel key");
+		return;
+	}
+	lc->pid = (lc->pid & 0x7fffffffu) | 1u;
+	kd[0] = (uint8_t)(lc->pid >> 24);
+	kd[1] = (uint8_t)(lc->pid >> 16);
+	kd[2] = (uint8_t)(lc->pid >> 8);
+	kd[3] = (uint8_t)lc->pid;
+	memcpy(kd + 4, lc->key, 4);
+	client_send_msg(s, 'K', kd, sizeof(kd));
+	lc->txn = 'I';
+	send_ready(s, lc->txn);
+	lc->phase = LP_DONE;
+	client_set_state(s, CLIENT_NO_TENANT);
+	uv_timer_stop(&s->timer);
+	client_log(s, LOG_INFO, "logged in at the router user=%s, waiting for the tenant", lc->user);
+}
+
+/* Ask for the password, the way the user's secret allows. */
+static void local_challenge(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	static const char mechs[] = "SCRAM-SHA-256\0";
+
+	if (s->rt->cfg->auth_type == AUTH_MD5 && lc->secret.kind != SECRET_SCRAM) {
+		if (!auth_random(lc->salt, sizeof(lc->salt))) {
+			client_refuse(s, "08006", "Retry.", "no random bytes for a salt");
+			return;
+		}
+		send_auth_request(s, 5, lc->salt, sizeof(lc->salt));
+		lc->phase = LP_MD5;
+	} else {
+		auth_mock_salt(lc->user, &lc->secret);
+		send_auth_request(s, 10, mechs, sizeof(mechs));
+		lc->phase = LP_SASL_FIRST;
+	}
+	local_process(s);
+}
+
+static void auth_query_done(void *arg, bool ok, const char *secret, const char *why)
+{
+	struct session *s = arg;
+	struct local *lc;
+
+	/* The request frees itself after this call: forget it first, in every case. */
+	if (s->login && s->login->lc)
+		s->login->lc->aq = NULL;
+	if (s->closed || s->state != CLIENT_LOCAL_AUTH)
+		return;
+	lc = s->login->lc;
+	if (!ok) {
+		client_refuse(s, "08006", "Check auth_query and the auth_cluster's health connection.",
+			      "could not look up user \"%s\" with auth_query: %s", lc->user, why);
+		return;
+	}
+	if (!secret_parse(secret, &lc->secret)) {
+		client_refuse(s, "28000", "Check the password stored for this user.",
+			      "the secret auth_query returned for user \"%s\" is malformed", lc->user);
+		return;
+	}
+	local_challenge(s);
+}
+
+void local_start(struct session *s, const struct startup *st, size_t len)
+{
+	struct login *L = s->login;
+	const struct config *cfg = s->rt->cfg;
+	const struct startup_param *u = startup_get(st, "user"), *d = startup_get(st, "database");
+	struct local *lc = calloc(1, sizeof(*lc));
+
+	if (lc == NULL) {
+		client_close(s);
+		return;
+	}
+	L->lc = lc;
+	client_set_state(s, CLIENT_LOCAL_AUTH);
+	if (u == NULL || u->vlen == 0 || u->vlen >= sizeof(lc->user)) {
+		client_refuse(s, "28000", "Give a user name.",
+			      "no valid PostgreSQL user name in the startup packet");
+		return;
+	}
+	memcpy(lc->user, u->val, u->vlen + 1);
+	snprintf(lc->database, sizeof(lc->database), "%s", d && d->vlen ? d->val : lc->user);
+	/* Bytes sent after the packet are the client's first messages. */
+	L->extra_off = len;
+	if (L->inlen > len && !client_gbuf_add(&lc->cin, L->in + len, L->inlen - len)) {
+		client_close(s);
+		return;
+	}
+	L->inlen = len;
+	client_start_reading(s, &s->cl);
+	if (cfg->auth_type == AUTH_TRUST) {
+		local_auth_ok(s);
+		local_process(s);
+		return;
+	}
+	if (cfg->userlist && userlist_get(cfg->userlist, lc->user, &lc->secret)) {
+		local_challenge(s);
+		return;
+	}
+	if (cfg->auth_query) {
+		lc->aq = health_auth_start(s->rt->health, s->rt->loop,
+					   cfg->cluster_names[cfg->auth_cluster], cfg->auth_query,
+					   lc->user, auth_query_done, s);
+		if (lc->aq == NULL)
+			client_refuse(s, "08006", "Retry.", "could not start auth_query");
+		return;
+	}
+	/* An unknown user still gets a challenge, so users cannot be probed. */
+	local_challenge(s);
+}
+
+/* A PasswordMessage / SASL message from the client during our login. */
+static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	struct local *lc = s->login->lc;
+	char out[512];
+	size_t olen = 0;
+	const char *why = "malformed message";
+	struct rd r;
+	int rc;
+
+	if (type != 'p') {
+		client_refuse(s, "08P01", "Answer the authentication request.",
+			      "expected a password message, got message type 0x%02x", type);
+		return;
+	}
+	rd_init(&r, body, len);
+	switch (lc->phase) {
+	case LP_MD5: {
+		const char *resp;
+		size_t rl;
+
+		if (!rd_cstr(&r, &resp, &rl) ||
+		    !auth_md5_check(&lc->secret, lc->user, lc->salt, resp)) {
+			refuse_password(s);
+			return;
+		}
+		local_auth_ok(s);
+		return;
+	}
+	case LP_SASL_FIRST: {
+		const char *mech;
+		size_t ml;
+		uint32_t dlen;
+		const uint8_t *data;
+
+		if (!rd_cstr(&r, &mech, &ml) || !rd_u32(&r, &dlen) || dlen == 0xffffffffu ||
+		    !rd_bytes(&r, dlen, &data)) {
+			client_refuse(s, "08P01", "Use a PostgreSQL client.",
+				      "malformed SASLInitialResponse");
+			return;
+		}
+		if (strcmp(mech, "SCRAM-SHA-256") != 0) {
+			client_refuse(s, "28000", "Use SCRAM-SHA-256 with channel_binding=disable.",
+				      "SASL mechanism \"%s\" is not offered", mech);
+			return;
+		}
+		rc = scram_server_first(&lc->ss, &lc->secret, data, dlen, out, sizeof(out), &olen,
+					&why);
+		if (rc < 0) {
+			client_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
+			return;
+		}
+		send_auth_request(s, 11, out, olen);
+		lc->phase = LP_SASL_FINAL;
+		return;
+	}
+	case LP_SASL_FINAL:
+		rc = scram_server_final(&lc->ss, body, len, out, sizeof(out), &olen, &why);
+		if (rc < 0) {
+			client_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
+			return;
+		}
+		if (rc == 0) {
+			refuse_password(s);
+			return;
+		}
+		send_auth_request(s, 12, out, olen);
+		lc->have_keys = lc->ss.have_client_key;
+		local_auth_ok(s);
+		return;
+	case LP_SECRET:
+	case LP_DONE:
+		break;
+	}
+	client_refuse(s, "08P01", "Use a PostgreSQL client.", "unexpected password message");
+}
+
+static void route_query(struct session *s, const char *tenant, size_t tlen);
+
+/* Appends a simple Query message with this text to g. */
+static bool gbuf_add_query(struct gbuf *g, const char *sql, size_t n)
+{
+	uint8_t hdr[5] = {'Q', (uint8_t)((n + 5) >> 24), (uint8_t)((n + 5) >> 16),
+			  (uint8_t)((n + 5) >> 8), (uint8_t)(n + 5)};
+	uint8_t nul = 0;
+
+	return client_gbuf_add(g, hdr, sizeof(hdr)) && client_gbuf_add(g, sql, n) && client_gbuf_add(g, &nul, 1);
+}
+
+static bool only_space(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!strchr(" \t\n\r\f\v", p[i]))
+			return false;
+	}
+	return true;
+}
+
+static void local_rule(const struct config *cfg, struct query_rule *rule)
+{
+	rule->key = cfg->rule.key;
+	rule->column = cfg->tenant_column;
+}
+
+/* Says why a statement before the tenant cannot run, as an ERROR. */
+static void no_tenant_error(struct session *s, const struct query_tenant *q)
+{
+	const char *key = s->rt->cfg->rule.key;
+	char hint[300];
+
+	snprintf(hint, sizeof(hint),
+		 "Name the tenant first: SET %s = '<tenant>' (or put it in the connection's "
+		 "options). SET, RESET, BEGIN, COMMIT and ROLLBACK are accepted before it.",
+		 key);
+	switch (q->kind) {
+	case QUERY_CONFLICT:
+		local_error(s, "08004", hint, "the statement names more than one tenant");
+		break;
+	case QUERY_UNKNOWN:
+		local_error(s, "08004", hint,
+			    "the tenant in this statement is not a constant the router can read");
+		break;
+	case QUERY_INVALID:
+		local_error(s, "42601", hint,
+			    "syntax error (the router parses statements until the tenant is known)");
+		break;
+	default:
+		local_error(s, "08004", hint,
+			    "no tenant yet: this session is not connected to a cluster until a "
+			    "statement names the tenant (\"%s\")",
+			    key);
+		break;
+	}
+	if (s->login->lc->txn == 'T')
+		s->login->lc->txn = 'E';
+}
+
+/* A simple Query before the tenant is known. */
+static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
+{
+	struct local *lc = s->login->lc;
+	const char *sql = (const char *)msg + 5;
+	size_t n = strnlen(sql, total - 5);
+	struct query_rule rule;
+	struct query_tenant q;
+
+	if (only_space(sql, n)) {
+		client_send_msg(s, 'I', NULL, 0);
+		send_ready(s, lc->txn);
+		return;
+	}
+	local_rule(s->rt->cfg, &rule);
+	query_find_tenant(sql, n, &rule, &q);
+	if (q.kind == QUERY_OTHER && q.nstmts == 0) {
+		/* Only comments or semicolons: what PostgreSQL answers to an empty query. */
+		client_send_msg(s, 'I', NULL, 0);
+		send_ready(s, lc->txn);
+		return;
+	}
+	if (q.kind == QUERY_TENANT) {
+		if (!client_gbuf_add(&lc->held, msg, total)) {
+			client_refuse(s, "54000", "Send smaller messages.", "message too long");
+			return;
+		}
+		route_query(s, q.tenant, q.tenant_len);
+		return;
+	}
+	if (q.kind == QUERY_LOCAL) {
+		if (!client_gbuf_add(&lc->replay, msg, total)) {
+			client_refuse(s, "54000", "Name the tenant sooner.",
+				      "too many statements before the tenant");
+			return;
+		}
+		lc->nreplay++;
+		for (size_t i = 0; i < q.nlocal; i++) {
+			client_send_msg(s, 'C', (const uint8_t *)q.local[i].tag, strlen(q.local[i].tag) + 1);
+			if (q.local[i].txn)
+				lc->txn = q.local[i].txn;
+		}
+		send_ready(s, lc->txn);
+		return;
+	}
+	no_tenant_error(s, &q);
+	send_ready(s, lc->txn);
+}
+
+
+static struct xstmt *xstmt_find(struct xstmt *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(v[i].name, name) == 0)
+			return &v[i];
+	}
+	return NULL;
+}
+
+/*
+ * The text of parameter $param of a Bind body. Text format as is; binary
+ * integers (int2/int4/int8, by the Parse's type) as decimal.
+ */
+bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st,
+			    char *out, size_t cap, size_t *outlen)
+{
+	struct rd r;
+	const char *portal, *stmt;
+	size_t pl, sl;
+	uint16_t nfmt, nparams, fmt = 0;
+	const uint8_t *v = NULL;
+	uint32_t vlen = 0;
+	int param = st->q.param;
+
+	rd_init(&r, body, len);
+	if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &stmt, &sl) || !rd_u16(&r, &nfmt))
+		return false;
+	for (uint16_t i = 0; i < nfmt; i++) {
+		uint16_t f;
+
+		if (!rd_u16(&r, &f))
+			return false;
+		if (nfmt == 1 || i + 1 == param)
+			fmt = f;
+	}
+	if (!rd_u16(&r, &nparams) || param < 1 || param > nparams)
+		return false;
+	for (int i = 1; i <= param; i++) {
+		if (!rd_u32(&r, &vlen))
+			return false;
+		if (vlen == 0xffffffffu) {
+			if (i == param)
+				return false; /* NULL: no tenant */
+			continue;
+		}
+		if (!rd_bytes(&r, vlen, &v))
+			return false;
+	}
+	if (fmt == 0) {
+		if (vlen == 0 || vlen >= cap || memchr(v, 0, vlen))
+			return false;
+		memcpy(out, v, vlen);
+		out[vlen] = '\0';
+		*outlen = vlen;
+		return true;
+	}
+	/* Binary: only integers whose type the Parse named. */
+	if (param <= st->ntypes && param <= (int)ARRAY_SIZE(st->types)) {
+		uint32_t oid = st->types[param - 1];
+		long long x;
+		int n;
+
+		if (oid == 21 && vlen == 2)
+			x = (int16_t)((uint16_t)v[0] << 8 | v[1]);
+		else if (oid == 23 && vlen == 4)
+			x = (int32_t)proto_get_u32(v);
+		else if (oid == 20 && vlen == 8)
+			x = (long long)((uint64_t)proto_get_u32(v) << 32 | proto_get_u32(v + 4));
+		else
+			return false;
+		n = snprintf(out, cap, "%lld", x);
+		*outlen = (size_t)n;
+		return n > 0 && (size_t)n < cap;
+	}
+	return false;
+}
+
+/* Sync after an extended-protocol batch before the tenant is known. */
+static void no_tenant_sync(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	struct xstmt *v = calloc(BATCH_STMTS, sizeof(*v));
+	size_t nv = 0, off = 0;
+	struct query_rule rule;
+	char tenant[STARTUP_MAX_TENANT_LEN + 1];
+	size_t tlen = 0;
+	bool found = false, conflict = false, local = true;
+	struct query_tenant bad = {.kind = QUERY_OTHER};
+	struct xstmt *cur = NULL;
+
+	if (v == NULL) {
+		client_close(s);
+		return;
+	}
+	local_rule(s->rt->cfg, &rule);
+	/* First pass: the tenant, if a Parse or a Bind names one. */
+	while (off < lc->held.len) {
+		const uint8_t *m = lc->held.p + off;
+		size_t total = 1 + proto_get_u32(m + 1);
+		const uint8_t *body = m + 5;
+		size_t blen = total - 5;
+		struct rd r;
+
+		off += total;
+		rd_init(&r, body, blen);
+		if (m[0] == 'P') {
+			const char *name, *sql;
+			size_t nl, ql;
+			struct xstmt *st;
+
+			if (!rd_cstr(&r, &name, &nl) || !rd_cstr(&r, &sql, &ql) || nl >= 64) {
+				local = false;
+				continue;
+			}
+			st = xstmt_find(v, nv, name);
+			if (st == NULL && nv < BATCH_STMTS)
+				st = &v[nv++];
+			if (st == NULL) {
+				local = false;
+				continue;
+			}
+			memset(st, 0, sizeof(*st));
+			memcpy(st->name, name, nl + 1);
+			st->sql = sql;
+			st->sqllen = ql;
+			if (rd_u16(&r, &st->ntypes)) {
+				for (uint16_t i = 0; i < st->ntypes && i < ARRAY_SIZE(st->types); i++) {
+					if (!rd_u32(&r, &st->types[i]))
+						break;
+				}
+			}
+			st->empty = only_space(sql, ql);
+			if (st->empty)
+				continue;
+			query_find_tenant(sql, ql, &rule, &st->q);
+			if (st->q.kind == QUERY_OTHER && st->q.nstmts == 0) {
+				st->empty = true;
+				continue;
+			}
+			if (st->q.kind == QUERY_TENANT) {
+				if (found && (tlen != st->q.tenant_len ||
+					      memcmp(tenant, st->q.tenant, tlen) != 0))
+					conflict = true;
+				memcpy(tenant, st->q.tenant, st->q.tenant_len + 1);
+				tlen = st->q.tenant_len;
+				found = true;
+			}
+			if (st->q.kind != QUERY_LOCAL || st->q.nlocal != 1) {
+				local = false;
+				if (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT)
+					bad = st->q;
+			}
+		} else if (m[0] == 'B') {
+			const char *portal, *name;
+			size_t pl, nl;
+			char val[STARTUP_MAX_TENANT_LEN + 1];
+			size_t vl;
+			struct xstmt *st;
+
+			if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &name, &nl))
+				continue;
+			st = xstmt_find(v, nv, name);
+			/* A $n tenant place, alone or next to a literal (which it must match). */
+			if (st == NULL || st->q.param == 0 ||
+			    (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT))
+				continue;
+			if (!local_bind_param(body, blen, st, val, sizeof(val), &vl)) {
+				bad.kind = QUERY_UNKNOWN;
+				continue;
+			}
+			if (found && (tlen != vl || memcmp(tenant, val, vl) != 0))
+				conflict = true;
+			memcpy(tenant, val, vl + 1);
+			tlen = vl;
+			found = true;
+		}
+	}
+	if (conflict) {
+		bad.kind = QUERY_CONFLICT;
+		found = false;
+	}
+	if (found) {
+		free(v);
+		route_query(s, tenant, tlen);
+		return;
+	}
+	/* Second pass: answer it ourselves, or refuse it as a whole. */
+	off = 0;
+	while (off < lc->held.len) {
+		const uint8_t *m = lc->held.p + off;
+		size_t total = 1 + proto_get_u32(m + 1);
+
+		off += total;
+		if (!local) {
+			if (m[0] == 'S') {
+				no_tenant_error(s, &bad);
+				send_ready(s, lc->txn);
+			}
+			continue;
+		}
+		switch (m[0]) {
+		case 'P':
+			client_send_msg(s, '1', NULL, 0);
+			break;
+		case 'B': {
+			const char *portal, *name;
+			size_t pl, nl;
+			struct rd r;
+
+			rd_init(&r, m + 5, total - 5);
+			cur = rd_cstr(&r, &portal, &pl) && rd_cstr(&r, &name, &nl)
+				      ? xstmt_find(v, nv, name)
+				      : NULL;
+			client_send_msg(s, '2', NULL, 0);
+			break;
+		}
+		case 'D': {
+			static const uint8_t noparams[2] = {0, 0};
+
+			if (total > 5 && m[5] == 'S')
+				client_send_msg(s, 't', noparams, sizeof(noparams));
+			client_send_msg(s, 'n', NULL, 0);
+			break;
+		}
+		case 'E':
+			if (cur == NULL || cur->empty) {
+				client_send_msg(s, 'I', NULL, 0);
+				break;
+			}
+			client_send_msg(s, 'C', (const uint8_t *)cur->q.local[0].tag,
+				 strlen(cur->q.local[0].tag) + 1);
+			if (cur->q.local[0].txn)
+				lc->txn = cur->q.local[0].txn;
+			if (!gbuf_add_query(&lc->replay, cur->sql, cur->sqllen)) {
+				free(v);
+				client_refuse(s, "54000", "Name the tenant sooner.",
+					      "too many statements before the tenant");
+				return;
+			}
+			lc->nreplay++;
+			break;
+		case 'C':
+			client_send_msg(s, '3', NULL, 0);
+			break;
+		case 'S':
+			send_ready(s, lc->txn);
+			break;
+		default:
+			break;
+		}
+	}
+	free(v);
+	lc->held.len = 0;
+}
+
+/* One whole client message while we wait for the tenant. */
+static void no_tenant_msg(struct session *s, const uint8_t *msg, size_t total)
+{
+	struct local *lc = s->login->lc;
+
+	switch (msg[0]) {
+	case 'Q':
+		no_tenant_query(s, msg, total);
+		break;
+	case 'P':
+	case 'B':
+	case 'D':
+	case 'E':
+	case 'C':
+	case 'H':
+	case 'S':
+		if (!client_gbuf_add(&lc->held, msg, total)) {
+			client_refuse(s, "54000", "Send smaller batches.", "batch too long");
+			return;
+		}
+		if (msg[0] == 'S')
+			no_tenant_sync(s);
+		break;
+	case 'X':
+		client_drain(s, &s->cl);
+		break;
+	default:
+		local_error(s, "08004", "Name the tenant first.",
+			    "message type 0x%02x is not accepted before the tenant is known", msg[0]);
+		send_ready(s, lc->txn);
+		break;
+	}
+}
+
+/* Handles the client's whole messages in lc->cin while we answer it ourselves. */
+static void local_process(struct session *s)
+{
+	struct local *lc = s->login->lc;
+
+	while (!s->closed && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT)) {
+		const uint8_t *p = lc->cin.p + lc->cin_off;
+		size_t n = lc->cin.len - lc->cin_off;
+		uint8_t type;
+		size_t total;
+
+		if (s->state == CLIENT_LOCAL_AUTH && lc->phase == LP_SECRET)
+			return;
+		if (n < 5)
+			break;
+		if (proto_frame_msg(p, n, LOCAL_MSG_MAX, &type, &total) != PROTO_OK) {
+			client_refuse(s, "08P01", "Use a PostgreSQL client.",
+				      "invalid message length");
+			return;
+		}
+		if (n < total)
+			break;
+		lc->cin_off += total;
+		if (s->state == CLIENT_LOCAL_AUTH)
+			local_auth_msg(s, type, p + 5, total - 5);
+		else
+			no_tenant_msg(s, p, total);
+	}
+	if (s->closed || s->state == CLIENT_CLOSING || s->login == NULL)
+		return;
+	if (lc->cin_off > 0 && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT)) {
+		memmove(lc->cin.p, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off);
+		lc->cin.len -= lc->cin_off;
+		lc->cin_off = 0;
+	}
+	client_out_flush(s);
+}
+
+/* Client bytes while we answer it ourselves. Takes b. */
+void local_in(struct session *s, struct block *b, size_t n)
+{
+	bool ok = client_gbuf_add(&s->login->lc->cin, b->data, n);
+
+	block_put(b);
+	if (!ok) {
+		client_refuse(s, "54000", "Send smaller messages.", "message too long");
+		return;
+	}
+	local_process(s);
+}
+
+/* The password for our login to the server, if we have one. */
+static bool server_password(struct session *s, char *out, size_t cap)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	const struct config *cfg = s->rt->cfg;
+
+	if (lc->secret.kind == SECRET_PLAIN) {
+		snprintf(out, cap, "%s", lc->secret.plain);
+		return true;
+	}
+	return cfg->server_passfile &&
+	       passfile_lookup(cfg->server_passfile, L->target.host, L->target.port, lc->database,
+			       lc->user, out, cap);
+}
+
+static void server_login_failed(struct session *s, const char *sqlstate, const char *why)
+{
+	client_refuse(s, sqlstate,
+		      "The router logs in to the cluster for clients that route by query: give "
+		      "the router and every cluster the same SCRAM verifier for this user, or put "
+		      "the password in server_passfile.",
+		      "could not log in to cluster \"%s\" as user \"%s\": %s", s->cluster,
+		      s->login->lc->user, why);
+}
+
+static bool send_to_server(struct session *s, uint8_t type, const void *body, size_t len)
+{
+	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
+			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
+
+	if (client_send_copy(s, &s->sv, hdr, sizeof(hdr)) < 0 ||
+	    (len && client_send_copy(s, &s->sv, body, len) < 0)) {
+		client_close(s);
+		return false;
+	}
+	return true;
+}
+
+/* An authentication request from the server we log in to for the client. */
+static bool server_auth_request(struct session *s, const uint8_t *body, size_t len)
+{
+	struct local *lc = s->login->lc;
+	char pw[AUTH_MAX_SECRET], out[600], md5[36];
+	uint8_t msg[700];
+	struct wbuf w;
+	size_t olen;
+	const char *why = "malformed message";
+	uint32_t code;
+
+	if (len < 4)
+		return false;
+	code = proto_get_u32(body);
+	switch (code) {
+	case 0:
+		return true;
+	case 3:
+		if (!server_password(s, pw, sizeof(pw))) {
+			server_login_failed(s, "28P01", "the server asks for a password we do not have");
+			return true;
+		}
+		return send_to_server(s, 'p', pw, strlen(pw) + 1);
+	case 5:
+		if (len < 8)
+			return false;
+		if (server_password(s, pw, sizeof(pw))) {
+			auth_md5_hash(pw, lc->user, md5);
+			auth_md5_salted(md5, body + 4, out);
+		} else if (lc->secret.kind == SECRET_MD5) {
+			auth_md5_salted(lc->secret.md5, body + 4, out);
+		} else {
+			server_login_failed(s, "28P01",
+					    "the server asks for md5 and the router has no md5 "
+					    "secret or password");
+			return true;
+		}
+		return send_to_server(s, 'p', out, strlen(out) + 1);
+	case 10:
+		if (!memmem(body + 4, len - 4, "SCRAM-SHA-256\0", 14)) {
+			server_login_failed(s, "08006", "the server offers no SCRAM-SHA-256");
+			return true;
+		}
+		if (server_password(s, pw, sizeof(pw))) {
+			scram_client_init_password(&lc->sc, pw);
+		} else if (lc->have_keys && lc->secret.kind == SECRET_SCRAM) {
+			scram_client_init_keys(&lc->sc, lc->ss.client_key, lc->secret.server_key,
+					       lc->secret.salt, lc->secret.saltlen,
+					       lc->secret.iterations);
+		} else {
+			server_login_failed(s, "28P01",
+					    "the server asks for SCRAM and the router has neither "
+					    "the client's SCRAM keys nor a password");
+			return true;
+		}
+		olen = scram_client_first(&lc->sc, out, sizeof(out));
+		wb_init(&w, msg, sizeof(msg));
+		wb_cstr(&w, "SCRAM-SHA-256");
+		wb_u32(&w, (uint32_t)olen);
+		wb_bytes(&w, out, olen);
+		if (olen == 0 || w.failed)
+			return false;
+		return send_to_server(s, 'p', msg, w.len);
+	case 11:
+		if (scram_client_final(&lc->sc, body + 4, len - 4, out, sizeof(out), &olen, &why) <
+		    0) {
+			server_login_failed(s, "28P01", why);
+			return true;
+		}
+		return send_to_server(s, 'p', out, olen);
+	case 12:
+		if (scram_client_verify(&lc->sc, body + 4, len - 4, &why) < 0) {
+			server_login_failed(s, "08006", why);
+			return true;
+		}
+		return true;
+	default:
+		snprintf(out, sizeof(out), "unsupported authentication request %u", code);
+		server_login_failed(s, "08006", out);
+		return true;
+	}
+}
+
+/* Logged in and replayed: the held messages go to the server, then we splice. */
+static void server_login_done(struct session *s)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+
+	if (lc->replay_err[0]) {
+		uint8_t buf[1024];
+		struct wbuf w;
+
+		wb_init(&w, buf, sizeof(buf));
+		proto_error_response(&w, "WARNING", "01000", lc->replay_err, NULL,
+				     "A SET given before the tenant failed on the cluster.");
+		/* An ErrorResponse body with severity WARNING is a NoticeResponse. */
+		if (!w.failed) {
+			buf[0] = 'N';
+			client_out_put(s, buf, w.len);
+		}
+	}
+	if (lc->held.len && client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0) {
+		client_close(s);
+		return;
+	}
+	guard_sent(s, lc->held.p, lc->held.len);
+	L->ready = true;
+}
+
+/* One message from the server while we log in for the client and replay. */
+bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	struct proto_error_fields f;
+	int rc;
+
+	switch (type) {
+	case 'R':
+		if (!server_auth_request(s, body, len))
+			server_login_failed(s, "08P01", "malformed authentication request");
+		return true;
+	case 'S':
+	case 'N':
+		return client_send_msg(s, type, body, len);
+	case 'K':
+		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY)
+			return true;
+		rc = cancel_register_mapped(s->rt->cancels, &s->ce, lc->pid, lc->key,
+					    sizeof(lc->key), proto_get_u32(body), body + 4, len - 4,
+					    (const struct sockaddr *)&L->target.addr);
+		if (rc < 0)
+			client_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
+		return true;
+	case 'E':
+		if (proto_parse_error(body, len, &f) != PROTO_OK)
+			f.message = f.sqlstate = NULL;
+		if (lc->server_ready) {
+			if (lc->replay_err[0] == '\0')
+				snprintf(lc->replay_err, sizeof(lc->replay_err),
+					 "tenant-router: replaying a statement given before the "
+					 "tenant on cluster \"%s\" failed: %s",
+					 s->cluster, f.message ? f.message : "?");
+			return true;
+		}
+		client_refuse(s, f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate : "08006",
+			      "The router logs in to the cluster for clients that route by query.",
+			      "cluster \"%s\" refused the login of user \"%s\": %s", s->cluster,
+			      lc->user, f.message ? f.message : "?");
+		return true;
+	case 'Z':
+		if (!lc->server_ready) {
+			lc->server_ready = true;
+			client_log(s, LOG_DEBUG, "logged in to the server, replaying %u statements",
+			     lc->nreplay);
+			if (lc->nreplay > 0) {
+				lc->replay_left = lc->nreplay;
+				if (client_send_copy(s, &s->sv, lc->replay.p, lc->replay.len) < 0) {
+					client_close(s);
+					return true;
+				}
+				return true;
+			}
+		} else if (lc->replay_left > 0 && --lc->replay_left > 0) {
+			return true;
+		}
+		server_login_done(s);
+		return true;
+	default:
+		/* Answers to the replay: the client had its answers from us. */
+		return true;
+	}
+}
+
+/* The tenant is known: route it, connect, log in for the client. */
+static void route_query(struct session *s, const char *tenant, size_t tlen)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	struct startup st;
+	struct tenant t;
+	const char *why = NULL;
+
+	/* Whatever the client sent after this goes to the server after it. */
+	if (!client_gbuf_add(&lc->held, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off)) {
+		client_refuse(s, "54000", "Send smaller messages.", "message too long");
+		return;
+	}
+	lc->cin.len = lc->cin_off = 0;
+	memset(&t, 0, sizeof(t));
+	memcpy(t.name, tenant, tlen);
+	t.name[tlen] = '\0';
+	t.len = tlen;
+	t.source = TENANT_SRC_QUERY;
+	if (startup_parse(L->in, L->extra_off, &st, &why) != PROTO_OK) {
+		client_close(s);
+		return;
+	}
+	client_set_state(s, CLIENT_ROUTING);
+	client_stop_reading(&s->cl);
+	client_out_flush(s);
+	s->login_deadline = uv_now(s->rt->loop) + s->rt->cfg->client_login_timeout_ms;
+	client_connect_tenant(s, &st, &t, L->extra_off);
+}

@@ -1,0 +1,222 @@
+/*
+ * session.h - the client module's private types and functions, shared by
+ * its three files (not part of include/: nothing else may use them):
+ *   client.c        a session's life: accept, startup packet, route,
+ *                   connect, auth relay, splice, close
+ *   client_local.c  tenant source query: the router's own login, local
+ *                   answers until the tenant is known, the server login
+ *   client_guard.c  the stickiness guard on spliced sessions
+ */
+#ifndef TR_SESSION_H
+#define TR_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "auth.h"
+#include "cancel.h"
+#include "client.h"
+#include "common.h"
+#include "health.h"
+#include "log.h"
+#include "query.h"
+#include "splice.h"
+#include "startup.h"
+#include "tls.h"
+
+/* How long a closing session may take to flush what it owes its peer. */
+#define CLOSE_FLUSH_MS 10000
+/* What we forward must stay within the server's own startup packet limit. */
+#define FORWARD_CAP PROTO_MAX_STARTUP_LEN
+/* Server messages during login are small; anything near this is broken. */
+#define AUTH_MSG_MAX (1u << 20)
+#define TLS_RECORD_TYPE_HANDSHAKE 0x16
+
+/* A message before the tenant is known, and all we hold for the server then. */
+#define LOCAL_MSG_MAX  (64u << 20)
+#define LOCAL_HELD_MAX (256u << 20)
+
+/* A growing byte buffer. */
+struct gbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+enum local_phase { LP_SECRET, LP_SASL_FIRST, LP_SASL_FINAL, LP_MD5, LP_DONE };
+
+/* The router's own side of a login for tenant source query (see local_start). */
+struct local {
+	enum local_phase phase;
+	char user[AUTH_MAX_USER];
+	char database[64];
+	struct secret secret; /* from auth_file or auth_query; SECRET_NONE: unknown user */
+	struct scram_server ss;
+	struct scram_client sc;
+	bool have_keys; /* ss.client_key came from a valid proof: reusable towards the server */
+	uint8_t salt[4];
+	struct health_auth *aq; /* auth_query in flight */
+	struct gbuf cin;	/* client bytes not handled yet */
+	size_t cin_off;
+	struct gbuf held;   /* client messages for the server, in order */
+	struct gbuf replay; /* statements answered here, to run on the server first */
+	unsigned nreplay, replay_left;
+	bool server_ready; /* the server's first ReadyForQuery came */
+	char txn;	   /* transaction status we report: 'I', 'T' or 'E' */
+	uint32_t pid;	   /* the BackendKeyData we gave the client */
+	uint8_t key[4];
+	char replay_err[400];
+};
+
+/* Where the server leg is while connecting. */
+enum sv_phase { SV_TCP, SV_SSL_ANSWER, SV_TLS_HANDSHAKE };
+
+struct login {
+	uint8_t *in; /* owned: client bytes until the packet is whole (grows to the limit) */
+	size_t inlen, incap;
+	bool overflow;
+	uint8_t nego; /* SSLRequest/GSSENCRequest answered */
+	const uint8_t *pkt; /* the packet to forward: in or fwd */
+	size_t pktlen;
+	size_t extra_off; /* in[extra_off, inlen): bytes the client sent after it */
+	uint8_t *fwd; /* owned: the rewritten packet, only when we rewrite it */
+	struct health_target target;
+	bool pinned;
+	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
+	uv_connect_t connect;
+	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
+	enum tls_server_mode sv_mode;
+	enum sv_phase sv_phase;
+	/* Framer over server messages during the auth relay. */
+	uint8_t hdr[5];
+	size_t hlen;
+	size_t mlen;  /* body length of the current message */
+	size_t blen;  /* body bytes received so far */
+	uint8_t *msg; /* owned: the current message's body */
+	size_t msgcap;
+	bool ready;	    /* ReadyForQuery seen */
+	struct block *out; /* owned: server messages gathered for one write to the client */
+	size_t outlen;
+	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
+	bool sasl_pending; /* the server asked for SASL; its first 'p' is still to come */
+	uint8_t cmsg[96];
+	size_t clen;
+	struct local *lc; /* owned: only for tenant source query */
+};
+
+/* The stickiness guard's framing state (see guard_client); on only when guard != off. */
+#define GUARD_SQLSTATE "42501"
+struct refusal;
+struct flagged;
+struct guard {
+	bool on, strict;
+	bool discard;	 /* dropping a refused batch up to its Sync */
+	bool err;	 /* the server sent an ErrorResponse since its last ReadyForQuery */
+	bool cforwarded; /* the client header in chdr went out before we framed */
+	uint8_t chlen, shlen, sheld;
+	uint8_t chdr[5], shdr[5];
+	uint32_t cleft, sleft; /* body bytes of the current message still to come */
+	uint64_t syncs, zs;    /* Query/Sync/FunctionCall sent, ReadyForQuery received */
+	struct gbuf hold;      /* a Query/Parse/Bind longer than one read */
+	struct refusal *refusals;
+	struct flagged *flagged;
+};
+
+struct side {
+	uv_tcp_t tcp;
+	bool inited;
+	bool reading;
+	bool paused;	 /* reading stopped by back-pressure */
+	struct tls *tls; /* owned; NULL for plaintext */
+	bool tls_ready;	 /* handshake complete */
+};
+
+struct session {
+	struct router *rt; /* borrowed */
+	struct session *prev, *next;
+	uint64_t id;
+	enum client_state state;
+	struct side cl, sv;
+	uv_timer_t timer;
+	uv_shutdown_t shut;
+	int open_handles;
+	bool closed; /* handles are closing */
+	bool over_limit;
+	uint64_t login_deadline;
+	uint64_t started;
+	struct login *login; /* owned; NULL once spliced */
+	char *tenant;	     /* owned */
+	char cluster[64];
+	char peer[INET6_ADDRSTRLEN + 8];
+	struct cancel_entry ce;
+	struct guard g;
+};
+
+#define BATCH_STMTS 16
+
+/* What we learnt about one Parse of an extended-protocol batch. */
+struct xstmt {
+	char name[64];
+	struct query_tenant q;
+	bool empty;
+	const char *sql; /* points into held */
+	size_t sqllen;
+	uint16_t ntypes;
+	uint32_t types[8];
+};
+
+/* client.c: the session's plumbing. */
+void client_log(struct session *s, enum log_level level, const char *fmt, ...) PRINTF_LIKE(3, 4);
+/* Every state change goes through here; it asserts the transition is allowed. */
+void client_set_state(struct session *s, enum client_state next);
+/* Closes every handle now (pending writes are cancelled); frees in the last close callback. */
+void client_close(struct session *s);
+/* Stops reading, lets what is queued for dst reach it, then closes (bounded). */
+void client_drain(struct session *s, struct side *dst);
+void client_start_reading(struct session *s, struct side *sd);
+void client_stop_reading(struct side *sd);
+/* Sends a copy of n bytes to sd (encrypted on a TLS leg). 0 or a libuv error. */
+int client_send_copy(struct session *s, struct side *sd, const void *p, size_t n);
+/* A write to dst failed: drain towards the client, or close. */
+void client_send_failed(struct session *s, struct side *dst, int rc);
+/* Passes block b (n bytes; taken) to dst, pausing the other side under back-pressure. */
+void client_forward(struct session *s, struct side *dst, struct block *b, size_t n);
+void client_apply_pressure(struct session *s, struct side *dst);
+/* Gathers bytes / a whole message for the client during login; false if closing. */
+bool client_out_put(struct session *s, const void *p, size_t n);
+bool client_send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len);
+/* Sends what was gathered; false if the session is closing. */
+bool client_out_flush(struct session *s);
+/* FATAL ErrorResponse ("tenant-router: " + message, with a hint), then close. */
+void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
+		   ...) PRINTF_LIKE(4, 5);
+/* The tenant is known: its cluster's writer, and a connection to it (len: startup packet). */
+void client_connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
+			   size_t len);
+
+/* client_local.c: tenant source query. */
+/* No tenant in the startup packet (len bytes, in s->login->in): authenticate the client. */
+void local_start(struct session *s, const struct startup *st, size_t len);
+/* Client bytes while the router answers the client itself (takes b). */
+void local_in(struct session *s, struct block *b, size_t n);
+/* One server message while the router logs in for the client and replays; false closes. */
+bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, size_t len);
+void local_free(struct local *lc);
+/* Appends n bytes to g; false when out of memory or past LOCAL_HELD_MAX. */
+bool client_gbuf_add(struct gbuf *g, const void *p, size_t n);
+/* The text of the tenant parameter of a Bind body (st->q.param, typed by st->types). */
+bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
+		      size_t cap, size_t *outlen);
+
+/* client_guard.c: the stickiness guard (s->g.on). */
+/* Client bytes for the server / server bytes for the client, while splicing (take b). */
+void guard_client(struct session *s, struct block *b, size_t n);
+void guard_server(struct session *s, struct block *b, size_t n);
+/* Bytes that went to the server / the client outside those paths: keep the framing. */
+void guard_sent(struct session *s, const uint8_t *p, size_t n);
+void guard_scan_server(struct session *s, const uint8_t *p, size_t n);
+void guard_free(struct guard *g);
+
+#endif /* TR_SESSION_H */
