@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/bench/run.sh - tenant-router vs PgBouncer vs direct, on loopback (issue #5).
 #
-#   tests/bench/run.sh          the full run (`make bench`): about 10 minutes on 2 CPUs
+#   tests/bench/run.sh          the full run (`make bench`): about 15 minutes on 2 CPUs
 #   BENCH_QUICK=1 tests/bench/run.sh    1 round, 2 s runs, fewer workloads (a few minutes)
 #
 # Starts two PostgreSQL 15 servers (fsync off), PgBouncer (session mode) and build/tenant-router on
@@ -13,7 +13,8 @@
 # when a run failed (marked FAIL in the output), 2 on a setup problem.
 #
 # Environment: BENCH_ROUNDS (2), BENCH_SECONDS (5), BENCH_QUICK (0), BENCH_RESULTS_DIR
-# (build/bench), BENCH_ONLY (comma list of: select,churn,copy,idle,big,route,reload,tls),
+# (build/bench), BENCH_ONLY (comma list of: select,churn,copy,idle,big,route,reload,tls,guard),
+# BENCH_GUARD_ROUNDS (4),
 # BENCH_COPY_MB (200), BENCH_IDLE_SESSIONS (2000), BENCH_BIG_SESSIONS (10000, 0 skips),
 # BENCH_PINS (10000000), BENCH_SCALE (10), BENCH_SAMPLING (0.1), BENCH_ROUTER_LOG_LEVEL (info),
 # BENCH_KEEP (0: remove the temp dir), TR_BIN (build/tenant-router), PGBIN.
