@@ -331,9 +331,7 @@ static bool client_at_boundary(struct session *s)
  * The one way to refuse a client: a FATAL ErrorResponse naming the router,
  * with a hint, then close once it is flushed.
  */
-
-void client_refuse(struct session *s, const char *sqlstate, const char *hint,
-			  const char *fmt, ...)
+void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt, ...)
 {
 	char msg[768];
 	struct block *b;

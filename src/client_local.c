@@ -444,8 +444,8 @@ static struct xstmt *xstmt_find(struct xstmt *v, size_t n, const char *name)
  * The text of parameter $param of a Bind body. Text format as is; binary
  * integers (int2/int4/int8, by the Parse's type) as decimal.
  */
-bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st,
-			    char *out, size_t cap, size_t *outlen)
+bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
+		      size_t cap, size_t *outlen)
 {
 	struct rd r;
 	const char *portal, *stmt;
