@@ -50,6 +50,22 @@ static inline uint32_t proto_get_u32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
+/* Writes v big-endian at p (4 bytes). */
+static inline void proto_put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* The 5-byte header of a typed message whose body is bodylen bytes. */
+static inline void proto_msg_header(uint8_t hdr[5], uint8_t type, size_t bodylen)
+{
+	hdr[0] = type;
+	proto_put_u32(hdr + 1, (uint32_t)(bodylen + 4));
+}
+
 bool rd_u8(struct rd *r, uint8_t *v) MUSTCHECK;
 bool rd_u16(struct rd *r, uint16_t *v) MUSTCHECK;
 bool rd_u32(struct rd *r, uint32_t *v) MUSTCHECK;

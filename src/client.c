@@ -477,9 +477,9 @@ bool client_out_put(struct session *s, const void *p, size_t n)
 /* Queues one whole message (type, body) for the client. */
 bool client_send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
 {
-	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
-			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
+	uint8_t hdr[5];
 
+	proto_msg_header(hdr, type, len);
 	return client_out_put(s, hdr, sizeof(hdr)) && client_out_put(s, body, len);
 }
 

@@ -139,8 +139,9 @@ void wb_u8(struct wbuf *w, uint8_t v)
 
 void wb_u32(struct wbuf *w, uint32_t v)
 {
-	uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+	uint8_t b[4];
 
+	proto_put_u32(b, v);
 	wb_bytes(w, b, 4);
 }
 
@@ -159,15 +160,9 @@ void wb_begin(struct wbuf *w, uint8_t type)
 
 void wb_end(struct wbuf *w)
 {
-	uint32_t n;
-
 	if (w->failed)
 		return;
-	n = (uint32_t)(w->len - w->msg_start);
-	w->buf[w->msg_start] = (uint8_t)(n >> 24);
-	w->buf[w->msg_start + 1] = (uint8_t)(n >> 16);
-	w->buf[w->msg_start + 2] = (uint8_t)(n >> 8);
-	w->buf[w->msg_start + 3] = (uint8_t)n;
+	proto_put_u32(w->buf + w->msg_start, (uint32_t)(w->len - w->msg_start));
 }
 
 void proto_error_response(struct wbuf *w, const char *severity, const char *sqlstate,

@@ -385,6 +385,28 @@ static void test_proto_wbuf_builds_and_backpatches(void **state)
 	assert_memory_equal(buf, want, sizeof(want));
 }
 
+/* The header writer agrees with the framer and with wb_begin/wb_end. */
+static void test_proto_msg_header_matches_framer(void **state)
+{
+	uint8_t hdr[5], built[16];
+	struct wbuf w;
+	uint8_t type;
+	size_t total;
+
+	proto_msg_header(hdr, 'Q', 7);
+	assert_memory_equal(hdr, "Q\0\0\0\x0b", 5);
+	assert_int_equal(proto_frame_msg(hdr, sizeof(hdr), 1u << 20, &type, &total), PROTO_OK);
+	assert_int_equal(type, 'Q');
+	assert_int_equal(total, 5 + 7);
+	wb_init(&w, built, sizeof(built));
+	wb_begin(&w, 'Q');
+	wb_bytes(&w, "SELECT", 7);
+	wb_end(&w);
+	assert_memory_equal(built, hdr, 5);
+	proto_put_u32(hdr, 0x01020304u);
+	assert_int_equal(proto_get_u32(hdr), 0x01020304u);
+}
+
 static void test_proto_wbuf_exact_fit(void **state)
 {
 	uint8_t *buf = malloc(9);
@@ -731,6 +753,7 @@ int main(void)
 	        cmocka_unit_test(test_proto_parse_error_truncated_at_every_offset),
 	        cmocka_unit_test(test_proto_is_utf8_table),
 	        cmocka_unit_test(test_proto_is_utf8_truncated_sequences_at_end),
+	        cmocka_unit_test(test_proto_msg_header_matches_framer),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
