@@ -136,10 +136,7 @@ static void local_auth_ok(struct session *s)
 		return;
 	}
 	lc->pid = (lc->pid & 0x7fffffffu) | 1u;
-	kd[0] = (uint8_t)(lc->pid >> 24);
-	kd[1] = (uint8_t)(lc->pid >> 16);
-	kd[2] = (uint8_t)(lc->pid >> 8);
-	kd[3] = (uint8_t)lc->pid;
+	proto_put_u32(kd, lc->pid);
 	memcpy(kd + 4, lc->key, 4);
 	client_send_msg(s, 'K', kd, sizeof(kd));
 	lc->txn = 'I';
@@ -326,20 +323,11 @@ static void route_query(struct session *s, const char *tenant, size_t tlen);
 /* Appends a simple Query message with this text to g. */
 static bool gbuf_add_query(struct gbuf *g, const char *sql, size_t n)
 {
-	uint8_t hdr[5] = {'Q', (uint8_t)((n + 5) >> 24), (uint8_t)((n + 5) >> 16),
-			  (uint8_t)((n + 5) >> 8), (uint8_t)(n + 5)};
-	uint8_t nul = 0;
+	uint8_t hdr[5], nul = 0;
 
-	return client_gbuf_add(g, hdr, sizeof(hdr)) && client_gbuf_add(g, sql, n) && client_gbuf_add(g, &nul, 1);
-}
-
-static bool only_space(const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (!strchr(" \t\n\r\f\v", p[i]))
-			return false;
-	}
-	return true;
+	proto_msg_header(hdr, 'Q', n + 1);
+	return client_gbuf_add(g, hdr, sizeof(hdr)) && client_gbuf_add(g, sql, n) &&
+	       client_gbuf_add(g, &nul, 1);
 }
 
 static void local_rule(const struct config *cfg, struct query_rule *rule)
@@ -390,15 +378,10 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	struct query_rule rule;
 	struct query_tenant q;
 
-	if (only_space(sql, n)) {
-		client_send_msg(s, 'I', NULL, 0);
-		send_ready(s, lc->txn);
-		return;
-	}
 	local_rule(s->rt->cfg, &rule);
 	query_find_tenant(sql, n, &rule, &q);
 	if (q.kind == QUERY_OTHER && q.nstmts == 0) {
-		/* Only comments or semicolons: what PostgreSQL answers to an empty query. */
+		/* Nothing but blanks, comments or semicolons: PostgreSQL's empty-query answer. */
 		client_send_msg(s, 'I', NULL, 0);
 		send_ready(s, lc->txn);
 		return;
@@ -562,9 +545,6 @@ static void no_tenant_sync(struct session *s)
 						break;
 				}
 			}
-			st->empty = only_space(sql, ql);
-			if (st->empty)
-				continue;
 			query_find_tenant(sql, ql, &rule, &st->q);
 			if (st->q.kind == QUERY_OTHER && st->q.nstmts == 0) {
 				st->empty = true;
@@ -799,9 +779,9 @@ static void server_login_failed(struct session *s, const char *sqlstate, const c
 
 static bool send_to_server(struct session *s, uint8_t type, const void *body, size_t len)
 {
-	uint8_t hdr[5] = {type, (uint8_t)((len + 4) >> 24), (uint8_t)((len + 4) >> 16),
-			  (uint8_t)((len + 4) >> 8), (uint8_t)(len + 4)};
+	uint8_t hdr[5];
 
+	proto_msg_header(hdr, type, len);
 	if (client_send_copy(s, &s->sv, hdr, sizeof(hdr)) < 0 ||
 	    (len && client_send_copy(s, &s->sv, body, len) < 0)) {
 		client_close(s);
