@@ -331,21 +331,28 @@ static bool client_at_boundary(struct session *s)
  * The one way to refuse a client: a FATAL ErrorResponse naming the router,
  * with a hint, then close once it is flushed.
  */
+const char *client_vformat(char *msg, size_t cap, const char *fmt, va_list ap)
+{
+	int n = snprintf(msg, cap, "tenant-router: ");
+
+	vsnprintf(msg + n, cap - (size_t)n, fmt, ap);
+	return msg + n;
+}
+
 void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt, ...)
 {
 	char msg[768];
+	const char *text;
 	struct block *b;
 	struct wbuf w;
 	va_list ap;
-	int n;
 
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;
-	n = snprintf(msg, sizeof(msg), "tenant-router: ");
 	va_start(ap, fmt);
-	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, msg + n);
+	client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
 	if (!client_at_boundary(s)) {
 		client_close(s);
 		return;

@@ -199,21 +199,20 @@ static void guard_refuse(struct session *s, const char *fmt, ...)
 {
 	struct guard *g = &s->g;
 	char msg[768], hint[256];
+	const char *text;
 	uint8_t buf[1536];
 	struct refusal *r, **pp;
 	struct wbuf w;
 	va_list ap;
-	int n;
 
-	n = snprintf(msg, sizeof(msg), "tenant-router: ");
 	va_start(ap, fmt);
-	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	snprintf(hint, sizeof(hint),
 		 "A session stays on the cluster it was routed to (\"%s\"). Open a new "
 		 "connection for the other tenant.",
 		 s->cluster);
-	client_log(s, LOG_INFO, "guard refused a statement: %s", msg + n);
+	client_log(s, LOG_INFO, "guard refused a statement: %s", text);
 	wb_init(&w, buf, sizeof(buf));
 	proto_error_response(&w, "ERROR", GUARD_SQLSTATE, msg, NULL, hint);
 	r = malloc(sizeof(*r) + w.len);

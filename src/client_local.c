@@ -64,16 +64,15 @@ static void local_error(struct session *s, const char *sqlstate, const char *hin
 			...)
 {
 	char msg[768];
+	const char *text;
 	uint8_t buf[1536];
 	struct wbuf w;
 	va_list ap;
-	int n;
 
-	n = snprintf(msg, sizeof(msg), "tenant-router: ");
 	va_start(ap, fmt);
-	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	client_log(s, LOG_DEBUG, "error sqlstate=%s reason=\"%s\"", sqlstate, msg + n);
+	client_log(s, LOG_DEBUG, "error sqlstate=%s reason=\"%s\"", sqlstate, text);
 	wb_init(&w, buf, sizeof(buf));
 	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
 	if (!w.failed)

@@ -10,6 +10,7 @@
 #ifndef TR_SESSION_H
 #define TR_SESSION_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -189,6 +190,8 @@ bool client_out_put(struct session *s, const void *p, size_t n);
 bool client_send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len);
 /* Sends what was gathered; false if the session is closing. */
 bool client_out_flush(struct session *s);
+/* "tenant-router: " and the formatted text in msg; returns the text after that prefix. */
+const char *client_vformat(char *msg, size_t cap, const char *fmt, va_list ap) PRINTF_LIKE(3, 0);
 /* FATAL ErrorResponse ("tenant-router: " + message, with a hint), then close. */
 void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
 		   ...) PRINTF_LIKE(4, 5);
