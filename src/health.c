@@ -710,6 +710,22 @@ static void timer_cb(uv_timer_t *t)
 	}
 }
 
+/* The named cluster's hosts, or NULL (the caller holds the lock, or is the health loop). */
+static struct cluster_map *map_find(struct health *h, const char *cluster)
+{
+	for (size_t i = 0; i < h->nmap; i++) {
+		if (strcmp(h->map[i].name, cluster) == 0)
+			return &h->map[i];
+	}
+	return NULL;
+}
+
+/* Up, not in recovery, with an address to connect to. */
+static bool is_writer(const struct checker *ck)
+{
+	return ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr;
+}
+
 /* Health loop: requests handed over by sessions go to their cluster's writer. */
 static void auth_wake_cb(uv_async_t *w)
 {
@@ -732,21 +748,14 @@ static void auth_wake_cb(uv_async_t *w)
 		list = rev;
 	}
 	while ((a = list) != NULL) {
+		struct cluster_map *m = map_find(h, a->cluster);
 		struct checker *ck = NULL;
 
 		list = a->next;
 		a->next = NULL;
-		for (size_t i = 0; i < h->nmap && ck == NULL; i++) {
-			if (strcmp(h->map[i].name, a->cluster) != 0)
-				continue;
-			for (size_t j = 0; j < h->map[i].n; j++) {
-				struct checker *c = h->map[i].hosts[j];
-
-				if (c->state == HEALTH_UP && !c->in_recovery) {
-					ck = c;
-					break;
-				}
-			}
+		for (size_t j = 0; m && j < m->n && ck == NULL; j++) {
+			if (is_writer(m->hosts[j]))
+				ck = m->hosts[j];
 		}
 		if (ck == NULL) {
 			auth_finish(a, false, NULL, "the cluster has no healthy coordinator");
@@ -1111,12 +1120,7 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 	bool found = false;
 
 	uv_rwlock_rdlock(&h->lock);
-	for (size_t i = 0; i < h->nmap; i++) {
-		if (strcmp(h->map[i].name, cluster) == 0) {
-			m = &h->map[i];
-			break;
-		}
-	}
+	m = map_find(h, cluster);
 	if (m == NULL) {
 		snprintf(why, whylen, "no health information yet");
 		goto out;
@@ -1124,7 +1128,7 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 	for (size_t i = 0; i < m->n; i++) {
 		struct checker *ck = m->hosts[i];
 
-		if (ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr) {
+		if (is_writer(ck)) {
 			memcpy(&t->addr, &ck->addr, sizeof(t->addr));
 			snprintf(t->host, sizeof(t->host), "%s", ck->host);
 			t->port = ck->port;
