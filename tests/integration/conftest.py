@@ -92,47 +92,62 @@ def _clusters_healthy_after(request):
                 pytest.fail(f"test left cluster {s.name} down")
 
 
-@pytest.fixture
-def make_router(request, clusters):
-    """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True).
-    cluster_set={name: PgServer} puts other servers behind the router (default: clusters)."""
-    routers = []
-    request.node._tr_routers = routers
-
+def _router_factory(clusters, routers, mark_start_failures=False):
+    """The factory both router fixtures hand out; every router made goes into routers."""
     def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
                 cluster_set=None):
         r = harness.Router(cluster_set if cluster_set is not None else clusters,
                            overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env)
         routers.append(r)
         if start:
-            r.start()
+            try:
+                r.start()
+            except Exception:
+                # Reported by the test (or fixture) that asked for it, with the log tail;
+                # not again when the module ends.
+                if mark_start_failures:
+                    r._start_failed = True
+                raise
         return r
+    return factory
 
-    yield factory
 
+def _stop_and_check(routers, label, died_during):
+    """Stops routers and fails (once, with every problem) on a death, a bad exit code or a
+    sanitizer report."""
     problems = []
     for i, r in enumerate(routers):
-        if r.proc is None:
+        if r.proc is None or getattr(r, "_start_failed", False):
             r.close()
             continue
         died = r.proc.poll() is not None and r.returncode is None
         try:
             if died:
-                problems.append(f"router {i} died during the test with exit code "
+                problems.append(f"{label} {i} died{died_during} with exit code "
                                 f"{r.proc.returncode}")
             rc = r.stop()
             if rc not in (0, None) and not died:
-                problems.append(f"router {i} exited {rc} after SIGTERM")
+                problems.append(f"{label} {i} exited {rc} after SIGTERM")
         except AssertionError as e:
             problems.append(str(e))
         rep = r.sanitizer_report()
         if rep:
-            problems.append(f"router {i} sanitizer report:\n{rep}")
+            problems.append(f"{label} {i} sanitizer report:\n{rep}")
         if problems:
-            print(f"\n--- router {i} log tail ---\n{r.log_tail(80)}")
+            print(f"\n--- {label} {i} log tail ---\n{r.log_tail(80)}")
         r.close()
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def make_router(request, clusters):
+    """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True).
+    cluster_set={name: PgServer} puts other servers behind the router (default: clusters)."""
+    routers = []
+    request.node._tr_routers = routers
+    yield _router_factory(clusters, routers)
+    _stop_and_check(routers, "router", " during the test")
 
 
 @pytest.fixture
@@ -148,44 +163,6 @@ def make_module_router(request, clusters):
     checked (exit code, sanitizer report) when the module ends."""
     routers = []
     request.module._tr_module_routers = routers
-
-    def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
-                cluster_set=None):
-        r = harness.Router(cluster_set if cluster_set is not None else clusters,
-                           overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env)
-        routers.append(r)
-        if start:
-            try:
-                r.start()
-            except Exception:
-                # Reported by the test (or fixture) that asked for it, with the log tail;
-                # not again when the module ends.
-                r._start_failed = True
-                raise
-        return r
-
-    yield factory
-
-    problems = []
-    for i, r in enumerate(routers):
-        if r.proc is None or getattr(r, "_start_failed", False):
-            r.close()
-            continue
-        died = r.proc.poll() is not None and r.returncode is None
-        try:
-            if died:
-                problems.append(f"module router {i} died with exit code {r.proc.returncode}")
-            rc = r.stop()
-            if rc not in (0, None) and not died:
-                problems.append(f"module router {i} exited {rc} after SIGTERM")
-        except AssertionError as e:
-            problems.append(str(e))
-        rep = r.sanitizer_report()
-        if rep:
-            problems.append(f"module router {i} sanitizer report:\n{rep}")
-        if problems:
-            print(f"\n--- module router {i} log tail ---\n{r.log_tail(80)}")
-        r.close()
+    yield _router_factory(clusters, routers, mark_start_failures=True)
     request.module._tr_module_routers = []
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    _stop_and_check(routers, "module router", "")
