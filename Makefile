@@ -11,7 +11,7 @@ DESTDIR ?=
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth
+PURE    := proto startup ring pins route query auth gframe
 IO      := log config health client client_local client_guard splice cancel main sdnotify tls
 
 ifeq ($(SAN),1)

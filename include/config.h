@@ -66,6 +66,8 @@ struct config {
 	enum log_level log_level;
 	char *tenant_column; /* owned; NULL: the column source is off */
 	enum guard_mode guard;
+	size_t guard_max_statement; /* the longest statement the guard holds to read */
+	size_t guard_max_held;	    /* what all sessions' guards may hold together */
 
 	/* [auth]: clients the router authenticates itself (tenant source query). */
 	enum auth_type auth_type;
@@ -121,6 +123,9 @@ int config_cluster_index(const struct config *c, const char *name);
 
 /* Parses "500ms", "5s", "1m", "1h" or bare seconds into milliseconds. */
 bool config_parse_duration(const char *s, uint64_t *ms);
+
+/* Parses "1048576", "512kB", "1MB", "1GiB" (units of 1024) into bytes. */
+bool config_parse_size(const char *s, uint64_t *bytes);
 
 /* Parses "HOST:PORT", "[V6]:PORT" or "HOST" (port = defport). Owned copy in out->host. */
 bool config_parse_host_port(const char *s, uint16_t defport, struct host_port *out);

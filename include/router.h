@@ -30,6 +30,7 @@ struct router {
 	struct session *sessions;  /* intrusive list of live sessions */
 	size_t nsessions;	   /* on this loop */
 	atomic_size_t *live;	   /* borrowed: sessions on all loops (max_client_conn) */
+	atomic_size_t *held;	   /* borrowed: bytes the guard holds on all loops (guard_max_held) */
 	uint64_t next_session_id;
 	bool draining;		  /* SIGTERM: no new logins */
 	void (*on_empty)(struct router *rt); /* called when draining and the last session ends */

@@ -624,8 +624,11 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 		if (s->state != CLIENT_AUTH_RELAY && s->state != CLIENT_SERVER_LOGIN)
 			return true;
 		if (L->ready) {
-			guard_scan_server(s, p, n);
-			client_out_put(s, p, n);
+			/* What follows the login's ReadyForQuery answers pipelined messages. */
+			if (s->g.on)
+				guard_server_bytes(s, p, n);
+			else
+				client_out_put(s, p, n);
 			return true;
 		}
 	}
@@ -706,8 +709,14 @@ static void send_startup(struct session *s)
 
 	/* A client may pipeline its first messages behind the startup packet. */
 	if (rc == 0 && L->inlen > L->extra_off) {
-		rc = client_send_copy(s, &s->sv, L->in + L->extra_off, L->inlen - L->extra_off);
-		guard_sent(s, L->in + L->extra_off, L->inlen - L->extra_off);
+		/* The guard sees them as it sees everything the client sends later. */
+		if (s->g.on)
+			guard_client_bytes(s, L->in + L->extra_off, L->inlen - L->extra_off);
+		else
+			rc = client_send_copy(s, &s->sv, L->in + L->extra_off,
+					      L->inlen - L->extra_off);
+		if (s->closed)
+			return;
 	}
 	if (rc < 0) {
 		client_refuse(s, "08006", "Retry.",
@@ -1152,8 +1161,10 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 				block_put(b);
 				return;
 			}
-			guard_sent(s, (const uint8_t *)b->data, n);
-			client_forward(s, &s->sv, b, n);
+			if (s->g.on)
+				guard_client(s, b, n);
+			else
+				client_forward(s, &s->sv, b, n);
 		}
 		break;
 	case CLIENT_SPLICING:
@@ -1348,8 +1359,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	}
 	s->login_deadline = s->started + rt->cfg->client_login_timeout_ms;
 	/* Decided once: framing must start with the session's first message. */
-	s->g.on = rt->cfg->guard != GUARD_OFF;
-	s->g.strict = rt->cfg->guard == GUARD_STRICT;
+	guard_init(s);
 	arm_timer(s, rt->cfg->client_login_timeout_ms);
 	client_start_reading(s, &s->cl);
 }

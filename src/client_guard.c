@@ -1,21 +1,18 @@
 /*
  * The stickiness guard. A spliced session is bound to one cluster; a
  * statement that sets tenant_key (SET, set_config, a sqlcommenter comment)
- * to a tenant of another cluster must not reach the server. So, when the
- * guard is on, we frame the client's messages: a Query or Parse whose text
- * does not contain the key's last word (a case-insensitive byte search) goes
- * on untouched and unparsed; one that does is parsed (query.c). A Bind is
- * looked at only for statements whose Parse had set_config(key, $n).
+ * to a tenant of another cluster must not reach the server.
  *
- * A refused statement is replaced by a Sync, and the server's answer to it
- * (a ReadyForQuery) gets our ErrorResponse in front, so the client sees the
- * error in its place in the message order: after the answers to what it
- * sent before, whatever was in flight. For the extended protocol, the
- * refused message and everything after it up to the client's Sync are
- * dropped, as PostgreSQL drops them after an error. If the server already
- * reported an error in that batch, it would have skipped the refused
- * message too, so we add none. To find that ReadyForQuery we count them:
- * the server's messages are framed too (only their headers are read).
+ * The framing lives in gframe.c (pure, fuzzed): it finds the messages, holds
+ * or streams them, and puts each refusal's error in its place in the
+ * server's answers. This file gives it what it cannot know by itself: which
+ * messages to look at (Query, Parse, and Bind or Close of a statement whose
+ * Parse had set_config(key, $n)), the verdict on each (query.c parses the
+ * SQL, route.c says whose tenant it names), the errors, and the sockets.
+ *
+ * Writes go through guard_emit: bytes of the block being framed that pass
+ * untouched are gathered as one range, so a block that passes whole is
+ * forwarded without a copy, as with the guard off.
  */
 #include "session.h"
 
@@ -28,14 +25,6 @@
 #include "route.h"
 #include "router.h"
 
-/* A refused statement waiting for its ReadyForQuery. */
-struct refusal {
-	struct refusal *next;
-	uint64_t sync; /* the number of the Sync that stands in for it */
-	size_t len;
-	uint8_t msg[]; /* the ErrorResponse */
-};
-
 /* A prepared statement whose Parse had set_config(key, $param). */
 struct flagged {
 	struct flagged *next;
@@ -45,192 +34,108 @@ struct flagged {
 	char name[];
 };
 
-static bool guard_send(struct session *s, const void *p, size_t n)
-{
-	if (n == 0)
-		return true;
-	if (client_send_copy(s, &s->sv, p, n) < 0) {
-		client_send_failed(s, &s->sv, UV_EPIPE);
-		return false;
-	}
-	return true;
-}
-
-/* Counts what the server will answer with a ReadyForQuery. */
-static inline void guard_count(struct guard *g, uint8_t type)
-{
-	if (type == 'Q' || type == 'S' || type == 'F')
-		g->syncs++;
-}
+/* More statements that set the tenant from a parameter than any client needs. */
+#define FLAGGED_MAX 1024
 
 /*
- * Advances over p[*i, n) until a message header completes (true: its type
- * is hdr[0] and *left its body length) or the bytes run out (false).
+ * Sends n bytes towards dst: during login (server bytes after the login's
+ * ReadyForQuery) into the login's gathered output, else as a copy.
  */
-static bool frame_next(uint8_t hdr[5], uint8_t *hlen, uint32_t *left, const uint8_t *p, size_t n,
-		       size_t *i)
+static bool guard_write(struct session *s, struct side *dst, const uint8_t *p, size_t n)
 {
-	while (*i < n) {
-		if (*left > 0) {
-			size_t take = *left < n - *i ? *left : n - *i;
+	bool ok;
 
-			*left -= (uint32_t)take;
-			*i += take;
-			continue;
-		}
-		hdr[(*hlen)++] = p[(*i)++];
-		if (*hlen == 5) {
-			*hlen = 0;
-			*left = proto_get_u32(hdr + 1) - 4;
-			return true;
-		}
-	}
-	return false;
+	if (s->closed)
+		return false;
+	if (dst == &s->cl && s->login)
+		ok = client_out_put(s, p, n);
+	else
+		ok = client_send_copy(s, dst, p, n) == 0;
+	if (!ok)
+		s->g.send_failed = true;
+	return ok;
 }
 
-/* Tracks message boundaries in bytes sent to the server without looking at them. */
-void guard_sent(struct session *s, const uint8_t *p, size_t n)
+/* Sends the bytes of the framed block that passed and wait in [pstart, pend). */
+static bool guard_flush(struct session *s, struct side *dst)
 {
 	struct guard *g = &s->g;
-	size_t i = 0;
+	const uint8_t *p = g->pstart;
+	size_t n = (size_t)(g->pend - g->pstart);
 
-	if (!g->on)
-		return;
-	while (frame_next(g->chdr, &g->chlen, &g->cleft, p, n, &i))
-		guard_count(g, g->chdr[0]);
-	/* A header cut here already went out: the guard cannot hold that message. */
-	g->cforwarded = g->chlen > 0;
+	g->pstart = g->pend = NULL;
+	if (n == 0)
+		return true;
+	g->copied = true;
+	return guard_write(s, dst, p, n);
 }
 
-/* Tracks the server's messages: ReadyForQuery count, and errors since the last one. */
-void guard_scan_server(struct session *s, const uint8_t *p, size_t n)
+/* The framer's output towards dst. */
+static bool guard_emit(struct session *s, struct side *dst, const uint8_t *p, size_t n)
 {
 	struct guard *g = &s->g;
-	size_t i = 0;
 
-	if (!g->on)
-		return;
-	while (frame_next(g->shdr, &g->shlen, &g->sleft, p, n, &i)) {
-		if (g->shdr[0] == 'Z') {
-			g->zs++;
-			g->err = false;
-		} else if (g->shdr[0] == 'E') {
-			g->err = true;
-		}
+	if (g->pend != NULL && p == g->pend) {
+		g->pend += n;
+		return true;
 	}
+	if (!guard_flush(s, dst))
+		return false;
+	if (g->base && p >= g->base && p < g->base + g->blen) {
+		g->pstart = p;
+		g->pend = p + n;
+		return true;
+	}
+	g->copied = true;
+	return guard_write(s, dst, p, n);
 }
 
-/* Server bytes for the client while refusals wait: put each error before its ReadyForQuery. */
-void guard_server(struct session *s, struct block *b, size_t n)
+static bool emit_server(void *ctx, const uint8_t *p, size_t n)
 {
-	struct guard *g = &s->g;
-	const uint8_t *p = (const uint8_t *)b->data;
-	size_t i = 0, emit = 0;
+	struct session *s = ctx;
 
-	if (g->refusals == NULL && g->sheld == 0) {
-		guard_scan_server(s, p, n);
-		client_forward(s, &s->cl, b, n);
-		return;
-	}
-	while (i < n && !s->closed) {
-		size_t take, start;
-		struct refusal *r;
-
-		if (g->sleft > 0) {
-			take = g->sleft < n - i ? g->sleft : n - i;
-			g->sleft -= (uint32_t)take;
-			i += take;
-			continue;
-		}
-		/* A header: keep a partial one back, so that we can still put an error before it. */
-		start = i;
-		take = 5u - g->shlen < n - i ? 5u - g->shlen : n - i;
-		if (g->shlen + take < 5) {
-			if (client_send_copy(s, &s->cl, p + emit, start - emit) < 0)
-				goto failed;
-			memcpy(g->shdr + g->shlen, p + i, take);
-			g->shlen += (uint8_t)take;
-			g->sheld = g->shlen;
-			i = emit = n;
-			break;
-		}
-		memcpy(g->shdr + g->shlen, p + i, take);
-		i += take;
-		g->sleft = proto_get_u32(g->shdr + 1) - 4;
-		if (client_send_copy(s, &s->cl, p + emit, start - emit) < 0)
-			goto failed;
-		emit = start;
-		r = g->refusals;
-		if (g->shdr[0] == 'Z' && r && r->sync == g->zs + 1) {
-			g->refusals = r->next;
-			if (!g->err && client_send_copy(s, &s->cl, r->msg, r->len) < 0) {
-				free(r);
-				goto failed;
-			}
-			free(r);
-		}
-		if (g->shdr[0] == 'Z') {
-			g->zs++;
-			g->err = false;
-		} else if (g->shdr[0] == 'E') {
-			g->err = true;
-		}
-		/* The part of this header kept back from the last block goes first. */
-		if (g->sheld && client_send_copy(s, &s->cl, g->shdr, g->sheld) < 0)
-			goto failed;
-		g->sheld = 0;
-		g->shlen = 0;
-	}
-	if (!s->closed && client_send_copy(s, &s->cl, p + emit, n - emit) < 0)
-		goto failed;
-	block_put(b);
-	if (!s->closed)
-		client_apply_pressure(s, &s->cl);
-	return;
-failed:
-	block_put(b);
-	client_send_failed(s, &s->cl, UV_EPIPE);
+	return guard_emit(s, &s->sv, p, n);
 }
 
-static void guard_refuse(struct session *s, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static bool emit_client(void *ctx, const uint8_t *p, size_t n)
+{
+	struct session *s = ctx;
 
-/* Queues the error for a refused statement; the caller sends the Sync standing in for it. */
-static void guard_refuse(struct session *s, const char *fmt, ...)
+	return guard_emit(s, &s->cl, p, n);
+}
+
+static void guard_refuse(struct session *s, const char *sqlstate, const char *hint,
+			 const char *fmt, ...) PRINTF_LIKE(4, 5);
+
+/* Builds the error for a refused statement in s->g.refusal (left NULL when out of memory). */
+static void guard_refuse(struct session *s, const char *sqlstate, const char *hint,
+			 const char *fmt, ...)
 {
 	struct guard *g = &s->g;
-	char msg[768], hint[256];
+	char msg[768], dflt[256];
 	const char *text;
 	uint8_t buf[1536];
-	struct refusal *r, **pp;
 	struct wbuf w;
 	va_list ap;
 
 	va_start(ap, fmt);
 	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	snprintf(hint, sizeof(hint),
-		 "A session stays on the cluster it was routed to (\"%s\"). Open a new "
-		 "connection for the other tenant.",
-		 s->cluster);
+	if (hint == NULL) {
+		snprintf(dflt, sizeof(dflt),
+			 "A session stays on the cluster it was routed to (\"%s\"). Open a new "
+			 "connection for the other tenant.",
+			 s->cluster);
+		hint = dflt;
+	}
 	client_log(s, LOG_INFO, "guard refused a statement: %s", text);
 	wb_init(&w, buf, sizeof(buf));
-	proto_error_response(&w, "ERROR", GUARD_SQLSTATE, msg, NULL, hint);
-	r = malloc(sizeof(*r) + w.len);
-	if (r == NULL || w.failed) {
-		free(r);
-		client_close(s);
-		return;
-	}
-	memcpy(r->msg, buf, w.len);
-	r->len = w.len;
-	r->next = NULL;
-	r->sync = g->syncs + 1;
-	for (pp = &g->refusals; *pp; pp = &(*pp)->next)
-		;
-	*pp = r;
+	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
+	free(g->refusal);
+	g->refusal = w.failed ? NULL : gframe_error_new(buf, w.len);
 }
 
-/* May this session switch to tenant (len bytes)? Queues the refusal if not. */
+/* May this session switch to tenant (len bytes)? Builds the refusal if not. */
 static bool guard_allows(struct session *s, const char *tenant, size_t len)
 {
 	const struct config *cfg = s->rt->cfg;
@@ -238,7 +143,7 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 	const char *owner = cfg->clusters[idx].name;
 
 	if (strcmp(owner, s->cluster) != 0) {
-		guard_refuse(s,
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
 			     "tenant \"%s\" belongs to cluster \"%s\"; this session is bound to "
 			     "cluster \"%s\"",
 			     tenant, owner, s->cluster);
@@ -246,7 +151,7 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 	}
 	if (s->g.strict && s->tenant && (strlen(s->tenant) != len ||
 					 memcmp(s->tenant, tenant, len) != 0)) {
-		guard_refuse(s,
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
 			     "this session is bound to tenant \"%s\" (guard = strict); it cannot "
 			     "switch to tenant \"%s\"",
 			     s->tenant, tenant);
@@ -258,45 +163,26 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 static void guard_verdict_unknown(struct session *s, const struct query_tenant *q)
 {
 	if (q->kind == QUERY_CONFLICT)
-		guard_refuse(s, "the statement names more than one tenant in \"%s\"",
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
+			     "the statement names more than one tenant in \"%s\"",
 			     s->rt->cfg->rule.key);
 	else
-		guard_refuse(s,
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
 			     "the statement sets \"%s\" to a value the router cannot read; give "
 			     "the tenant as a constant",
 			     s->rt->cfg->rule.key);
 }
 
-static struct flagged **flagged_find(struct guard *g, const char *name)
-{
-	struct flagged **pp;
-
-	for (pp = &g->flagged; *pp; pp = &(*pp)->next) {
-		if (strcmp((*pp)->name, name) == 0)
-			return pp;
-	}
-	return NULL;
-}
-
 /* Does this SQL switch the tenant? True to forward it. */
 static bool guard_sql(struct session *s, const char *sql, size_t len, struct query_tenant *q)
 {
-	const char *key = s->rt->cfg->rule.key;
-	const char *word = strrchr(key, '.');
-	struct query_rule rule = {key, NULL};
+	struct query_rule rule = {s->rt->cfg->rule.key, NULL};
 
-	word = word ? word + 1 : key;
 	q->kind = QUERY_OTHER;
 	q->param = 0;
 	q->sources = 0;
-	/*
-	 * The cheap test first (a parse costs tens of microseconds). A switch
-	 * needs the key's last word (however the name is quoted or spaced), and
-	 * either "set" (SET, RESET, set_config) or a comment holding the key.
-	 */
-	if (!query_mentions(sql, len, word, strlen(word)) ||
-	    (!query_mentions(sql, len, "set", 3) &&
-	     !(memmem(sql, len, "/*", 2) && query_mentions(sql, len, key, strlen(key)))))
+	/* The cheap test first (a parse costs tens of microseconds): the framer's pre-filter. */
+	if (!gscan_text(&s->g.f.scan, sql, len))
 		return true;
 	query_find_tenant(sql, len, &rule, q);
 	switch (q->kind) {
@@ -311,267 +197,266 @@ static bool guard_sql(struct session *s, const char *sql, size_t len, struct que
 	}
 }
 
-/* One whole client message (header included) of type Q, P or B: forward it? */
-static bool guard_message(struct session *s, const uint8_t *m, size_t total)
+/* Forgets the flags of statement name (Close, or a new unnamed statement). */
+static void flagged_drop(struct guard *g, const char *name)
 {
-	struct guard *g = &s->g;
-	const uint8_t *body = m + 5;
-	size_t blen = total - 5;
-	struct query_tenant q;
-	struct rd r;
+	struct flagged **pp = &g->flagged, *f;
 
-	rd_init(&r, body, blen);
-	if (m[0] == 'Q')
-		return guard_sql(s, (const char *)body, strnlen((const char *)body, blen), &q);
-	if (m[0] == 'P') {
-		const char *name, *sql;
-		size_t nl, ql;
-		struct flagged **pp, *f;
-
-		if (!rd_cstr(&r, &name, &nl) || !rd_cstr(&r, &sql, &ql))
-			return true; /* the server will say what is wrong */
-		if (g->flagged && (pp = flagged_find(g, name)) != NULL) {
-			f = *pp;
+	while ((f = *pp) != NULL) {
+		if (strcmp(f->name, name) == 0) {
 			*pp = f->next;
 			free(f);
+			g->nflagged--;
+		} else {
+			pp = &f->next;
 		}
-		if (!guard_sql(s, sql, ql, &q))
-			return false;
-		if (q.param == 0 || !(q.sources & QSRC_SET_CONFIG))
-			return true;
-		/* set_config(key, $n): the tenant comes with each Bind of this statement. */
-		f = calloc(1, sizeof(*f) + nl + 1);
-		if (f == NULL)
-			return false;
-		memcpy(f->name, name, nl + 1);
-		f->param = q.param;
-		if (rd_u16(&r, &f->ntypes)) {
-			for (uint16_t i = 0; i < f->ntypes && i < ARRAY_SIZE(f->types); i++) {
-				if (!rd_u32(&r, &f->types[i]))
-					break;
-			}
-		}
-		f->next = g->flagged;
-		g->flagged = f;
-		return true;
 	}
-	if (m[0] == 'B' && g->flagged) {
-		const char *portal, *name;
-		size_t pl, nl, vl;
-		struct flagged **pp;
-		struct xstmt st;
-		char val[STARTUP_MAX_TENANT_LEN + 1];
+}
 
-		if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &name, &nl) ||
-		    (pp = flagged_find(g, name)) == NULL)
-			return true;
+/* A Parse: look at its SQL; remember it if it takes the tenant from a parameter. */
+static bool guard_parse(struct session *s, struct rd *r)
+{
+	struct guard *g = &s->g;
+	const char *name, *sql;
+	size_t nl, ql;
+	struct query_tenant q;
+	struct flagged *f;
+
+	if (!rd_cstr(r, &name, &nl) || !rd_cstr(r, &sql, &ql))
+		return true; /* the server will say what is wrong */
+	/*
+	 * A Parse replaces only the unnamed statement: one that names an
+	 * existing statement fails on the server, which keeps the old one, so
+	 * its flag must stay (it goes with Close).
+	 */
+	if (nl == 0)
+		flagged_drop(g, name);
+	if (!guard_sql(s, sql, ql, &q))
+		return false;
+	if (q.param == 0 || !(q.sources & QSRC_SET_CONFIG))
+		return true;
+	/* set_config(key, $n): the tenant comes with each Bind of this statement. */
+	if (g->nflagged >= FLAGGED_MAX) {
+		guard_refuse(s, "54000", "Close prepared statements that set the tenant.",
+			     "more than %d prepared statements set \"%s\" from a parameter",
+			     FLAGGED_MAX, s->rt->cfg->rule.key);
+		return false;
+	}
+	f = calloc(1, sizeof(*f) + nl + 1);
+	if (f == NULL) {
+		g->oom = true;
+		return false;
+	}
+	memcpy(f->name, name, nl + 1);
+	f->param = q.param;
+	if (rd_u16(r, &f->ntypes)) {
+		for (uint16_t i = 0; i < f->ntypes && i < ARRAY_SIZE(f->types); i++) {
+			if (!rd_u32(r, &f->types[i]))
+				break;
+		}
+	}
+	f->next = g->flagged;
+	g->flagged = f;
+	g->nflagged++;
+	return true;
+}
+
+/* A Bind: every flag of its statement must allow the value bound for the tenant. */
+static bool guard_bind(struct session *s, const uint8_t *body, size_t blen, struct rd *r)
+{
+	const char *portal, *name;
+	size_t pl, nl, vl;
+	char val[STARTUP_MAX_TENANT_LEN + 1];
+
+	if (!rd_cstr(r, &portal, &pl) || !rd_cstr(r, &name, &nl))
+		return true;
+	for (struct flagged *f = s->g.flagged; f; f = f->next) {
+		struct xstmt st;
+
+		if (strcmp(f->name, name) != 0)
+			continue;
 		memset(&st, 0, sizeof(st));
-		st.q.param = (*pp)->param;
-		st.ntypes = (*pp)->ntypes;
-		memcpy(st.types, (*pp)->types, sizeof(st.types));
+		st.q.param = f->param;
+		st.ntypes = f->ntypes;
+		memcpy(st.types, f->types, sizeof(st.types));
 		if (!local_bind_param(body, blen, &st, val, sizeof(val), &vl)) {
-			guard_refuse(s,
+			guard_refuse(s, GUARD_SQLSTATE, NULL,
 				     "the value bound for \"%s\" cannot be read as a tenant; bind it "
 				     "as text",
 				     s->rt->cfg->rule.key);
 			return false;
 		}
-		return guard_allows(s, val, vl);
+		if (!guard_allows(s, val, vl))
+			return false;
 	}
 	return true;
 }
 
-/* Does this message need to be seen whole before it may go? */
-static inline bool guard_wants(const struct guard *g, uint8_t type)
+/* One whole client message (header included) the framer asked about: forward it? */
+static bool guard_message(struct session *s, const uint8_t *m, size_t total)
 {
-	return type == 'Q' || type == 'P' || (type == 'B' && g->flagged);
+	const uint8_t *body = m + 5;
+	size_t blen = total - 5;
+	struct query_tenant q;
+	const char *name;
+	size_t nl;
+	uint8_t what;
+	struct rd r;
+
+	rd_init(&r, body, blen);
+	switch (m[0]) {
+	case 'Q':
+		return guard_sql(s, (const char *)body, strnlen((const char *)body, blen), &q);
+	case 'P':
+		return guard_parse(s, &r);
+	case 'B':
+		return guard_bind(s, body, blen, &r);
+	case 'C':
+		if (rd_u8(&r, &what) && what == 'S' && rd_cstr(&r, &name, &nl))
+			flagged_drop(&s->g, name);
+		return true;
+	default:
+		return true;
+	}
+}
+
+static bool on_wants(void *ctx, uint8_t type)
+{
+	struct session *s = ctx;
+
+	return type == 'Q' || type == 'P' || ((type == 'B' || type == 'C') && s->g.flagged);
+}
+
+static enum gframe_verdict on_inspect(void *ctx, const uint8_t *m, size_t len,
+				      struct gframe_error **err)
+{
+	struct session *s = ctx;
+	struct guard *g = &s->g;
+	bool pass = guard_message(s, m, len);
+
+	*err = g->refusal;
+	g->refusal = NULL;
+	if (g->oom)
+		return GFRAME_FAIL;
+	if (pass)
+		return GFRAME_PASS;
+	return *err ? GFRAME_REFUSE : GFRAME_FAIL;
+}
+
+static struct gframe_error *on_overlong(void *ctx, uint8_t type, size_t len)
+{
+	struct session *s = ctx;
+	const struct config *cfg = s->rt->cfg;
+	struct gframe_error *e;
+
+	guard_refuse(s, "54000",
+		     "The guard reads a statement that may set the tenant whole, up to "
+		     "guard_max_statement bytes. Send it in smaller statements, load bulk data with "
+		     "COPY, or raise guard_max_statement.",
+		     "a %s of %zu bytes that may set \"%s\" is longer than the guard reads "
+		     "(guard_max_statement = %zu bytes)",
+		     type == 'Q' ? "statement" : "message", len, cfg->rule.key, s->g.f.max_hold);
+	e = s->g.refusal;
+	s->g.refusal = NULL;
+	return e;
+}
+
+static const struct gframe_ops guard_ops = {
+	.to_server = emit_server,
+	.to_client = emit_client,
+	.wants = on_wants,
+	.inspect = on_inspect,
+	.overlong = on_overlong,
+};
+
+void guard_init(struct session *s)
+{
+	const struct config *cfg = s->rt->cfg;
+	struct guard *g = &s->g;
+
+	memset(g, 0, sizeof(*g));
+	g->on = cfg->guard != GUARD_OFF;
+	g->strict = cfg->guard == GUARD_STRICT;
+	gframe_init(&g->f, &guard_ops, s, cfg->rule.key, cfg->guard_max_statement, s->rt->held,
+		    cfg->guard_max_held);
 }
 
 /*
- * A refused message was dropped: a Query is answered through a Sync in its
- * place; an extended-protocol message makes us drop up to the client's Sync.
+ * Frames n bytes at p towards dst through fn. b: the block p is in (taken),
+ * or NULL when p is not in a block (everything then goes as a copy).
  */
-static bool guard_after_refusal(struct session *s, uint8_t type)
-{
-	static const uint8_t sync[5] = {'S', 0, 0, 0, 4};
-
-	if (type != 'Q') {
-		s->g.discard = true;
-		return true;
-	}
-	if (!guard_send(s, sync, sizeof(sync)))
-		return false;
-	s->g.syncs++;
-	return true;
-}
-
-/* Client bytes for the server, when the guard is on. Takes b. */
-void guard_client(struct session *s, struct block *b, size_t n)
+static void guard_run(struct session *s, struct side *dst, struct block *b, const uint8_t *p,
+		      size_t n, bool (*fn)(struct gframe *, const uint8_t *, size_t))
 {
 	struct guard *g = &s->g;
-	const uint8_t *p = (const uint8_t *)b->data;
-	size_t i = 0, emit = 0;
-	bool cut = false;
+	bool ok;
 
-	while (i < n && !s->closed) {
-		size_t take, start;
-		uint8_t type;
-
-		/* Inside a message: pass it, hold it, or drop it. */
-		if (g->cleft > 0) {
-			take = g->cleft < n - i ? g->cleft : n - i;
-			if (g->hold.p) {
-				if (!client_gbuf_add(&g->hold, p + i, take))
-					goto oom;
-			} else if (g->discard) {
-				if (!guard_send(s, p + emit, i - emit))
-					goto out;
-				emit = i + take;
-				cut = true;
-			}
-			g->cleft -= (uint32_t)take;
-			i += take;
-			if (g->cleft > 0 || g->hold.p == NULL)
-				continue;
-			/* A held message is whole now. */
-			if (guard_message(s, g->hold.p, g->hold.len)) {
-				if (!guard_send(s, g->hold.p, g->hold.len))
-					goto out;
-				guard_count(g, g->hold.p[0]);
-			} else if (!guard_after_refusal(s, g->hold.p[0])) {
-				goto out;
-			}
-			free(g->hold.p);
-			memset(&g->hold, 0, sizeof(g->hold));
-			emit = i;
-			continue;
-		}
-		/* A header, perhaps split across reads: hold back the part we have. */
-		start = i;
-		take = 5u - g->chlen < n - i ? 5u - g->chlen : n - i;
-		memcpy(g->chdr + g->chlen, p + i, take);
-		g->chlen += (uint8_t)take;
-		i += take;
-		if (g->chlen < 5) {
-			if (!guard_send(s, p + emit, start - emit))
-				goto out;
-			emit = n;
-			cut = true;
-			break;
-		}
-		g->chlen = 0;
-		type = g->chdr[0];
-		g->cleft = proto_get_u32(g->chdr + 1) - 4;
-		if (proto_get_u32(g->chdr + 1) < 4) {
-			/* Not the protocol: let the server say so, and stop looking. */
-			g->on = false;
-			break;
-		}
-		if (g->discard) {
-			/* Dropping the rest of a refused batch, up to its Sync. */
-			if (!guard_send(s, p + emit, start - emit))
-				goto out;
-			emit = i;
-			cut = true;
-			if (type == 'S') {
-				g->discard = false;
-				g->cforwarded = false;
-				if (!guard_send(s, g->chdr, 5))
-					goto out;
-				guard_count(g, type);
-			}
-			continue;
-		}
-		if (g->cforwarded) {
-			/* Part of this header went out before the guard began: just pass it. */
-			g->cforwarded = false;
-			guard_count(g, type);
-			continue;
-		}
-		/* Bytes of a passed header held back from the last read go out first. */
-		if (take < 5 && !guard_wants(g, type) && !guard_send(s, g->chdr, 5 - take))
-			goto out;
-		if (!guard_wants(g, type)) {
-			guard_count(g, type);
-			continue;
-		}
-		if (g->cleft <= n - i && take == 5) {
-			/* Whole in this read: look at it in place. */
-			if (guard_message(s, p + start, 5 + g->cleft)) {
-				guard_count(g, type);
-				continue;
-			}
-		} else if (g->cleft <= n - i) {
-			/* Its header began in the last read: look at a copy. */
-			struct gbuf m = {0};
-			bool ok = client_gbuf_add(&m, g->chdr, 5) && client_gbuf_add(&m, p + i, g->cleft);
-
-			if (!ok) {
-				free(m.p);
-				goto oom;
-			}
-			if (!guard_send(s, p + emit, start - emit))
-				goto out;
-			cut = true;
-			ok = guard_message(s, m.p, m.len);
-			if (ok && guard_send(s, m.p, m.len))
-				guard_count(g, type);
-			free(m.p);
-			i += g->cleft;
-			g->cleft = 0;
-			emit = i;
-			if (!ok && !guard_after_refusal(s, type))
-				goto out;
-			continue;
-		} else {
-			/* Longer than this read: hold it until it is whole. */
-			if (!guard_send(s, p + emit, start - emit))
-				goto out;
-			cut = true;
-			if (!client_gbuf_add(&g->hold, g->chdr, 5))
-				goto oom;
-			emit = i;
-			continue;
-		}
-		/* Refused, and whole in this read: drop it. */
-		if (!guard_send(s, p + emit, start - emit))
-			goto out;
-		cut = true;
-		i += g->cleft;
-		g->cleft = 0;
-		emit = i;
-		if (!guard_after_refusal(s, type))
-			goto out;
-	}
-	if (s->closed)
-		goto out;
-	if (!cut) {
-		client_forward(s, &s->sv, b, n);
+	g->base = p;
+	g->blen = b ? n : 0;
+	g->pstart = g->pend = NULL;
+	g->copied = g->send_failed = g->oom = false;
+	if (b == NULL)
+		g->base = NULL;
+	ok = fn(&g->f, p, n);
+	g->base = NULL;
+	if (ok && !s->closed && b && !g->copied && g->pstart == p && g->pend == p + n) {
+		/* Passed whole: no copy. */
+		g->pstart = g->pend = NULL;
+		client_forward(s, dst, b, n);
 		return;
 	}
-	if (guard_send(s, p + emit, n - emit))
-		client_apply_pressure(s, &s->sv);
-out:
-	block_put(b);
-	return;
-oom:
-	block_put(b);
-	client_close(s);
+	if (ok)
+		ok = guard_flush(s, dst);
+	if (b)
+		block_put(b);
+	if (s->closed)
+		return;
+	if (ok) {
+		if (!s->login)
+			client_apply_pressure(s, dst);
+	} else if (g->send_failed) {
+		client_send_failed(s, dst, UV_EPIPE);
+	} else {
+		client_log(s, LOG_ERROR, "out of memory in the guard; closing the session");
+		client_close(s);
+	}
+}
+
+void guard_client(struct session *s, struct block *b, size_t n)
+{
+	guard_run(s, &s->sv, b, (const uint8_t *)b->data, n, gframe_client);
+}
+
+void guard_server(struct session *s, struct block *b, size_t n)
+{
+	guard_run(s, &s->cl, b, (const uint8_t *)b->data, n, gframe_server);
+}
+
+void guard_client_bytes(struct session *s, const uint8_t *p, size_t n)
+{
+	guard_run(s, &s->sv, NULL, p, n, gframe_client);
+}
+
+void guard_server_bytes(struct session *s, const uint8_t *p, size_t n)
+{
+	guard_run(s, &s->cl, NULL, p, n, gframe_server);
+}
+
+void guard_sent(struct session *s, const uint8_t *p, size_t n)
+{
+	if (s->g.on)
+		gframe_skip(&s->g.f, p, n);
 }
 
 void guard_free(struct guard *g)
 {
-	struct refusal *r;
 	struct flagged *f;
 
-	while ((r = g->refusals) != NULL) {
-		g->refusals = r->next;
-		free(r);
-	}
 	while ((f = g->flagged) != NULL) {
 		g->flagged = f->next;
 		free(f);
 	}
-	free(g->hold.p);
-	memset(&g->hold, 0, sizeof(g->hold));
+	free(g->refusal);
+	g->refusal = NULL;
+	gframe_free(&g->f);
 }

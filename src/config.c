@@ -126,6 +126,39 @@ bool config_parse_duration(const char *s, uint64_t *ms)
 	return true;
 }
 
+bool config_parse_size(const char *s, uint64_t *bytes)
+{
+	static const struct {
+		const char *unit;
+		uint64_t mult;
+	} units[] = {{"", 1},	       {"B", 1},	   {"kB", 1024}, {"KB", 1024},
+		     {"KiB", 1024},    {"MB", 1u << 20}, {"MiB", 1u << 20}, {"GB", 1u << 30},
+		     {"GiB", 1u << 30}};
+	char *end;
+	unsigned long long v;
+
+	while (*s == ' ')
+		s++;
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0)
+		return false;
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < ARRAY_SIZE(units); i++) {
+		if (strcmp(end, units[i].unit) == 0) {
+			/* 1 TiB is more than any limit we take; this also keeps v * mult exact. */
+			if (v > (1ull << 40) / units[i].mult)
+				return false;
+			*bytes = v * units[i].mult;
+			return true;
+		}
+	}
+	return false;
+}
+
 static bool parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 {
 	char *end;
@@ -454,6 +487,18 @@ static void router_key(struct loader *L, const char *key, const char *value)
 			c->guard = GUARD_OFF;
 		else
 			problem(L, L->line, "[router] guard: \"%s\" is not on, strict or off", value);
+	} else if (strcmp(key, "guard_max_statement") == 0 || strcmp(key, "guard_max_held") == 0) {
+		uint64_t v;
+		bool stmt = key[10] == 's';
+
+		if (!config_parse_size(value, &v) || v < 1024 || v > (1ull << 30))
+			problem(L, L->line,
+				"[router] %s: \"%s\" is not a size from 1kB to 1GB (e.g. 1MB)", key,
+				value);
+		else if (stmt)
+			c->guard_max_statement = (size_t)v;
+		else
+			c->guard_max_held = (size_t)v;
 	} else if (strcmp(key, "tenant_separator") == 0) {
 		if (strlen(value) != 1 || value[0] == ' ')
 			problem(L, L->line, "[router] tenant_separator: give exactly one character");
@@ -722,6 +767,8 @@ static void set_defaults(struct config *c)
 	c->health_fail_after = 2;
 	c->vnodes = 256;
 	c->guard = GUARD_ON;
+	c->guard_max_statement = 1u << 20;
+	c->guard_max_held = 64u << 20;
 	c->auth_type = AUTH_SCRAM;
 }
 

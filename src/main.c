@@ -73,6 +73,7 @@ struct daemon {
 	size_t nworkers;
 	struct worker *workers; /* owned array */
 	atomic_size_t live;	/* sessions across all workers */
+	atomic_size_t held;	/* bytes the guard holds across all workers */
 	bool draining;
 	uv_async_t empty_async; /* a worker's last session ended while draining */
 	uv_signal_t sighup, sigterm, sigint;
@@ -530,6 +531,7 @@ static int workers_init(struct config *cfg)
 		w->rt.health = D.health;
 		w->rt.cancels = D.cancels;
 		w->rt.live = &D.live;
+		w->rt.held = &D.held;
 		w->rt.on_empty = on_empty;
 	}
 	return 0;

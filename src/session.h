@@ -21,6 +21,7 @@
 #include "cancel.h"
 #include "client.h"
 #include "common.h"
+#include "gframe.h"
 #include "health.h"
 #include "log.h"
 #include "query.h"
@@ -107,22 +108,20 @@ struct login {
 	struct local *lc; /* owned: only for tenant source query */
 };
 
-/* The stickiness guard's framing state (see guard_client); on only when guard != off. */
+/* The stickiness guard (client_guard.c); on only when guard != off. */
 #define GUARD_SQLSTATE "42501"
-struct refusal;
 struct flagged;
 struct guard {
 	bool on, strict;
-	bool discard;	 /* dropping a refused batch up to its Sync */
-	bool err;	 /* the server sent an ErrorResponse since its last ReadyForQuery */
-	bool cforwarded; /* the client header in chdr went out before we framed */
-	uint8_t chlen, shlen, sheld;
-	uint8_t chdr[5], shdr[5];
-	uint32_t cleft, sleft; /* body bytes of the current message still to come */
-	uint64_t syncs, zs;    /* Query/Sync/FunctionCall sent, ReadyForQuery received */
-	struct gbuf hold;      /* a Query/Parse/Bind longer than one read */
-	struct refusal *refusals;
-	struct flagged *flagged;
+	struct gframe f;		/* framing of both directions */
+	struct gframe_error *refusal;	/* owned: built while judging a message */
+	struct flagged *flagged;	/* owned: statements that set the tenant from a parameter */
+	unsigned nflagged;
+	bool oom, send_failed;		/* why the framer stopped */
+	/* Bytes of the block being framed that passed and wait to go, as one range. */
+	const uint8_t *base, *pstart, *pend; /* borrowed: into the block */
+	size_t blen;
+	bool copied; /* something went out as a copy: the block cannot be passed whole */
 };
 
 struct side {
@@ -214,12 +213,17 @@ bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, c
 		      size_t cap, size_t *outlen);
 
 /* client_guard.c: the stickiness guard (s->g.on). */
-/* Client bytes for the server / server bytes for the client, while splicing (take b). */
+/* Sets s->g up from the current config (at accept: framing starts with the first message). */
+void guard_init(struct session *s);
+/* Client bytes for the server / server bytes for the client (take b). They may close s. */
 void guard_client(struct session *s, struct block *b, size_t n);
 void guard_server(struct session *s, struct block *b, size_t n);
-/* Bytes that went to the server / the client outside those paths: keep the framing. */
+/* The same for bytes not in a block: pipelined behind the startup packet, or server bytes
+ * after the login's ReadyForQuery (these go into the login's gathered output). */
+void guard_client_bytes(struct session *s, const uint8_t *p, size_t n);
+void guard_server_bytes(struct session *s, const uint8_t *p, size_t n);
+/* Client bytes that went to the server around the guard: keeps the framing. */
 void guard_sent(struct session *s, const uint8_t *p, size_t n);
-void guard_scan_server(struct session *s, const uint8_t *p, size_t n);
 void guard_free(struct guard *g);
 
 #endif /* TR_SESSION_H */

@@ -1,0 +1,737 @@
+/*
+ * gframe.c - the stickiness guard's framer over both directions of a
+ * spliced session. Pure: no I/O, every effect goes through the callbacks in
+ * struct gframe_ops.
+ *
+ * Client side. Each message is framed by its 5-byte header. A type the
+ * owner does not want passes untouched. A wanted one (Query, Parse, a Bind
+ * of a flagged statement) is judged whole: in place when the read holds it
+ * all, else gathered in f->hold. A wanted message longer than max_hold, or
+ * one the router-wide budget has no room for, is not held: a Query or Parse
+ * is streamed while the pre-filter (struct gscan) scans it, and if the
+ * pre-filter fires the rest of the message goes out as zero bytes. The
+ * server then reads the statement text only up to the first zero and finds
+ * bytes left over in the message, which PostgreSQL answers with an ERROR
+ * ("invalid message format") before parsing anything: nothing of the
+ * statement runs. The framer replaces that server error with the owner's
+ * (see gframe_server). Any other overlong wanted message is dropped and
+ * refused like a refused statement.
+ *
+ * A refused Query is replaced by a Sync; a refused extended-protocol message
+ * is dropped with the rest of its batch up to the client's Sync, as the
+ * server drops a batch after an error. Either way the server answers with a
+ * ReadyForQuery, and the refusal's error goes out in front of it.
+ *
+ * Server side. Only headers are read: ReadyForQuery is counted (the n-th
+ * answers the n-th Query, Sync or FunctionCall sent), an ErrorResponse marks
+ * the batch as failed. While errors wait, a header cut across reads is kept
+ * back so that an error can still go in front of it.
+ *
+ * Invariants: bytes come out in the order they went in; with no refusal and
+ * no overlong wanted message, the output is the input, byte for byte,
+ * however it was cut; nothing is held beyond max_hold per framer.
+ */
+#include "gframe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+#include "query.h"
+
+enum { PAT_WORD, PAT_SET, PAT_COMMENT, PAT_KEY };
+
+static const uint8_t zeros[4096];
+
+void gscan_init(struct gscan *sc, const char *key)
+{
+	size_t klen = strnlen(key, sizeof(sc->key) - 1);
+	const char *word;
+
+	memcpy(sc->key, key, klen);
+	sc->key[klen] = '\0';
+	word = strrchr(sc->key, '.');
+	word = word ? word + 1 : sc->key;
+	sc->pat[PAT_WORD] = word;
+	sc->len[PAT_WORD] = (uint8_t)strlen(word);
+	sc->pat[PAT_SET] = "set";
+	sc->len[PAT_SET] = 3;
+	sc->pat[PAT_COMMENT] = "/*";
+	sc->len[PAT_COMMENT] = 2;
+	sc->pat[PAT_KEY] = sc->key;
+	sc->len[PAT_KEY] = (uint8_t)klen;
+	gscan_reset(sc);
+}
+
+void gscan_reset(struct gscan *sc)
+{
+	sc->seen = 0;
+	sc->taillen = 0;
+}
+
+static inline uint8_t lower(uint8_t c)
+{
+	return c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+}
+
+/* Where the first case-insensitive match of pat[0, plen) in h[0, n) ends (its last byte), or -1. */
+static long first_end(const uint8_t *h, size_t n, const char *pat, size_t plen)
+{
+	for (size_t i = 0; i + plen <= n; i++) {
+		size_t k = 0;
+
+		while (k < plen && lower(h[i + k]) == lower((uint8_t)pat[k]))
+			k++;
+		if (k == plen)
+			return (long)(i + plen - 1);
+	}
+	return -1;
+}
+
+static inline bool hit_of(unsigned s)
+{
+	return (s & (1u << PAT_WORD)) &&
+	       ((s & (1u << PAT_SET)) || ((s & (1u << PAT_COMMENT)) && (s & (1u << PAT_KEY))));
+}
+
+/*
+ * The offset in p of the byte with which the pre-filter fired, p having
+ * made it fire (before: what was seen until p). It is where the last
+ * pattern it needed ends, so the answer does not depend on how the text was
+ * cut. The search is byte by byte, but it runs once per text at most.
+ */
+static size_t hit_offset(const struct gscan *sc, unsigned before, const uint8_t *p, size_t n)
+{
+	long end[ARRAY_SIZE(sc->pat)], a, b;
+	uint8_t win[2 * (GSCAN_MAX_PAT - 1)];
+
+	for (unsigned k = 0; k < ARRAY_SIZE(sc->pat); k++) {
+		size_t plen = sc->len[k], head = n < plen - 1 ? n : plen - 1;
+		long e;
+
+		end[k] = (before & (1u << k)) ? -1 : (long)n; /* n: not here */
+		if ((before & (1u << k)) || !(sc->seen & (1u << k)))
+			continue;
+		if (sc->taillen > 0 && plen > 1) {
+			memcpy(win, sc->tail, sc->taillen);
+			memcpy(win + sc->taillen, p, head);
+			e = first_end(win, sc->taillen + head, sc->pat[k], plen);
+			if (e >= (long)sc->taillen) {
+				end[k] = e - (long)sc->taillen;
+				continue;
+			}
+		}
+		e = first_end(p, n, sc->pat[k], plen);
+		if (e >= 0)
+			end[k] = e;
+	}
+	a = end[PAT_WORD] > end[PAT_SET] ? end[PAT_WORD] : end[PAT_SET];
+	b = end[PAT_WORD] > end[PAT_COMMENT] ? end[PAT_WORD] : end[PAT_COMMENT];
+	b = b > end[PAT_KEY] ? b : end[PAT_KEY];
+	a = a < b ? a : b;
+	return a < 0 ? 0 : (size_t)a;
+}
+
+size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
+{
+	uint8_t win[2 * (GSCAN_MAX_PAT - 1)];
+	unsigned before = sc->seen;
+	size_t keep, at = SIZE_MAX;
+
+	if (n == 0)
+		return hit_of(before) ? 0 : SIZE_MAX;
+	for (unsigned k = 0; k < ARRAY_SIZE(sc->pat); k++) {
+		size_t plen = sc->len[k];
+
+		if (sc->seen & (1u << k))
+			continue;
+		/* A match across the cut starts in the tail and ends in p's first plen-1 bytes. */
+		if (sc->taillen > 0 && plen > 1) {
+			size_t head = n < plen - 1 ? n : plen - 1;
+
+			memcpy(win, sc->tail, sc->taillen);
+			memcpy(win + sc->taillen, p, head);
+			if (query_mentions((const char *)win, sc->taillen + head, sc->pat[k], plen))
+				sc->seen |= 1u << k;
+		}
+		if (query_mentions((const char *)p, n, sc->pat[k], plen))
+			sc->seen |= 1u << k;
+	}
+	if (hit_of(before))
+		at = 0;
+	else if (hit_of(sc->seen))
+		at = hit_offset(sc, before, p, n);
+	/* Keep the last bytes of tail + p for the next cut. */
+	if (n >= sizeof(sc->tail)) {
+		memcpy(sc->tail, p + n - sizeof(sc->tail), sizeof(sc->tail));
+		sc->taillen = sizeof(sc->tail);
+		return at;
+	}
+	keep = sc->taillen + n <= sizeof(sc->tail) ? sc->taillen : sizeof(sc->tail) - n;
+	memmove(sc->tail, sc->tail + sc->taillen - keep, keep);
+	memcpy(sc->tail + keep, p, n);
+	sc->taillen = (uint8_t)(keep + n);
+	return at;
+}
+
+bool gscan_hit(const struct gscan *sc)
+{
+	return hit_of(sc->seen);
+}
+
+bool gscan_text(struct gscan *sc, const char *p, size_t n)
+{
+	gscan_reset(sc);
+	return gscan_feed(sc, (const uint8_t *)p, n) != SIZE_MAX;
+}
+
+struct gframe_error *gframe_error_new(const uint8_t *msg, size_t len)
+{
+	struct gframe_error *e = malloc(sizeof(*e) + len);
+
+	if (e == NULL)
+		return NULL;
+	memset(e, 0, sizeof(*e));
+	memcpy(e->msg, msg, len);
+	e->len = len;
+	return e;
+}
+
+void gframe_init(struct gframe *f, const struct gframe_ops *ops, void *ctx, const char *key,
+		 size_t max_hold, atomic_size_t *held, size_t held_cap)
+{
+	memset(f, 0, sizeof(*f));
+	f->ops = ops;
+	f->ctx = ctx;
+	f->max_hold = max_hold;
+	f->held = held;
+	f->held_cap = held_cap;
+	gscan_init(&f->scan, key);
+}
+
+static void hold_release(struct gframe *f)
+{
+	if (f->hold && f->held)
+		atomic_fetch_sub(f->held, f->holdcap);
+	free(f->hold);
+	f->hold = NULL;
+	f->holdlen = f->holdcap = 0;
+}
+
+void gframe_free(struct gframe *f)
+{
+	struct gframe_error *e;
+
+	hold_release(f);
+	while ((e = f->errors) != NULL) {
+		f->errors = e->next;
+		free(e);
+	}
+}
+
+bool gframe_busy(const struct gframe *f)
+{
+	return f->errors != NULL || f->sheld > 0 || f->sdrop;
+}
+
+/* Room for a message of n bytes in this framer and in the router's budget? Takes it if so. */
+static bool hold_reserve(struct gframe *f, size_t n)
+{
+	size_t was;
+
+	if (n > f->max_hold)
+		return false;
+	if (f->held) {
+		was = atomic_fetch_add(f->held, n);
+		if (was + n > f->held_cap) {
+			atomic_fetch_sub(f->held, n);
+			return false;
+		}
+	}
+	f->hold = malloc(n);
+	if (f->hold == NULL) {
+		if (f->held)
+			atomic_fetch_sub(f->held, n);
+		return false;
+	}
+	f->holdcap = n;
+	f->holdlen = 0;
+	return true;
+}
+
+static inline bool to_server(struct gframe *f, const uint8_t *p, size_t n)
+{
+	return n == 0 || f->ops->to_server(f->ctx, p, n);
+}
+
+static inline bool to_client(struct gframe *f, const uint8_t *p, size_t n)
+{
+	return n == 0 || f->ops->to_client(f->ctx, p, n);
+}
+
+static bool send_zeros(struct gframe *f, size_t n)
+{
+	while (n > 0) {
+		size_t take = n < sizeof(zeros) ? n : sizeof(zeros);
+
+		if (!to_server(f, zeros, take))
+			return false;
+		n -= take;
+	}
+	return true;
+}
+
+/* Counts what the server answers with a ReadyForQuery. */
+static inline void count(struct gframe *f, uint8_t type)
+{
+	if (type == 'Q' || type == 'S' || type == 'F')
+		f->syncs++;
+}
+
+/* Queues e to go out before the ReadyForQuery that answers Sync or Query number sync. */
+static void queue_error(struct gframe *f, struct gframe_error *e, uint64_t sync, bool replace)
+{
+	struct gframe_error **pp;
+
+	e->sync = sync;
+	e->replace = replace;
+	e->next = NULL;
+	for (pp = &f->errors; *pp; pp = &(*pp)->next)
+		;
+	*pp = e;
+}
+
+/*
+ * A message of this type was refused (its error is queued): a Query is
+ * answered through a Sync in its place; after an extended-protocol message
+ * the rest of the batch is dropped up to the client's Sync.
+ */
+static bool after_refusal(struct gframe *f, uint8_t type)
+{
+	static const uint8_t sync[5] = {'S', 0, 0, 0, 4};
+
+	if (type != 'Q') {
+		f->discard = true;
+		return true;
+	}
+	if (!to_server(f, sync, sizeof(sync)))
+		return false;
+	f->syncs++;
+	return true;
+}
+
+/* Asks the owner about a whole wanted message; forwards it, or refuses it. */
+static bool judge(struct gframe *f, const uint8_t *m, size_t len, bool *passed)
+{
+	struct gframe_error *e = NULL;
+
+	switch (f->ops->inspect(f->ctx, m, len, &e)) {
+	case GFRAME_PASS:
+		*passed = true;
+		return true;
+	case GFRAME_REFUSE:
+		*passed = false;
+		if (e == NULL)
+			return false;
+		queue_error(f, e, f->syncs + 1, false);
+		return after_refusal(f, m[0]);
+	case GFRAME_FAIL:
+	default:
+		free(e);
+		return false;
+	}
+}
+
+/* A wanted message that cannot be held: stream a statement, drop anything else. */
+static bool overlong(struct gframe *f, uint8_t type, size_t len)
+{
+	struct gframe_error *e;
+
+	if (type == 'Q' || type == 'P') {
+		gscan_reset(&f->scan);
+		f->body = GFRAME_BODY_STREAM;
+		count(f, type);
+		return true;
+	}
+	e = f->ops->overlong(f->ctx, type, len);
+	if (e == NULL)
+		return false;
+	queue_error(f, e, f->syncs + 1, false);
+	f->body = GFRAME_BODY_DROP;
+	return after_refusal(f, type);
+}
+
+/* The streamed statement turned out to need reading: spoil the rest of it. */
+static bool poison(struct gframe *f)
+{
+	uint8_t type = f->chdr[0];
+	/* The Query itself was counted when its header went; a Parse waits for the next Sync. */
+	uint64_t sync = type == 'Q' ? f->syncs : f->syncs + 1;
+	struct gframe_error *e =
+		f->ops->overlong(f->ctx, type, (size_t)proto_get_u32(f->chdr + 1) + 1);
+
+	if (e == NULL)
+		return false;
+	queue_error(f, e, sync, true);
+	f->body = GFRAME_BODY_POISON;
+	return true;
+}
+
+/* The current message's body is complete. */
+static bool end_message(struct gframe *f)
+{
+	bool passed, ok = true;
+
+	if (f->body == GFRAME_BODY_HOLD) {
+		ok = judge(f, f->hold, f->holdlen, &passed);
+		if (ok && passed) {
+			ok = to_server(f, f->hold, f->holdlen);
+			count(f, f->hold[0]);
+		}
+		hold_release(f);
+	}
+	f->body = GFRAME_BODY_PASS;
+	return ok;
+}
+
+/*
+ * The body bytes p[*i, *i + take) of the current message. p[*emit, *i) is
+ * passed but not yet sent; anything that does not pass sends it first.
+ */
+static bool body_bytes(struct gframe *f, const uint8_t *p, size_t take, size_t *i, size_t *emit)
+{
+	size_t at;
+
+	switch (f->body) {
+	case GFRAME_BODY_PASS:
+		break;
+	case GFRAME_BODY_STREAM:
+		at = gscan_feed(&f->scan, p + *i, take);
+		if (at == SIZE_MAX)
+			break;
+		/* From the byte that completed a pattern on, nothing may reach the server. */
+		if (!poison(f) || !to_server(f, p + *emit, *i + at - *emit) ||
+		    !send_zeros(f, take - at))
+			return false;
+		*emit = *i + take;
+		break;
+	case GFRAME_BODY_POISON:
+		if (!to_server(f, p + *emit, *i - *emit) || !send_zeros(f, take))
+			return false;
+		*emit = *i + take;
+		break;
+	case GFRAME_BODY_DROP:
+		if (!to_server(f, p + *emit, *i - *emit))
+			return false;
+		*emit = *i + take;
+		break;
+	case GFRAME_BODY_HOLD:
+		memcpy(f->hold + f->holdlen, p + *i, take);
+		f->holdlen += take;
+		*emit = *i + take;
+		break;
+	}
+	f->cleft -= (uint32_t)take;
+	*i += take;
+	return f->cleft > 0 || end_message(f);
+}
+
+/*
+ * A header completed at p[start, *i) (its first 5 - from_here bytes came in
+ * earlier reads and wait in chdr). Decides what happens to the message.
+ */
+static bool header(struct gframe *f, const uint8_t *p, size_t n, size_t start, size_t *i,
+		   size_t *emit, size_t from_here)
+{
+	uint8_t type = f->chdr[0];
+	uint32_t mlen = proto_get_u32(f->chdr + 1);
+	size_t earlier = 5 - from_here;
+	bool passed;
+
+	if (mlen < 4) {
+		/* Not the protocol: let the server say so, and stop looking. */
+		f->blind = true;
+		if (!to_server(f, p + *emit, start - *emit) || !to_server(f, f->chdr, earlier))
+			return false;
+		*emit = start;
+		*i = n;
+		return true;
+	}
+	f->cleft = mlen - 4;
+	f->body = GFRAME_BODY_PASS;
+	if (f->cforwarded) {
+		/* Part of this header went out before the framer saw it: it can only pass. */
+		f->cforwarded = false;
+		count(f, type);
+		return f->cleft > 0 || end_message(f);
+	}
+	if (f->discard && type == 'S')
+		f->discard = false;
+	if (f->discard || !f->ops->wants(f->ctx, type)) {
+		/* The part of the header kept back from the last read goes first. */
+		if (!to_server(f, p + *emit, start - *emit))
+			return false;
+		*emit = start;
+		if (f->discard) {
+			*emit = *i;
+			f->body = GFRAME_BODY_DROP;
+		} else {
+			if (!to_server(f, f->chdr, earlier))
+				return false;
+			count(f, type);
+		}
+		return f->cleft > 0 || end_message(f);
+	}
+	if (from_here == 5 && f->cleft <= n - *i && 5 + (size_t)f->cleft <= f->max_hold) {
+		/* Whole in this read: judge it in place (what went before goes first). */
+		if (!to_server(f, p + *emit, start - *emit))
+			return false;
+		*emit = start;
+		if (!judge(f, p + start, 5 + f->cleft, &passed))
+			return false;
+		if (passed)
+			count(f, type);
+		else
+			*emit = *i + f->cleft;
+		*i += f->cleft;
+		f->cleft = 0;
+		return true;
+	}
+	if (!hold_reserve(f, (size_t)mlen + 1)) {
+		/* Not held: the header goes now if the message streams. */
+		if (!to_server(f, p + *emit, start - *emit))
+			return false;
+		*emit = start;
+		if (!overlong(f, type, (size_t)mlen + 1))
+			return false;
+		if (f->body == GFRAME_BODY_DROP)
+			*emit = *i;
+		else if (!to_server(f, f->chdr, earlier))
+			return false;
+		return f->cleft > 0 || end_message(f);
+	}
+	/* Held until whole (mlen + 1 = the header and body). */
+	if (!to_server(f, p + *emit, start - *emit))
+		return false;
+	memcpy(f->hold, f->chdr, 5);
+	f->holdlen = 5;
+	f->body = GFRAME_BODY_HOLD;
+	*emit = *i;
+	return f->cleft > 0 || end_message(f);
+}
+
+bool gframe_client(struct gframe *f, const uint8_t *p, size_t n)
+{
+	size_t i = 0, emit = 0;
+
+	if (f->blind)
+		return to_server(f, p, n);
+	while (i < n) {
+		size_t take, start;
+
+		if (f->cleft > 0) {
+			take = f->cleft < n - i ? f->cleft : n - i;
+			if (!body_bytes(f, p, take, &i, &emit))
+				return false;
+			continue;
+		}
+		/* A header, perhaps cut across reads: keep back the part we have. */
+		start = i;
+		take = 5u - f->chlen < n - i ? 5u - f->chlen : n - i;
+		memcpy(f->chdr + f->chlen, p + i, take);
+		f->chlen += (uint8_t)take;
+		i += take;
+		if (f->chlen < 5) {
+			if (f->cforwarded) /* its first bytes went around us: these pass too */
+				break;
+			if (!to_server(f, p + emit, start - emit))
+				return false;
+			emit = n;
+			break;
+		}
+		f->chlen = 0;
+		if (!header(f, p, n, start, &i, &emit, take))
+			return false;
+	}
+	return to_server(f, p + emit, n - emit);
+}
+
+void gframe_skip(struct gframe *f, const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		if (f->cleft > 0) {
+			size_t take = f->cleft < n - i ? f->cleft : n - i;
+
+			f->cleft -= (uint32_t)take;
+			i += take;
+			continue;
+		}
+		f->chdr[f->chlen++] = p[i++];
+		if (f->chlen == 5) {
+			uint32_t mlen = proto_get_u32(f->chdr + 1);
+
+			f->chlen = 0;
+			f->cleft = mlen >= 4 ? mlen - 4 : 0;
+			count(f, f->chdr[0]);
+		}
+	}
+	/* A header cut here already went out: the framer cannot hold that message. */
+	f->cforwarded = f->chlen > 0;
+}
+
+/* A server header is complete: ReadyForQuery count and the batch's error state. */
+static void server_note(struct gframe *f, uint8_t type)
+{
+	if (type == 'Z') {
+		f->zs++;
+		f->serr = false;
+	} else if (type == 'E') {
+		f->serr = true;
+	}
+}
+
+/* Server headers only: the fast path when no error waits. */
+static void server_scan(struct gframe *f, const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n && !f->sblind) {
+		if (f->sleft > 0) {
+			size_t take = f->sleft < n - i ? f->sleft : n - i;
+
+			f->sleft -= (uint32_t)take;
+			i += take;
+			continue;
+		}
+		f->shdr[f->shlen++] = p[i++];
+		if (f->shlen == 5) {
+			uint32_t mlen = proto_get_u32(f->shdr + 1);
+
+			f->shlen = 0;
+			f->scut = false;
+			if (mlen < 4)
+				f->sblind = true;
+			f->sleft = mlen >= 4 ? mlen - 4 : 0;
+			server_note(f, f->shdr[0]);
+		}
+	}
+	/* The start of this header went out: nothing can go in front of it any more. */
+	if (f->shlen > 0)
+		f->scut = true;
+}
+
+/*
+ * A whole server header sits in shdr (its first sheld bytes held back from
+ * earlier reads). Puts waiting errors in front of it, or drops it when our
+ * error replaces it. *drop: the header is not to be sent.
+ */
+static bool server_header(struct gframe *f, bool *drop)
+{
+	uint8_t type = f->shdr[0];
+	struct gframe_error *e = f->errors;
+	bool sent = false;
+
+	*drop = false;
+	if (f->scut) {
+		/* Its first bytes went out before an error waited: it can only pass. */
+		f->scut = false;
+		server_note(f, type);
+		return true;
+	}
+	if (type == 'E' && e && e->replace && e->sync == f->zs + 1 && !f->serr) {
+		/* The server's complaint about the bytes we spoiled: ours says why. */
+		f->errors = e->next;
+		sent = to_client(f, e->msg, e->len);
+		free(e);
+		if (!sent)
+			return false;
+		f->serr = true;
+		f->sdrop = f->sleft > 0;
+		*drop = true;
+		return true;
+	}
+	if (type == 'Z') {
+		/* Every error of this batch goes now; the first one shows unless the server erred. */
+		while ((e = f->errors) != NULL && e->sync <= f->zs + 1) {
+			f->errors = e->next;
+			if (!f->serr && !sent && e->sync == f->zs + 1) {
+				sent = true;
+				if (!to_client(f, e->msg, e->len)) {
+					free(e);
+					return false;
+				}
+			}
+			free(e);
+		}
+	}
+	server_note(f, type);
+	return true;
+}
+
+bool gframe_server(struct gframe *f, const uint8_t *p, size_t n)
+{
+	size_t i = 0, emit = 0;
+
+	if (!gframe_busy(f) || f->sblind) {
+		server_scan(f, p, n);
+		return to_client(f, p, n);
+	}
+	while (i < n) {
+		size_t take, start;
+		uint32_t mlen;
+		bool drop;
+
+		if (f->sleft > 0) {
+			take = f->sleft < n - i ? f->sleft : n - i;
+			if (f->sdrop) {
+				if (!to_client(f, p + emit, i - emit))
+					return false;
+				emit = i + take;
+			}
+			f->sleft -= (uint32_t)take;
+			i += take;
+			if (f->sleft == 0)
+				f->sdrop = false;
+			continue;
+		}
+		/* A header: keep a partial one back, so that an error can still go before it. */
+		start = i;
+		take = 5u - f->shlen < n - i ? 5u - f->shlen : n - i;
+		memcpy(f->shdr + f->shlen, p + i, take);
+		f->shlen += (uint8_t)take;
+		i += take;
+		if (f->shlen < 5) {
+			if (f->scut) /* its first bytes went out already: these follow them */
+				break;
+			if (!to_client(f, p + emit, start - emit))
+				return false;
+			f->sheld = f->shlen;
+			emit = n;
+			break;
+		}
+		f->shlen = 0;
+		mlen = proto_get_u32(f->shdr + 1);
+		if (mlen < 4) {
+			f->sblind = true;
+			mlen = 4;
+		}
+		f->sleft = mlen - 4;
+		if (!to_client(f, p + emit, start - emit))
+			return false;
+		emit = start;
+		if (!server_header(f, &drop))
+			return false;
+		if (drop)
+			emit = i;
+		else if (!to_client(f, f->shdr, f->sheld))
+			return false;
+		f->sheld = 0;
+		if (f->sblind) {
+			server_scan(f, p + i, n - i);
+			break;
+		}
+	}
+	return to_client(f, p + emit, n - emit);
+}
