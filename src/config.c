@@ -5,9 +5,16 @@
  * reader) so every problem names its line, and we keep going after a problem
  * so --check and a failed reload report all of them at once. Nothing here
  * touches the event loop: a reload calls config_load() on a worker thread.
+ *
+ * A typo must never quietly change where tenants go, so anything that would
+ * change the ring without saying so is an error: a cluster section without
+ * hosts (even an empty one), a section given twice, an unknown section or
+ * key, a host listed twice or shared by two clusters.
  */
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -25,6 +32,9 @@
 #include "ring.h"
 
 #define MAX_REPORTED 50
+/* inih (ini.c's MAX_SECTION) passes the handler only this much of a section name. */
+#define INIH_SECTION_KEPT ((size_t)49)
+#define CLUSTER_NAME_MAX  (INIH_SECTION_KEPT - sizeof("cluster.") + 1)
 
 struct inline_pin {
 	char *tenant;  /* owned */
@@ -32,11 +42,40 @@ struct inline_pin {
 	int line;
 };
 
+/* A "[name]" line, as the reader saw it. */
+struct header {
+	char *name; /* owned; whole (inih keeps only the first 49 bytes) */
+	int line;
+};
+
+/* One entry of a cluster's hosts, to find a host listed twice. */
+struct host_ref {
+	char *canon;	  /* owned; an address in canonical form or a name in lower case */
+	const char *host; /* borrowed: clusters[cluster].hosts[], as written */
+	uint16_t port;
+	size_t cluster;
+	int line;
+	size_t seq; /* file order */
+	/* Set when an earlier entry has the same host and port: */
+	bool dup;
+	size_t first_cluster;
+	int first_line;
+};
+
 struct loader {
 	struct config *c;
 	const char *path;
 	FILE *f;
 	int line;
+	/* Section headers in file order; the last one is the current section. */
+	struct header *headers;
+	size_t nheaders;
+	bool section_ok;    /* false: refused at its header, its keys are skipped */
+	size_t cur_cluster; /* index in c->clusters when in a [cluster.NAME] */
+	bool after_key;	    /* the handler ran since the last header (see note_header) */
+	int skip_line;	    /* a line already refused by note_header(), or 0 */
+	struct host_ref *hrefs;
+	size_t nhrefs, hrefcap;
 	/* Problems, one per line, in a growing buffer. */
 	char *errs;
 	size_t errlen, errcap;
@@ -231,11 +270,12 @@ static size_t split_list(char *s, char **items, size_t max)
 	return n;
 }
 
+/* Letters, digits, '_' and '-'; the length is checked by section_start(). */
 static bool valid_cluster_name(const char *s)
 {
 	size_t n = strlen(s);
 
-	if (n == 0 || n > 63)
+	if (n == 0)
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		char ch = s[i];
@@ -272,17 +312,26 @@ static struct cluster_cfg *get_cluster(struct loader *L, const char *name)
 	return nc;
 }
 
+static bool was_set(const struct loader *L, const char *section, const char *key)
+{
+	size_t sl = strlen(section);
+
+	for (size_t i = 0; i < L->nseen; i++) {
+		if (strncmp(L->seen[i], section, sl) == 0 && L->seen[i][sl] == '\n' &&
+		    strcmp(L->seen[i] + sl + 1, key) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* Records section+key; false if it was already set. */
 static bool first_time(struct loader *L, const char *section, const char *key)
 {
 	size_t sl = strlen(section), kl = strlen(key);
 	char *k, **ns;
 
-	for (size_t i = 0; i < L->nseen; i++) {
-		if (strncmp(L->seen[i], section, sl) == 0 && L->seen[i][sl] == '\n' &&
-		    strcmp(L->seen[i] + sl + 1, key) == 0)
-			return false;
-	}
+	if (was_set(L, section, key))
+		return false;
 	k = malloc(sl + kl + 2);
 	ns = realloc(L->seen, (L->nseen + 1) * sizeof(*ns));
 	if (k == NULL || ns == NULL) {
@@ -612,22 +661,59 @@ static void health_key(struct loader *L, const char *key, const char *value)
 	}
 }
 
+/*
+ * Canonical spelling of a host for comparison: one address has many IPv6
+ * spellings ("::1", "0:0::1"), and names are case-insensitive. Names are not
+ * resolved, so "localhost" and "127.0.0.1" stay different.
+ */
+static char *canon_host(const char *host)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	char buf[INET6_ADDRSTRLEN];
+	char *p;
+
+	if (inet_pton(AF_INET6, host, addr) == 1 && inet_ntop(AF_INET6, addr, buf, sizeof(buf)))
+		return strdup(buf);
+	p = strdup(host);
+	for (char *q = p; q && *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	return p;
+}
+
+/* Notes one parsed host of the current cluster for validate_hosts(). */
+static void add_host_ref(struct loader *L, const struct host_port *hp)
+{
+	struct host_ref *r;
+
+	if (L->nhrefs == L->hrefcap) {
+		size_t cap = L->hrefcap ? L->hrefcap * 2 : 16;
+
+		r = realloc(L->hrefs, cap * sizeof(*r));
+		if (r == NULL) {
+			L->oom = true;
+			return;
+		}
+		L->hrefs = r;
+		L->hrefcap = cap;
+	}
+	r = &L->hrefs[L->nhrefs];
+	*r = (struct host_ref){.host = hp->host,
+			       .port = hp->port,
+			       .cluster = L->cur_cluster,
+			       .line = L->line,
+			       .seq = L->nhrefs};
+	r->canon = canon_host(hp->host);
+	if (r->canon == NULL) {
+		L->oom = true;
+		return;
+	}
+	L->nhrefs++;
+}
+
 static void cluster_key(struct loader *L, const char *section, const char *key, const char *value)
 {
-	const char *name = section + strlen("cluster.");
-	struct cluster_cfg *cl;
+	struct cluster_cfg *cl = &L->c->clusters[L->cur_cluster];
 
-	if (!valid_cluster_name(name)) {
-		problem(L, L->line,
-			"[%s]: cluster names are 1 to 63 letters, digits, '_' or '-'", section);
-		return;
-	}
-	cl = get_cluster(L, name);
-	if (cl == NULL) {
-		problem(L, L->line, "[%s]: too many clusters (at most %d)", section,
-			CONFIG_MAX_CLUSTERS);
-		return;
-	}
 	if (strcmp(key, "hosts") == 0) {
 		char buf[2048], *items[CONFIG_MAX_HOSTS];
 		size_t n;
@@ -648,7 +734,7 @@ static void cluster_key(struct loader *L, const char *section, const char *key, 
 				problem(L, L->line, "[%s] hosts: \"%s\" is not HOST:PORT", section,
 					items[i]);
 			else
-				cl->nhosts++;
+				add_host_ref(L, &cl->hosts[cl->nhosts++]);
 		}
 	} else if (strcmp(key, "weight") == 0) {
 		set_uint(L, section, key, value, 1, 1000, &cl->weight);
@@ -701,32 +787,195 @@ static void pins_key(struct loader *L, const char *key, const char *value)
 	L->npins++;
 }
 
+/* The section a key line belongs to, "" before the first header. */
+static const char *cur_section(const struct loader *L)
+{
+	return L->nheaders ? L->headers[L->nheaders - 1].name : "";
+}
+
+static bool is_known_section(const char *name)
+{
+	static const char *const fixed[] = {"router", "auth", "health", "ring", "pins"};
+
+	for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
+		if (strcmp(name, fixed[i]) == 0)
+			return true;
+	}
+	return strncmp(name, "cluster.", 8) == 0;
+}
+
+/*
+ * A "[name]" header at L->line; takes name. Each section is checked here
+ * once, so a bad header is one problem rather than one per key, and an empty
+ * section is checked at all. A cluster exists from its header on: validate()
+ * then finds a [cluster.NAME] without hosts instead of a ring without it.
+ */
+static void section_start(struct loader *L, char *name)
+{
+	struct header *h = realloc(L->headers, (L->nheaders + 1) * sizeof(*h));
+	const char *cname;
+	int idx;
+
+	L->after_key = false;
+	L->section_ok = false;
+	if (h == NULL) {
+		free(name);
+		L->oom = true;
+		return;
+	}
+	L->headers = h;
+	L->headers[L->nheaders++] = (struct header){name, L->line};
+	if (!is_known_section(name)) {
+		problem(L, L->line,
+			"[%s]: unknown section (sections are router, auth, health, ring, pins and "
+			"cluster.NAME)",
+			name);
+		return;
+	}
+	for (size_t i = 0; i + 1 < L->nheaders; i++) {
+		if (strcmp(L->headers[i].name, name) == 0) {
+			problem(L, L->line, "[%s]: section given twice (first at line %d)", name,
+				L->headers[i].line);
+			return;
+		}
+	}
+	if (strncmp(name, "cluster.", 8) != 0) {
+		L->section_ok = true;
+		return;
+	}
+	cname = name + strlen("cluster.");
+	if (!valid_cluster_name(cname)) {
+		problem(L, L->line, "[%s]: cluster names are 1 to %zu letters, digits, '_' or '-'",
+			name, CLUSTER_NAME_MAX);
+		return;
+	}
+	/*
+	 * inih hands the handler the name cut short, so a long name has always
+	 * meant its first bytes, and the ring hashes names: using the whole
+	 * name now would move the cluster's tenants. Refuse it instead.
+	 */
+	if (strlen(cname) > CLUSTER_NAME_MAX) {
+		problem(L, L->line,
+			"[%s]: cluster names are at most %zu characters (the INI parser keeps only "
+			"[%.*s])",
+			name, CLUSTER_NAME_MAX, (int)INIH_SECTION_KEPT, name);
+		return;
+	}
+	if (L->c->nclusters == CONFIG_MAX_CLUSTERS) {
+		problem(L, L->line, "[%s]: too many clusters (at most %d)", name,
+			CONFIG_MAX_CLUSTERS);
+		return;
+	}
+	if (get_cluster(L, cname) == NULL) {
+		L->oom = true;
+		return;
+	}
+	idx = config_cluster_index(L->c, cname);
+	TR_ASSERT(idx >= 0);
+	L->cur_cluster = (size_t)idx;
+	L->section_ok = true;
+}
+
 static int handler(void *user, const char *section, const char *key, const char *value)
 {
 	struct loader *L = user;
+	const char *sec = cur_section(L);
 
-	if (strcmp(section, "pins") != 0 && !first_time(L, section, key)) {
-		problem(L, L->line, "[%s] %s: set twice", section, key);
+	/* inih continues only a named key's value (its prev_name). */
+	L->after_key = key[0] != '\0';
+	/*
+	 * inih's copy of the name is ours, or its first bytes for a long one.
+	 * Any other difference means note_header() read a line otherwise than
+	 * inih did, and this key could land in the wrong section: refuse it.
+	 */
+	if (strcmp(sec, section) != 0 &&
+	    (strlen(section) < INIH_SECTION_KEPT || strncmp(sec, section, strlen(section)) != 0)) {
+		problem(L, L->line, "[%s] %s: cannot tell which section this line is in", section,
+			key);
 		return 1;
 	}
-	if (strcmp(section, "router") == 0)
+	if (L->line == L->skip_line)
+		return 1; /* reported by note_header() */
+	if (L->nheaders == 0) {
+		problem(L, L->line, "%s: setting before the first [section]", key);
+		return 1;
+	}
+	if (!L->section_ok)
+		return 1; /* reported at its header */
+	if (strcmp(sec, "pins") != 0 && !first_time(L, sec, key)) {
+		problem(L, L->line, "[%s] %s: set twice", sec, key);
+		return 1;
+	}
+	if (strcmp(sec, "router") == 0)
 		router_key(L, key, value);
-	else if (strcmp(section, "auth") == 0)
+	else if (strcmp(sec, "auth") == 0)
 		auth_key(L, key, value);
-	else if (strcmp(section, "health") == 0)
+	else if (strcmp(sec, "health") == 0)
 		health_key(L, key, value);
-	else if (strcmp(section, "ring") == 0 && strcmp(key, "vnodes") == 0)
+	else if (strcmp(sec, "ring") == 0 && strcmp(key, "vnodes") == 0)
 		set_uint(L, "ring", key, value, 1, RING_MAX_VNODES, &L->c->vnodes);
-	else if (strcmp(section, "ring") == 0)
+	else if (strcmp(sec, "ring") == 0)
 		problem(L, L->line, "[ring] %s: unknown setting", key);
-	else if (strncmp(section, "cluster.", 8) == 0)
-		cluster_key(L, section, key, value);
-	else if (strcmp(section, "pins") == 0)
-		pins_key(L, key, value);
+	else if (strncmp(sec, "cluster.", 8) == 0)
+		cluster_key(L, sec, key, value);
 	else
-		problem(L, L->line, "[%s]: unknown section", section);
+		pins_key(L, key, value);
 	/* We report our own problems; a 0 here would only add a vaguer one. */
 	return 1;
+}
+
+/*
+ * inih calls the handler only for key lines, so an empty section never
+ * reaches it (INI_CALL_HANDLER_ON_NEW_SECTION would, but that is fixed when
+ * the library is built, and Debian's is built without it), and it cuts section
+ * names at 49 bytes, which quietly renames a long cluster. The reader
+ * sees every line just before inih does, so it notes headers itself, by
+ * inih's rules: after blanks (and a UTF-8 BOM on line 1) a '[', then the name
+ * up to the first ']' unless an inline comment (" ;") comes first; and an
+ * indented line after a key continues that key's value instead. A separate
+ * pre-scan of the file would need the same rules and a second read.
+ */
+static void note_header(struct loader *L, const char *line)
+{
+	const char *s = line, *e, *rest;
+	bool was_space = false;
+	char *name;
+
+	if (INI_ALLOW_BOM && L->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3;
+	while (isspace((unsigned char)*s))
+		s++;
+	if (*s != '[')
+		return;
+	if (INI_ALLOW_MULTILINE && L->after_key && s > line) {
+		/* Never a value we take: our keys are one line each. */
+		problem(L, L->line,
+			"an indented line continues the value above, so this is not a section "
+			"header: remove the indentation");
+		L->skip_line = L->line;
+		return;
+	}
+	for (e = s + 1; *e != '\0' && *e != ']'; e++) {
+		if (INI_ALLOW_INLINE_COMMENTS && was_space &&
+		    strchr(INI_INLINE_COMMENT_PREFIXES, *e))
+			return; /* no ']': inih's syntax error, the section goes on */
+		was_space = isspace((unsigned char)*e);
+	}
+	if (*e != ']')
+		return;
+	name = strndup(s + 1, (size_t)(e - s - 1));
+	if (name == NULL) {
+		L->oom = true;
+		return;
+	}
+	/* inih ignores the rest of the line; only a comment may be there. */
+	for (rest = e + 1; isspace((unsigned char)*rest); rest++)
+		;
+	if (*rest != '\0' && !strchr(INI_START_COMMENT_PREFIXES INI_INLINE_COMMENT_PREFIXES, *rest))
+		problem(L, L->line,
+			"[%s]: text after ']' is ignored: put settings on lines of their own",
+			name);
+	section_start(L, name);
 }
 
 /* fgets() for inih that counts lines and refuses lines inih would cut. */
@@ -747,6 +996,7 @@ static char *reader(char *str, int num, void *stream)
 			;
 		str[0] = '\0';
 	}
+	note_header(L, str);
 	return str;
 }
 
@@ -770,6 +1020,80 @@ static void set_defaults(struct config *c)
 	c->guard_max_statement = 1u << 20;
 	c->guard_max_held = 64u << 20;
 	c->auth_type = AUTH_SCRAM;
+}
+
+/* Line of the first "[name]" header, or 0. */
+static int header_line(const struct loader *L, const char *name)
+{
+	for (size_t i = 0; i < L->nheaders; i++) {
+		if (strcmp(L->headers[i].name, name) == 0)
+			return L->headers[i].line;
+	}
+	return 0;
+}
+
+static int host_ref_by_host(const void *a, const void *b)
+{
+	const struct host_ref *x = a, *y = b;
+	int d = strcmp(x->canon, y->canon);
+
+	if (d != 0)
+		return d;
+	if (x->port != y->port)
+		return x->port < y->port ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static int host_ref_by_seq(const void *a, const void *b)
+{
+	const struct host_ref *x = a, *y = b;
+
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/*
+ * A host listed twice in one cluster is a typo; one shared by two clusters
+ * makes them one server under two names, so tenants "moved" between them
+ * would not move. Sorting finds both in n log n even for thousands of hosts;
+ * the second sort reports them in file order.
+ */
+static void validate_hosts(struct loader *L)
+{
+	struct config *c = L->c;
+	size_t first = 0;
+
+	if (L->nhrefs < 2)
+		return; /* and qsort() must not see a NULL array */
+	qsort(L->hrefs, L->nhrefs, sizeof(*L->hrefs), host_ref_by_host);
+	for (size_t i = 1; i < L->nhrefs; i++) {
+		struct host_ref *f = &L->hrefs[first], *r = &L->hrefs[i];
+
+		if (strcmp(f->canon, r->canon) != 0 || f->port != r->port) {
+			first = i;
+			continue;
+		}
+		r->dup = true;
+		r->first_cluster = f->cluster;
+		r->first_line = f->line;
+	}
+	qsort(L->hrefs, L->nhrefs, sizeof(*L->hrefs), host_ref_by_seq);
+	for (size_t i = 0; i < L->nhrefs; i++) {
+		const struct host_ref *r = &L->hrefs[i];
+		const char *name = c->clusters[r->cluster].name;
+		bool v6 = strchr(r->host, ':') != NULL;
+
+		if (!r->dup)
+			continue;
+		if (r->first_cluster == r->cluster)
+			problem(L, r->line, "[cluster.%s] hosts: %s%s%s:%u is listed twice", name,
+				v6 ? "[" : "", r->host, v6 ? "]" : "", r->port);
+		else
+			problem(L, r->line,
+				"[cluster.%s] hosts: %s%s%s:%u is also a host of [cluster.%s] "
+				"(line %d): two clusters cannot share a server",
+				name, v6 ? "[" : "", r->host, v6 ? "]" : "", r->port,
+				c->clusters[r->first_cluster].name, r->first_line);
+	}
 }
 
 static void validate(struct loader *L)
@@ -822,12 +1146,20 @@ static void validate(struct loader *L)
 			problem(L, 0, "[auth] auth_file: %s", uerr);
 	}
 	for (size_t i = 0; i < c->nclusters; i++) {
-		if (c->clusters[i].nhosts == 0)
-			problem(L, 0, "[cluster.%s] hosts: missing", c->clusters[i].name);
+		char sec[80];
+
+		snprintf(sec, sizeof(sec), "cluster.%s", c->clusters[i].name);
+		/* Given but unusable hosts were reported where they stand. */
+		if (c->clusters[i].nhosts == 0 && !was_set(L, sec, "hosts"))
+			problem(L, header_line(L, sec),
+				"[%s] hosts: missing (every cluster needs hosts; to remove a "
+				"cluster, delete its section)",
+				sec);
 		if ((uint64_t)c->clusters[i].weight * c->vnodes > RING_MAX_VNODES)
-			problem(L, 0, "[cluster.%s] weight: weight * vnodes must be at most %u",
-				c->clusters[i].name, RING_MAX_VNODES);
+			problem(L, 0, "[%s] weight: weight * vnodes must be at most %u", sec,
+				RING_MAX_VNODES);
 	}
+	validate_hosts(L);
 }
 
 static void build_placement(struct loader *L)
@@ -1024,6 +1356,12 @@ done:
 	for (size_t i = 0; i < L.nseen; i++)
 		free(L.seen[i]);
 	free(L.seen);
+	for (size_t i = 0; i < L.nheaders; i++)
+		free(L.headers[i].name);
+	free(L.headers);
+	for (size_t i = 0; i < L.nhrefs; i++)
+		free(L.hrefs[i].canon);
+	free(L.hrefs);
 	for (size_t i = 0; i < L.npins; i++) {
 		free(L.pins[i].tenant);
 		free(L.pins[i].cluster);

@@ -30,17 +30,22 @@ def test_topology_first_host_down_uses_next(make_router, clusters):
 @pytest.mark.timeout(120)
 def test_topology_standby_is_not_the_writer(make_router, clusters, standby):
     a = clusters["a"]
+    # Two clusters may not share a host, so c and d each get a router of their own.
     r = make_router(overrides={
         "cluster.c": {"hosts": f"127.0.0.1:{standby.port}", "weight": "1"},
-        "cluster.d": {"hosts": f"127.0.0.1:{standby.port}, 127.0.0.1:{a.port}", "weight": "1"},
-        "pins": {"pin-c": "c", "pin-d": "d"}})
+        "pins": {"pin-c": "c"}})
     # Only a standby: no writer, so refused with 57P03 naming c.
     with rawpg.RawConn(r.port) as c:
         c.send(rawpg.startup_packet([("user", "app"), ("database", "appdb"),
                                      ("app.tenant_id", "pin-c")]))
         f = rawpg.assert_refusal(c, "57P03")
     assert " c" in f["M"] or '"c"' in f["M"], f
-    # Standby listed first, primary second: the primary is the writer.
+    # Standby listed first, primary second: the primary is the writer (d replaces a, which
+    # would share the primary).
+    r = make_router(overrides={
+        "cluster.a": None,
+        "cluster.d": {"hosts": f"127.0.0.1:{standby.port}, 127.0.0.1:{a.port}", "weight": "1"},
+        "pins": {"pin-d": "d"}})
     with r.connect("pin-d") as conn:
         port, rec = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
     assert (port, rec) == (a.port, False)

@@ -166,9 +166,11 @@ static void test_config_reports_every_problem(void **state)
 		 "%1$s:7: [health] conninfo: remove host=, hosts and ports come from each "
 		 "[cluster.NAME] hosts\n"
 		 "%1$s:9: [cluster.a] weight: \"0\" is not a whole number from 1 to 1000\n"
-		 "%1$s:13: [weird]: unknown section\n"
+		 "%1$s:12: [weird]: unknown section (sections are router, auth, health, ring, "
+		 "pins and cluster.NAME)\n"
 		 "%1$s:11: [pins] 7: unknown cluster \"zz\"\n"
-		 "%1$s: [cluster.a] hosts: missing\n",
+		 "%1$s:8: [cluster.a] hosts: missing (every cluster needs hosts; to remove a "
+		 "cluster, delete its section)\n",
 		 path);
 	assert_string_equal(err, want);
 }
@@ -185,6 +187,177 @@ static void test_config_duplicates_and_syntax(void **state)
 	assert_non_null(strstr(err, ":3: [router] max_client_conn: set twice\n"));
 	assert_non_null(strstr(err, ":4: syntax error"));
 }
+
+/* Lines in a report. */
+static size_t count_lines(const char *s)
+{
+	size_t n = 0;
+
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+#define A "[cluster.a]\nhosts = 127.0.0.1:5433\n" /* lines 1-2 */
+
+/*
+ * Typos that would change where tenants go without a word. Each must be
+ * refused with exactly the listed problems (one line each, naming line,
+ * section and key), and nothing else.
+ */
+static void test_config_typos_refused(void **state)
+{
+	static const struct {
+		const char *ini;
+		const char *want[3];
+	} cases[] = {
+		/* A cluster section without hosts, however it comes about. */
+		{A "[cluster.b]\n", {":3: [cluster.b] hosts: missing (every cluster needs hosts; "
+				     "to remove a cluster, delete its section)\n"}},
+		{"[cluster.b]\n" A, {":1: [cluster.b] hosts: missing ("}},
+		{A "[cluster.b]\n# hosts = 127.0.0.1:5434\n\n",
+		 {":3: [cluster.b] hosts: missing ("}},
+		{A "[cluster.b]\nweight = 2\n", {":3: [cluster.b] hosts: missing ("}},
+		{A "[cluster.b]\nserver_tls_mode = disable\n",
+		 {":3: [cluster.b] hosts: missing ("}},
+		{A "[cluster.b]\nhost = 127.0.0.1:5434\n",
+		 {":4: [cluster.b] host: unknown setting\n", ":3: [cluster.b] hosts: missing ("}},
+		/* The same section or key twice. */
+		{A "[cluster.a]\n", {":3: [cluster.a]: section given twice (first at line 1)\n"}},
+		{A "[cluster.b]\nhosts = 127.0.0.1:5434\n[cluster.a]\nweight = 5\n",
+		 {":5: [cluster.a]: section given twice (first at line 1)\n"}},
+		{"[router]\nmax_client_conn = 5\n" A "[router]\nthreads = 2\n",
+		 {":5: [router]: section given twice (first at line 1)\n"}},
+		{A "hosts = 127.0.0.1:5434\n", {":3: [cluster.a] hosts: set twice\n"}},
+		/* Weights and vnodes. */
+		{A "weight = 0\n", {":3: [cluster.a] weight: \"0\" is not a whole number from 1 to "
+				   "1000\n"}},
+		{A "weight = -1\n", {":3: [cluster.a] weight: \"-1\" is not a whole number"}},
+		{A "weight = abc\n", {":3: [cluster.a] weight: \"abc\" is not a whole number"}},
+		{A "weight = 1.5\n", {":3: [cluster.a] weight: \"1.5\" is not a whole number"}},
+		{A "weight = 2x\n", {":3: [cluster.a] weight: \"2x\" is not a whole number"}},
+		{A "weight =\n", {":3: [cluster.a] weight: \"\" is not a whole number"}},
+		{A "weight = 1001\n", {":3: [cluster.a] weight: \"1001\" is not a whole number"}},
+		{"[ring]\nvnodes = 0\n" A,
+		 {":2: [ring] vnodes: \"0\" is not a whole number from 1 to "}},
+		{"[ring]\nvnodes = -5\n" A, {":2: [ring] vnodes: \"-5\" is not a whole number"}},
+		/* Unknown keys, in every section. */
+		{"[ring]\nvnode = 64\n" A, {":2: [ring] vnode: unknown setting\n"}},
+		{"[router]\nlisten_addr = x\n" A, {":2: [router] listen_addr: unknown setting\n"}},
+		{"[health]\nintervall = 1s\n" A, {":2: [health] intervall: unknown setting\n"}},
+		{"[auth]\nauthtype = md5\n" A, {":2: [auth] authtype: unknown setting\n"}},
+		{A "Hosts = 127.0.0.1:5434\n", {":3: [cluster.a] Hosts: unknown setting\n"}},
+		{"vnodes = 64\n" A, {":1: vnodes: setting before the first [section]\n"}},
+		/* Section names that are not ours, with keys or without. */
+		{A "[cluster]\nhosts = 127.0.0.1:5434\n",
+		 {":3: [cluster]: unknown section (sections are router, auth, health, ring, pins "
+		  "and cluster.NAME)\n"}},
+		{A "[clusters.b]\nhosts = 127.0.0.1:5434\n", {":3: [clusters.b]: unknown section"}},
+		{A "[Cluster.b]\n", {":3: [Cluster.b]: unknown section"}},
+		{A "[ cluster.b ]\nhosts = 127.0.0.1:5434\n",
+		 {":3: [ cluster.b ]: unknown section"}},
+		{A "[rings]\n", {":3: [rings]: unknown section"}},
+		{A "[cluster.]\n", {":3: [cluster.]: cluster names are 1 to 41 letters, digits, "
+				   "'_' or '-'\n"}},
+		{A "[cluster.b c]\nhosts = 127.0.0.1:5434\n", {":3: [cluster.b c]: cluster names"}},
+		{A "[cluster.b] hosts = 127.0.0.1:5434\n",
+		 {":3: [cluster.b]: text after ']' is ignored: put settings on lines of their "
+		  "own\n",
+		  ":3: [cluster.b] hosts: missing ("}},
+		/* inih would keep only [cluster.] and 41 x: a silent rename. */
+		{A "[cluster.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]\nhosts = 127.0.0.1:5434\n",
+		 {":3: [cluster.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]: cluster names are at "
+		  "most 41 characters (the INI parser keeps only "
+		  "[cluster.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx])\n"}},
+		/* An indented header after a key continues that key's value (inih's rule). */
+		{A "  [cluster.b]\nhosts = 127.0.0.1:5434\n",
+		 {":3: an indented line continues the value above, so this is not a section "
+		  "header: remove the indentation\n",
+		  ":4: [cluster.a] hosts: set twice\n"}},
+		/* A host twice in one cluster, or in two. */
+		{"[cluster.a]\nhosts = 127.0.0.1:5433, 127.0.0.1:5433\n",
+		 {":2: [cluster.a] hosts: 127.0.0.1:5433 is listed twice\n"}},
+		{"[cluster.a]\nhosts = db, DB:5432\n", {":2: [cluster.a] hosts: DB:5432 is listed "
+							"twice\n"}},
+		{"[cluster.a]\nhosts = [::1]:5433, [0:0::1]:5433\n",
+		 {":2: [cluster.a] hosts: [0:0::1]:5433 is listed twice\n"}},
+		{A "[cluster.b]\nhosts = 127.0.0.1:5434, 127.0.0.1:5433\n",
+		 {":4: [cluster.b] hosts: 127.0.0.1:5433 is also a host of [cluster.a] (line 2): "
+		  "two clusters cannot share a server\n"}},
+		{A "[cluster.b]\nhosts = 127.0.0.2:1\n[cluster.c]\nhosts = 127.0.0.1:5433\n",
+		 {":6: [cluster.c] hosts: 127.0.0.1:5433 is also a host of [cluster.a] (line 2)"}},
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		char err[4096];
+		size_t nwant = 0;
+
+		assert_null(config_load(write_file("typo.ini", cases[i].ini), err, sizeof(err)));
+		for (; nwant < ARRAY_SIZE(cases[i].want) && cases[i].want[nwant]; nwant++) {
+			if (strstr(err, cases[i].want[nwant]) == NULL)
+				fail_msg("case %zu: no \"%s\" in:\n%s", i, cases[i].want[nwant],
+					 err);
+		}
+		if (count_lines(err) != nwant)
+			fail_msg("case %zu: %zu problems expected, got:\n%s", i, nwant, err);
+	}
+}
+
+/* Every typo in one file is reported, each on its own line, in one load. */
+static void test_config_typos_all_reported(void **state)
+{
+	char err[4096];
+	const char *path = write_file("many.ini", A "[cluster.b]\n"
+						    "[cluster.c]\nweight = 0\n"
+						    "[clusters.d]\nhosts = 127.0.0.1:1\n"
+						    "[cluster.a]\n"
+						    "[cluster.e]\nhosts = 127.0.0.1:5433\n");
+
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, ":5: [cluster.c] weight: \"0\" is not a whole number"));
+	assert_non_null(strstr(err, ":6: [clusters.d]: unknown section"));
+	assert_non_null(strstr(err, ":8: [cluster.a]: section given twice (first at line 1)\n"));
+	assert_non_null(strstr(err, ":3: [cluster.b] hosts: missing ("));
+	assert_non_null(strstr(err, ":4: [cluster.c] hosts: missing ("));
+	assert_non_null(strstr(err, ":10: [cluster.e] hosts: 127.0.0.1:5433 is also a host of "
+				    "[cluster.a] (line 2)"));
+	assert_int_equal(count_lines(err), 6);
+}
+
+/* What the new checks must still let through. */
+static void test_config_typo_checks_accept(void **state)
+{
+	static const struct {
+		const char *ini;
+		size_t nclusters;
+		const char *last; /* name of the last cluster */
+	} cases[] = {
+		{"\xEF\xBB\xBF" A, 1, "a"},				   /* a UTF-8 BOM */
+		{"[cluster.a] ; the main one\nhosts = 127.0.0.1:5433\n", 1, "a"}, /* a comment */
+		{"  [cluster.a]\nhosts = 127.0.0.1:5433\n", 1, "a"}, /* indented, not after a key */
+		{A "\n; [cluster.b]\n# [cluster.c]\n", 1, "a"},	/* commented-out sections */
+		{A "[pins]\n[ring]\n[router]\n[health]\n[auth]\n", 1, "a"}, /* empty known ones */
+		/* 41 characters, the most */
+		{A "[cluster.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]\nhosts = 127.0.0.1:5434\n",
+		 2, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},
+		/* Same address, other port; same port, other address. */
+		{A "[cluster.b]\nhosts = 127.0.0.1:5434, 127.0.0.2:5433\n", 2, "b"},
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		char err[4096];
+		struct config *c;
+
+		c = config_load(write_file("ok.ini", cases[i].ini), err, sizeof(err));
+		if (c == NULL)
+			fail_msg("case %zu refused:\n%s", i, err);
+		assert_int_equal(c->nclusters, cases[i].nclusters);
+		assert_string_equal(c->clusters[c->nclusters - 1].name, cases[i].last);
+		config_unref(c);
+	}
+}
+
+#undef A
 
 static void test_config_no_cluster(void **state)
 {
@@ -374,6 +547,9 @@ int main(void)
 		cmocka_unit_test(test_config_all_keys),
 		cmocka_unit_test(test_config_reports_every_problem),
 		cmocka_unit_test(test_config_duplicates_and_syntax),
+		cmocka_unit_test(test_config_typos_refused),
+		cmocka_unit_test(test_config_typos_all_reported),
+		cmocka_unit_test(test_config_typo_checks_accept),
 		cmocka_unit_test(test_config_no_cluster),
 		cmocka_unit_test(test_config_missing_file),
 		cmocka_unit_test(test_config_pin_conflicts),
