@@ -1,13 +1,20 @@
 /*
  * health.h - one non-blocking libpq checker per coordinator host.
  *
- * Each checker keeps a persistent connection and runs
- * `SELECT pg_is_in_recovery()` every interval, driven by the event loop
- * (PQconnectStart/PQconnectPoll and PQsendQuery on a uv_poll_t). A host is
- * down after fail_after consecutive failures (at start-up, the first failure
- * already counts as down: nothing is known yet) and up again on the first
- * success. A cluster's writer is its first listed host that is up and not in
- * recovery.
+ * Each checker keeps a persistent connection and probes it every interval,
+ * driven by the event loop (PQconnectStart/PQconnectPoll and PQsendQuery on
+ * a uv_poll_t): pg_is_in_recovery(), a primary's timeline (from
+ * pg_walfile_name(pg_current_wal_lsn())) and the system identifier, in one
+ * round trip. A host is down after fail_after consecutive failures (at
+ * start-up, the first failure already counts as down: nothing is known yet)
+ * and up again on the first success.
+ *
+ * A cluster's writer is its one primary (up, not in recovery), whatever the
+ * host order. A primary behind the highest timeline any host of the cluster
+ * has shown for the same system identifier since the router started is a
+ * stale old primary and is never the writer, even alone. Two or more
+ * primaries left (the same timeline, or different system identifiers) leave
+ * the cluster without a writer until all but one are gone.
  *
  * Checkers are keyed by (cluster, host, port): a reload that keeps a host
  * keeps its checker and its state, so routing never blinks.
@@ -51,9 +58,12 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 
 /*
  * Fills *t with the named cluster's current writer. Returns false if it has
- * none, with the reason in why (for the client's error message). Safe from
- * any thread: the lookup is by name, so a session routing with a config
- * older or newer than the health map still gets the right cluster.
+ * none, with the reason in why (for the client's error message: "two
+ * primaries on the same timeline N: H:P and H:P", a stale primary, all
+ * standbys, hosts down). Safe from any thread: the choice is made on the
+ * health loop and read under the lock, and the lookup is by name, so a
+ * session routing with a config older or newer than the health map still
+ * gets the right cluster.
  */
 bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
 		   size_t whylen);

@@ -13,7 +13,15 @@
  * stop and restart polling on whatever PQsocket() is now, and we always stop
  * polling before libpq closes a socket (PQfinish).
  *
- * This module logs transitions (down with reason, up again), not each probe.
+ * The probe reads, in one round trip, whether the host is in recovery, the
+ * timeline a primary writes on, and the system identifier. A cluster's
+ * writer is chosen from those alone, never from host order (choose_writer):
+ * a primary behind the highest timeline seen in its database is an old
+ * primary restarted after a promotion and is never chosen, and two primaries
+ * that nothing ranks leave the cluster without a writer until one goes.
+ *
+ * This module logs transitions (down with reason, up again, writer choice),
+ * not each probe.
  */
 #include "health.h"
 
@@ -75,8 +83,20 @@ struct checker {
 	uint16_t port;
 	enum health_state state;
 	bool in_recovery;
+	uint32_t tli;	 /* the timeline a primary writes on (0: a standby) */
+	uint64_t sysid;	 /* pg_control_system().system_identifier */
+	uint32_t behind; /* a stale primary: the higher timeline seen in its database; else 0 */
 	bool got_result;
 	bool result_recovery;
+	uint32_t result_tli;
+	uint64_t result_sysid;
+	/*
+	 * The highest timeline this host has shown as a primary of database
+	 * seen_sysid, kept while it is down and across reloads: it is what
+	 * makes an old primary stale after the promoted host goes away too.
+	 */
+	uint64_t seen_sysid;
+	uint32_t seen_tli;
 	uint32_t fails;
 	char why[256];
 	bool have_addr;
@@ -108,6 +128,24 @@ struct cluster_map {
 	char *name; /* owned */
 	size_t n;
 	struct checker *hosts[CONFIG_MAX_HOSTS]; /* borrowed: h->checkers */
+	/* Set by choose_writer() on the health loop, under the write lock. */
+	struct checker *writer; /* borrowed: one of hosts, or NULL */
+	struct checker *tie[2]; /* borrowed: two of the primaries none of which wins */
+	size_t ntie;		/* how many primaries tie (0: no tie) */
+};
+
+/*
+ * What one choose_writer() call changed, logged once the write lock is
+ * released: sessions on other loops wait for that lock, not for our log.
+ */
+struct writer_change {
+	const char *cluster;		/* borrowed: the map's name */
+	struct checker *was, *now;	/* borrowed; was is only compared, never read */
+	struct checker *tie_was[2];	/* borrowed; only compared */
+	struct checker *tie_now[2];	/* borrowed */
+	size_t ntie;
+	struct checker *stale[CONFIG_MAX_HOSTS]; /* borrowed: primaries stale since this call */
+	size_t nstale;
 };
 
 struct health {
@@ -222,13 +260,127 @@ static uint64_t until_next(struct checker *ck)
 	return elapsed >= ck->h->interval_ms ? 0 : ck->h->interval_ms - elapsed;
 }
 
+/* The named cluster's hosts, or NULL (the caller holds the lock, or is the health loop). */
+static struct cluster_map *map_find(struct health *h, const char *cluster)
+{
+	for (size_t i = 0; i < h->nmap; i++) {
+		if (strcmp(h->map[i].name, cluster) == 0)
+			return &h->map[i];
+	}
+	return NULL;
+}
+
+/* Up, not in recovery, with an address to connect to: it could take writes. */
+static bool is_primary(const struct checker *ck)
+{
+	return ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr;
+}
+
+/* The highest timeline any host of m has shown as a primary of database sysid. */
+static uint32_t seen_floor(const struct cluster_map *m, uint64_t sysid)
+{
+	uint32_t top = 0;
+
+	for (size_t i = 0; i < m->n; i++) {
+		const struct checker *ck = m->hosts[i];
+
+		if (ck->seen_sysid == sysid && ck->seen_tli > top)
+			top = ck->seen_tli;
+	}
+	return top;
+}
+
+/*
+ * Picks m's writer from its hosts' states (health loop, under the write
+ * lock) and notes in ch what changed. Timelines rank primaries only within
+ * one database (one system identifier, one WAL history): a promotion moves
+ * the promoted host to a new, higher timeline, so a primary behind the
+ * highest timeline seen there is the old primary restarted without being
+ * demoted. It is stale, even when it is the only primary left, because
+ * everything it accepts is lost to the promoted host's history. Of the
+ * primaries that are not stale exactly one may be the writer; two or more
+ * (the same timeline, or different databases) are a split brain that host
+ * order must not settle, so the cluster gets no writer until one goes.
+ */
+static void choose_writer(struct cluster_map *m, struct writer_change *ch)
+{
+	struct checker *cand[CONFIG_MAX_HOSTS];
+	size_t ncand = 0;
+
+	ch->cluster = m->name;
+	ch->was = m->writer;
+	ch->tie_was[0] = m->tie[0];
+	ch->tie_was[1] = m->tie[1];
+	ch->nstale = 0;
+	for (size_t i = 0; i < m->n; i++) {
+		struct checker *ck = m->hosts[i];
+		uint32_t top;
+
+		if (!is_primary(ck)) {
+			ck->behind = 0;
+			continue;
+		}
+		top = seen_floor(m, ck->sysid);
+		if (ck->tli < top) {
+			if (ck->behind == 0)
+				ch->stale[ch->nstale++] = ck;
+			ck->behind = top;
+			continue;
+		}
+		ck->behind = 0;
+		cand[ncand++] = ck;
+	}
+	m->writer = ncand == 1 ? cand[0] : NULL;
+	m->ntie = ncand > 1 ? ncand : 0;
+	m->tie[0] = ncand > 1 ? cand[0] : NULL;
+	m->tie[1] = ncand > 1 ? cand[1] : NULL;
+	ch->now = m->writer;
+	ch->tie_now[0] = m->tie[0];
+	ch->tie_now[1] = m->tie[1];
+	ch->ntie = m->ntie;
+}
+
+static bool same_pair(struct checker *const a[2], struct checker *const b[2])
+{
+	return (a[0] == b[0] && a[1] == b[1]) || (a[0] == b[1] && a[1] == b[0]);
+}
+
+/* Logs what choose_writer() changed (health loop, without the lock). */
+static void log_change(const struct writer_change *ch)
+{
+	for (size_t i = 0; i < ch->nstale; i++) {
+		const struct checker *ck = ch->stale[i];
+
+		log_error("health: stale primary not chosen cluster=%s host=%s:%u timeline=%u "
+			  "behind=%u; demote it (pg_rewind, or rebuild it as a standby)",
+			  ch->cluster, ck->host, ck->port, ck->tli, ck->behind);
+	}
+	if (ch->tie_now[0] && !same_pair(ch->tie_now, ch->tie_was)) {
+		const struct checker *a = ch->tie_now[0], *b = ch->tie_now[1];
+
+		log_error("health: two primaries cluster=%s hosts=%s:%u,%s:%u timelines=%u,%u%s "
+			  "primaries=%zu; refusing new sessions (57P03) until one is stopped or "
+			  "demoted",
+			  ch->cluster, a->host, a->port, b->host, b->port, a->tli, b->tli,
+			  a->sysid != b->sysid ? " (different databases)" : "", ch->ntie);
+	} else if (ch->tie_now[0] == NULL && ch->tie_was[0]) {
+		log_info("health: two primaries resolved cluster=%s", ch->cluster);
+	}
+	if (ch->now && ch->now != ch->was)
+		log_info("health: writer cluster=%s host=%s:%u timeline=%u", ch->cluster,
+			 ch->now->host, ch->now->port, ch->now->tli);
+}
+
 static void fail(struct checker *ck, bool lost, const char *fmt, ...) PRINTF_LIKE(3, 4);
 
 static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 {
 	struct health *h = ck->h;
+	struct writer_change ch;
+	struct cluster_map *m;
 	va_list ap;
 	char msg[256];
+	bool down;
 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -239,16 +391,22 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	ck->fails++;
 	uv_rwlock_wrlock(&h->lock);
 	copy_reason(ck->why, sizeof(ck->why), msg);
-	if (ck->state != HEALTH_DOWN && (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after)) {
+	down = ck->state != HEALTH_DOWN &&
+	       (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after);
+	if (down)
 		ck->state = HEALTH_DOWN;
-		uv_rwlock_wrunlock(&h->lock);
+	m = map_find(h, ck->cluster);
+	if (m)
+		choose_writer(m, &ch);
+	uv_rwlock_wrunlock(&h->lock);
+	if (down)
 		log_warn("health: host down cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			 ck->cluster, ck->host, ck->port, ck->fails, ck->why);
-	} else {
-		uv_rwlock_wrunlock(&h->lock);
+	else
 		log_debug("health: check failed cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			  ck->cluster, ck->host, ck->port, ck->fails, ck->why);
-	}
+	if (m)
+		log_change(&ch);
 	first_round_done(ck);
 	/* A connection lost between checks is one failure; look again now. */
 	schedule_next(ck, lost ? 0 : until_next(ck));
@@ -275,17 +433,43 @@ static void record_params(struct checker *ck)
 
 static void succeed(struct checker *ck)
 {
+	struct health *h = ck->h;
+	const char *role = ck->result_recovery ? "standby" : "primary";
+	uint32_t tli = ck->result_recovery ? 0 : ck->result_tli;
+	struct writer_change ch;
+	struct cluster_map *m;
+	char tl[24] = "";
+
+	if (tli)
+		snprintf(tl, sizeof(tl), " timeline=%u", tli);
 	if (ck->state != HEALTH_UP)
-		log_info("health: host up cluster=%s host=%s:%u role=%s", ck->cluster, ck->host,
-			 ck->port, ck->result_recovery ? "standby" : "primary");
+		log_info("health: host up cluster=%s host=%s:%u role=%s%s", ck->cluster, ck->host,
+			 ck->port, role, tl);
 	else if (ck->in_recovery != ck->result_recovery)
-		log_info("health: host role changed cluster=%s host=%s:%u role=%s", ck->cluster,
-			 ck->host, ck->port, ck->result_recovery ? "standby" : "primary");
-	uv_rwlock_wrlock(&ck->h->lock);
+		log_info("health: host role changed cluster=%s host=%s:%u role=%s%s", ck->cluster,
+			 ck->host, ck->port, role, tl);
+	else if (ck->tli != tli || ck->sysid != ck->result_sysid)
+		log_info("health: host timeline changed cluster=%s host=%s:%u role=%s%s",
+			 ck->cluster, ck->host, ck->port, role, tl);
+	uv_rwlock_wrlock(&h->lock);
 	ck->state = HEALTH_UP;
 	ck->in_recovery = ck->result_recovery;
+	ck->tli = tli;
+	ck->sysid = ck->result_sysid;
+	/* Another system identifier is another database: its timelines start afresh. */
+	if (tli && ck->seen_sysid != ck->sysid) {
+		ck->seen_sysid = ck->sysid;
+		ck->seen_tli = 0;
+	}
+	if (tli > ck->seen_tli)
+		ck->seen_tli = tli;
 	record_params(ck);
-	uv_rwlock_wrunlock(&ck->h->lock);
+	m = map_find(h, ck->cluster);
+	if (m)
+		choose_writer(m, &ch);
+	uv_rwlock_wrunlock(&h->lock);
+	if (m)
+		log_change(&ch);
 	ck->fails = 0;
 	ck->phase = PH_IDLE;
 	first_round_done(ck);
@@ -339,12 +523,28 @@ static void flush_and_watch(struct checker *ck)
 		fail(ck, false, "poll: %s", uv_strerror(rc));
 }
 
+/*
+ * The probe. pg_control_checkpoint()'s timeline_id would lag: PostgreSQL
+ * promotes with an end-of-recovery WAL record and only requests a spread
+ * checkpoint, so the control file keeps the old timeline until that
+ * checkpoint ends (on PostgreSQL 15: 0.1 s when idle, still the old one 40 s
+ * after promoting a server with 25 MB of dirty buffers). The name of the WAL
+ * file being written carries the timeline in its first 8 hex digits from the
+ * moment the server leaves recovery. pg_current_wal_lsn() raises an error
+ * during recovery, hence the CASE; a promotion between the two calls only
+ * gives a standby a WAL file name, which read_probe() ignores. The system
+ * identifier tells whether two hosts' timelines can be compared at all.
+ */
+#define PROBE_SQL                                                              \
+	"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL " \
+	"ELSE pg_walfile_name(pg_current_wal_lsn()) END, "                     \
+	"(SELECT system_identifier FROM pg_control_system())"
+
 static void send_query(struct checker *ck)
 {
-
 	ck->phase = PH_QUERY;
 	ck->got_result = false;
-	if (!PQsendQuery(ck->conn, "SELECT pg_is_in_recovery()")) {
+	if (!PQsendQuery(ck->conn, PROBE_SQL)) {
 		fail(ck, false, "%s", PQerrorMessage(ck->conn));
 		return;
 	}
@@ -427,6 +627,43 @@ static void read_auth(struct checker *ck)
 	}
 }
 
+/* The timeline in a WAL file name (TTTTTTTTXXXXXXXXYYYYYYYY, upper-case hex). */
+static bool parse_timeline(const char *walfile, uint32_t *tli)
+{
+	uint32_t v = 0;
+
+	if (strlen(walfile) != 24 || strspn(walfile, "0123456789ABCDEF") != 24)
+		return false;
+	for (size_t i = 0; i < 8; i++) {
+		char c = walfile[i];
+
+		v = v << 4 | (uint32_t)(c <= '9' ? c - '0' : c - 'A' + 10);
+	}
+	*tli = v;
+	return v != 0;
+}
+
+/* Reads the probe's one row into result_*; NULL, or what is wrong with it. */
+static const char *read_probe(struct checker *ck, const PGresult *res)
+{
+	const char *sys = PQgetvalue(res, 0, 2);
+	unsigned long long v;
+	char *end;
+
+	ck->result_recovery = PQgetvalue(res, 0, 0)[0] == 't';
+	ck->result_tli = 0;
+	if (!ck->result_recovery &&
+	    (PQgetisnull(res, 0, 1) || !parse_timeline(PQgetvalue(res, 0, 1), &ck->result_tli)))
+		return "the probe returned no timeline for a primary";
+	errno = 0;
+	v = strtoull(sys, &end, 10);
+	if (PQgetisnull(res, 0, 2) || !(sys[0] >= '0' && sys[0] <= '9') || *end != '\0' ||
+	    errno != 0)
+		return "the probe returned no system identifier";
+	ck->result_sysid = v;
+	return NULL;
+}
+
 static void read_results(struct checker *ck)
 {
 	PGresult *res;
@@ -441,7 +678,7 @@ static void read_results(struct checker *ck)
 			int rc;
 
 			if (!ck->got_result) {
-				fail(ck, false, "pg_is_in_recovery() returned no row");
+				fail(ck, false, "the probe returned no row");
 				return;
 			}
 			succeed(ck);
@@ -454,9 +691,15 @@ static void read_results(struct checker *ck)
 			return;
 		}
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-		    PQnfields(res) == 1) {
+		    PQnfields(res) == 3) {
+			const char *bad = read_probe(ck, res);
+
+			if (bad) {
+				PQclear(res);
+				fail(ck, false, "%s", bad);
+				return;
+			}
 			ck->got_result = true;
-			ck->result_recovery = PQgetvalue(res, 0, 0)[0] == 't';
 		} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 			char msg[256];
 
@@ -710,22 +953,6 @@ static void timer_cb(uv_timer_t *t)
 	}
 }
 
-/* The named cluster's hosts, or NULL (the caller holds the lock, or is the health loop). */
-static struct cluster_map *map_find(struct health *h, const char *cluster)
-{
-	for (size_t i = 0; i < h->nmap; i++) {
-		if (strcmp(h->map[i].name, cluster) == 0)
-			return &h->map[i];
-	}
-	return NULL;
-}
-
-/* Up, not in recovery, with an address to connect to. */
-static bool is_writer(const struct checker *ck)
-{
-	return ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr;
-}
-
 /* Health loop: requests handed over by sessions go to their cluster's writer. */
 static void auth_wake_cb(uv_async_t *w)
 {
@@ -749,14 +976,11 @@ static void auth_wake_cb(uv_async_t *w)
 	}
 	while ((a = list) != NULL) {
 		struct cluster_map *m = map_find(h, a->cluster);
-		struct checker *ck = NULL;
+		/* The health loop writes the choice, so it may read it without the lock. */
+		struct checker *ck = m ? m->writer : NULL;
 
 		list = a->next;
 		a->next = NULL;
-		for (size_t j = 0; m && j < m->n && ck == NULL; j++) {
-			if (is_writer(m->hosts[j]))
-				ck = m->hosts[j];
-		}
 		if (ck == NULL) {
 			auth_finish(a, false, NULL, "the cluster has no healthy coordinator");
 			continue;
@@ -1020,25 +1244,21 @@ static struct checker *find_checker(struct health *h, const char *cluster, const
 int health_apply(struct health *h, const struct config *cfg, health_ready_fn ready, void *arg)
 {
 	struct cluster_map *map, *old;
+	struct writer_change *ch;
 	size_t oldn;
 	struct checker **pp;
 	bool conninfo_changed = strcmp(h->conninfo, cfg->health_conninfo) != 0;
 	char *ci;
 
 	map = calloc(cfg->nclusters, sizeof(*map));
+	ch = calloc(cfg->nclusters, sizeof(*ch));
 	ci = strdup(cfg->health_conninfo);
-	if (map == NULL || ci == NULL) {
-		free(map);
-		free(ci);
-		return UV_ENOMEM;
-	}
+	if (map == NULL || ch == NULL || ci == NULL)
+		goto fail;
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		map[i].name = strdup(cfg->clusters[i].name);
-		if (map[i].name == NULL) {
-			free_map(map, i);
-			free(ci);
-			return UV_ENOMEM;
-		}
+		if (map[i].name == NULL)
+			goto fail;
 	}
 	for (struct checker *ck = h->checkers; ck; ck = ck->next)
 		ck->keep = false;
@@ -1051,11 +1271,8 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 
 			if (ck == NULL) {
 				ck = checker_new(h, cl->name, cl->hosts[j].host, cl->hosts[j].port);
-				if (ck == NULL) {
-					free_map(map, cfg->nclusters);
-					free(ci);
-					return UV_ENOMEM;
-				}
+				if (ck == NULL)
+					goto fail;
 				ck->next = h->checkers;
 				h->checkers = ck;
 				ck->keep = true;
@@ -1064,11 +1281,8 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 				uv_timer_start(&ck->timer, timer_cb, 0, 0);
 			}
 			ck->keep = true;
-			if (!set_tls(ck, cfg, cl)) {
-				free_map(map, cfg->nclusters);
-				free(ci);
-				return UV_ENOMEM;
-			}
+			if (!set_tls(ck, cfg, cl))
+				goto fail;
 			map[i].hosts[map[i].n++] = ck;
 		}
 	}
@@ -1076,9 +1290,27 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 	uv_rwlock_wrlock(&h->lock);
 	old = h->map;
 	oldn = h->nmap;
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		struct cluster_map *was = NULL;
+
+		/* The previous choice, only to log what the new host list changes. */
+		for (size_t k = 0; k < oldn && was == NULL; k++) {
+			if (strcmp(old[k].name, map[i].name) == 0)
+				was = &old[k];
+		}
+		if (was) {
+			map[i].writer = was->writer;
+			map[i].tie[0] = was->tie[0];
+			map[i].tie[1] = was->tie[1];
+		}
+		choose_writer(&map[i], &ch[i]);
+	}
 	h->map = map;
 	h->nmap = cfg->nclusters;
 	uv_rwlock_wrunlock(&h->lock);
+	for (size_t i = 0; i < cfg->nclusters; i++)
+		log_change(&ch[i]);
+	free(ch);
 	free_map(old, oldn);
 	/* Stop checkers of hosts the new configuration no longer lists. */
 	for (pp = &h->checkers; *pp;) {
@@ -1110,12 +1342,18 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 		}
 	}
 	return 0;
+fail:
+	free(ci);
+	free(ch);
+	free_map(map, cfg->nclusters);
+	return UV_ENOMEM;
 }
 
 bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
 		   size_t whylen)
 {
 	struct cluster_map *m = NULL;
+	const struct checker *stale = NULL;
 	size_t down = 0, standby = 0;
 	bool found = false;
 
@@ -1125,22 +1363,47 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 		snprintf(why, whylen, "no health information yet");
 		goto out;
 	}
-	for (size_t i = 0; i < m->n; i++) {
-		struct checker *ck = m->hosts[i];
+	if (m->writer) {
+		const struct checker *ck = m->writer;
 
-		if (is_writer(ck)) {
-			memcpy(&t->addr, &ck->addr, sizeof(t->addr));
-			snprintf(t->host, sizeof(t->host), "%s", ck->host);
-			t->port = ck->port;
-			found = true;
-			goto out;
-		}
-		if (ck->state == HEALTH_UP)
+		memcpy(&t->addr, &ck->addr, sizeof(t->addr));
+		snprintf(t->host, sizeof(t->host), "%s", ck->host);
+		t->port = ck->port;
+		found = true;
+		goto out;
+	}
+	if (m->tie[0]) {
+		const struct checker *a = m->tie[0], *b = m->tie[1];
+		char more[32] = "";
+
+		if (m->ntie > 2)
+			snprintf(more, sizeof(more), " and %zu more", m->ntie - 2);
+		if (a->sysid == b->sysid)
+			snprintf(why, whylen, "two primaries on the same timeline %u: %s:%u and %s:%u%s",
+				 a->tli, a->host, a->port, b->host, b->port, more);
+		else
+			snprintf(why, whylen,
+				 "two primaries of different databases: %s:%u (timeline %u) and "
+				 "%s:%u (timeline %u)%s",
+				 a->host, a->port, a->tli, b->host, b->port, b->tli, more);
+		goto out;
+	}
+	for (size_t i = 0; i < m->n; i++) {
+		const struct checker *ck = m->hosts[i];
+
+		if (ck->behind)
+			stale = ck;
+		else if (ck->state == HEALTH_UP)
 			standby++;
 		else
 			down++;
 	}
-	if (standby > 0 && down == 0)
+	if (stale)
+		snprintf(why, whylen,
+			 "host %s:%u is a stale primary (timeline %u, behind timeline %u of a "
+			 "promoted host)",
+			 stale->host, stale->port, stale->tli, stale->behind);
+	else if (standby > 0 && down == 0)
 		snprintf(why, whylen, "all %zu hosts are standbys (in recovery)", standby);
 	else if (m->n == 1)
 		snprintf(why, whylen, "host %s:%u is %s: %s", m->hosts[0]->host, m->hosts[0]->port,

@@ -1,4 +1,4 @@
-"""Clusters with several hosts: the writer is the first healthy host not in recovery."""
+"""Clusters with several hosts: the writer is the healthy host not in recovery."""
 
 import pytest
 
