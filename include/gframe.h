@@ -35,7 +35,7 @@
  */
 struct gscan {
 	char key[GSCAN_MAX_PAT]; /* a copy: sessions outlive config snapshots */
-	const char *pat[4];	 /* into key, or literals */
+	const char *pat[4];      /* into key, or literals */
 	uint8_t len[4];
 	unsigned seen; /* bit i: pat[i] was found */
 	uint8_t tail[GSCAN_MAX_PAT - 1];
@@ -82,7 +82,7 @@ struct gframe_ops {
 	 * (owned by the framer from then on) is shown to the client in its place. FAIL: out of
 	 * memory; the framer stops. */
 	enum gframe_verdict (*inspect)(void *ctx, const uint8_t *msg, size_t len,
-				       struct gframe_error **err);
+	                               struct gframe_error **err);
 	/* A wanted message of len bytes that the framer could not hold, and that needs
 	 * reading (it may switch the tenant): the error the client gets for it (NULL: out of
 	 * memory, the framer stops). */
@@ -100,14 +100,14 @@ enum gframe_body {
 
 struct gframe {
 	const struct gframe_ops *ops; /* borrowed */
-	void *ctx;		      /* borrowed: passed to every callback */
-	size_t max_hold;	      /* the largest message held whole (guard_max_statement) */
-	atomic_size_t *held;	      /* borrowed: bytes held by every framer of the router */
-	size_t held_cap;	      /* ... and their limit */
-	bool blind;		      /* the client broke the framing: pass all, the server ends it */
+	void *ctx;                    /* borrowed: passed to every callback */
+	size_t max_hold;              /* the largest message held whole (guard_max_statement) */
+	atomic_size_t *held;          /* borrowed: bytes held by every framer of the router */
+	size_t held_cap;              /* ... and their limit */
+	bool blind; /* the client broke the framing: pass all, the server ends it */
 
 	/* Client to server. */
-	bool discard;	 /* dropping a refused batch up to its Sync */
+	bool discard;    /* dropping a refused batch up to its Sync */
 	bool cforwarded; /* part of the current header went out around the framer */
 	uint8_t chdr[5];
 	uint8_t chlen;
@@ -132,7 +132,7 @@ struct gframe {
 
 /* key: tenant_key (copied). max_hold > 5. held may be NULL (no router-wide limit). */
 void gframe_init(struct gframe *f, const struct gframe_ops *ops, void *ctx, const char *key,
-		 size_t max_hold, atomic_size_t *held, size_t held_cap);
+                 size_t max_hold, atomic_size_t *held, size_t held_cap);
 /* Frees what the framer holds and returns its share of the budget. */
 void gframe_free(struct gframe *f);
 

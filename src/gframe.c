@@ -198,7 +198,7 @@ struct gframe_error *gframe_error_new(const uint8_t *msg, size_t len)
 }
 
 void gframe_init(struct gframe *f, const struct gframe_ops *ops, void *ctx, const char *key,
-		 size_t max_hold, atomic_size_t *held, size_t held_cap)
+                 size_t max_hold, atomic_size_t *held, size_t held_cap)
 {
 	memset(f, 0, sizeof(*f));
 	f->ops = ops;
@@ -368,7 +368,7 @@ static bool poison(struct gframe *f)
 	/* The Query itself was counted when its header went; a Parse waits for the next Sync. */
 	uint64_t sync = type == 'Q' ? f->syncs : f->syncs + 1;
 	struct gframe_error *e =
-		f->ops->overlong(f->ctx, type, (size_t)proto_get_u32(f->chdr + 1) + 1);
+	        f->ops->overlong(f->ctx, type, (size_t)proto_get_u32(f->chdr + 1) + 1);
 
 	if (e == NULL)
 		return false;
@@ -441,7 +441,7 @@ static bool body_bytes(struct gframe *f, const uint8_t *p, size_t take, size_t *
  * earlier reads and wait in chdr). Decides what happens to the message.
  */
 static bool header(struct gframe *f, const uint8_t *p, size_t n, size_t start, size_t *i,
-		   size_t *emit, size_t from_here)
+                   size_t *emit, size_t from_here)
 {
 	uint8_t type = f->chdr[0];
 	uint32_t mlen = proto_get_u32(f->chdr + 1);
@@ -653,7 +653,8 @@ static bool server_header(struct gframe *f, bool *drop)
 		return true;
 	}
 	if (type == 'Z') {
-		/* Every error of this batch goes now; the first one shows unless the server erred. */
+		/* Every error of this batch goes now; the first one shows unless the server erred.
+		 */
 		while ((e = f->errors) != NULL && e->sync <= f->zs + 1) {
 			f->errors = e->next;
 			if (!f->serr && !sent && e->sync == f->zs + 1) {

@@ -29,17 +29,17 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "fuzz_gframe: check failed: %s (%s:%d)\n", #cond,  \
-				__FILE__, __LINE__);                                       \
-			abort();                                                           \
-		}                                                                          \
+#define CHECK(cond)                                                                       \
+	do {                                                                              \
+		if (!(cond)) {                                                            \
+			fprintf(stderr, "fuzz_gframe: check failed: %s (%s:%d)\n", #cond, \
+			        __FILE__, __LINE__);                                      \
+			abort();                                                          \
+		}                                                                         \
 	} while (0)
 
-#define KEY	 "app.tenant_id"
-#define SWITCH	 "set app.tenant_id = 'other'"
+#define KEY      "app.tenant_id"
+#define SWITCH   "set app.tenant_id = 'other'"
 #define MAX_HOLD 600
 
 struct buf {
@@ -137,7 +137,7 @@ static struct gframe_error *err_msg(const char *code)
 }
 
 static enum gframe_verdict o_inspect(void *ctx, const uint8_t *m, size_t len,
-				     struct gframe_error **err)
+                                     struct gframe_error **err)
 {
 	struct owner *o = ctx;
 
@@ -255,7 +255,7 @@ static void gen_answers(struct src *s, const struct buf *in, struct buf *out)
 }
 
 static void feed(struct gframe *f, bool server, const struct buf *in, const uint8_t *cuts,
-		 size_t ncuts)
+                 size_t ncuts)
 {
 	size_t at = 0, c = 0;
 
@@ -292,8 +292,9 @@ static void check_no_switch(const struct buf *sv)
 				CHECK(!holds(body, sl, SWITCH));
 		} else if (sv->p[i] == 'P') {
 			size_t nl = strnlen((const char *)body, len - 4);
-			size_t sl = nl < len - 4 ? strnlen((const char *)body + nl + 1, len - 5 - nl)
-						 : 0;
+			size_t sl = nl < len - 4
+			                    ? strnlen((const char *)body + nl + 1, len - 5 - nl)
+			                    : 0;
 
 			if (nl + 1 + sl + 1 + 2 == len - 4)
 				CHECK(!holds(body + nl + 1, sl, SWITCH));

@@ -34,7 +34,7 @@ static void put(struct buf *b, const void *p, size_t n)
 static void put_msg(struct buf *b, uint8_t type, const void *body, size_t n)
 {
 	uint8_t h[5] = {type, (uint8_t)((n + 4) >> 24), (uint8_t)((n + 4) >> 16),
-			(uint8_t)((n + 4) >> 8), (uint8_t)(n + 4)};
+	                (uint8_t)((n + 4) >> 8), (uint8_t)(n + 4)};
 
 	put(b, h, 5);
 	put(b, body, n);
@@ -95,7 +95,7 @@ static struct gframe_error *err(const char *code)
 }
 
 static enum gframe_verdict o_inspect(void *ctx, const uint8_t *m, size_t len,
-				     struct gframe_error **e)
+                                     struct gframe_error **e)
 {
 	struct owner *o = ctx;
 
@@ -126,7 +126,8 @@ static void feed_cuts(struct gframe *f, bool server, const struct buf *in, const
 		size_t n = *cuts ? *cuts++ : in->len - at;
 
 		n = n < in->len - at ? n : in->len - at;
-		assert_true(server ? gframe_server(f, in->p + at, n) : gframe_client(f, in->p + at, n));
+		assert_true(server ? gframe_server(f, in->p + at, n)
+		                   : gframe_client(f, in->p + at, n));
 		at += n;
 	}
 }
@@ -366,14 +367,14 @@ static void test_gframe_scan_cuts(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_gframe_pass_through_any_cut),
-		cmocka_unit_test(test_gframe_refused_query_becomes_sync),
-		cmocka_unit_test(test_gframe_refused_parse_drops_batch),
-		cmocka_unit_test(test_gframe_long_statement_spoiled),
-		cmocka_unit_test(test_gframe_long_statement_streams),
-		cmocka_unit_test(test_gframe_budget),
-		cmocka_unit_test(test_gframe_server_places_errors),
-		cmocka_unit_test(test_gframe_scan_cuts),
+	        cmocka_unit_test(test_gframe_pass_through_any_cut),
+	        cmocka_unit_test(test_gframe_refused_query_becomes_sync),
+	        cmocka_unit_test(test_gframe_refused_parse_drops_batch),
+	        cmocka_unit_test(test_gframe_long_statement_spoiled),
+	        cmocka_unit_test(test_gframe_long_statement_streams),
+	        cmocka_unit_test(test_gframe_budget),
+	        cmocka_unit_test(test_gframe_server_places_errors),
+	        cmocka_unit_test(test_gframe_scan_cuts),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
