@@ -269,7 +269,7 @@ def default_config(clusters, port):
             "tenant_sources": "options, parameter",
             "max_client_conn": "200",
             "client_login_timeout": "10s",
-            "server_connect_timeout": "2s",
+            "server_connect_timeout": f"{int(5 * SLOW)}s",
             "shutdown_timeout": "2s",
             "log_level": "debug",
         },

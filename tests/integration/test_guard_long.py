@@ -238,3 +238,19 @@ def test_memory_bounded_with_four_200mb_queries(routers):
           f"(+{growth_mb:.1f} MB) for 4 x 2 x 200 MB")
     assert growth_mb < RSS_BOUND_MB, f"router RSS grew {growth_mb:.0f} MB"
     assert re.search(r"guard refused a statement", r.log_text())
+
+
+def test_switch_pipelined_behind_startup_packet(routers):
+    """A switch sent in the same write as the startup packet meets the guard too."""
+    c = rawpg.RawConn(routers["on"].port, timeout=10 * SLOW)
+    with c:
+        c.send(rawpg.startup_packet([("user", "trustuser"), ("database", "appdb"),
+                                     ("app.tenant_id", "ta")])
+               + rawpg.query_message("SET app.tenant_id = 'tb'")
+               + rawpg.query_message("SHOW app.tenant_id"))
+        login = answers(c)
+        assert [t for t, _ in login if t == "E"] == []
+        rows, errs = rows_and_errors(answers(c))
+        assert [e.get("C") for e in errs] == ["42501"], errs
+        rows, errs = rows_and_errors(answers(c))
+        assert errs == [] and rows == [["ta"]]
