@@ -281,6 +281,19 @@ static bool send_zeros(struct gframe *f, size_t n)
 	return true;
 }
 
+/*
+ * Adds to a message header the bytes of p[i, n) it still lacks (a header
+ * may be cut across reads). Returns how many it took; whole when *hlen is 5.
+ */
+static size_t header_take(uint8_t hdr[5], uint8_t *hlen, const uint8_t *p, size_t n, size_t i)
+{
+	size_t take = 5u - *hlen < n - i ? 5u - *hlen : n - i;
+
+	memcpy(hdr + *hlen, p + i, take);
+	*hlen += (uint8_t)take;
+	return take;
+}
+
 /* Counts what the server answers with a ReadyForQuery. */
 static inline void count(struct gframe *f, uint8_t type)
 {
@@ -537,9 +550,7 @@ bool gframe_client(struct gframe *f, const uint8_t *p, size_t n)
 		}
 		/* A header, perhaps cut across reads: keep back the part we have. */
 		start = i;
-		take = 5u - f->chlen < n - i ? 5u - f->chlen : n - i;
-		memcpy(f->chdr + f->chlen, p + i, take);
-		f->chlen += (uint8_t)take;
+		take = header_take(f->chdr, &f->chlen, p, n, i);
 		i += take;
 		if (f->chlen < 5) {
 			if (f->cforwarded) /* its first bytes went around us: these pass too */
@@ -568,7 +579,7 @@ void gframe_skip(struct gframe *f, const uint8_t *p, size_t n)
 			i += take;
 			continue;
 		}
-		f->chdr[f->chlen++] = p[i++];
+		i += header_take(f->chdr, &f->chlen, p, n, i);
 		if (f->chlen == 5) {
 			uint32_t mlen = proto_get_u32(f->chdr + 1);
 
@@ -605,7 +616,7 @@ static void server_scan(struct gframe *f, const uint8_t *p, size_t n)
 			i += take;
 			continue;
 		}
-		f->shdr[f->shlen++] = p[i++];
+		i += header_take(f->shdr, &f->shlen, p, n, i);
 		if (f->shlen == 5) {
 			uint32_t mlen = proto_get_u32(f->shdr + 1);
 
@@ -699,9 +710,7 @@ bool gframe_server(struct gframe *f, const uint8_t *p, size_t n)
 		}
 		/* A header: keep a partial one back, so that an error can still go before it. */
 		start = i;
-		take = 5u - f->shlen < n - i ? 5u - f->shlen : n - i;
-		memcpy(f->shdr + f->shlen, p + i, take);
-		f->shlen += (uint8_t)take;
+		take = header_take(f->shdr, &f->shlen, p, n, i);
 		i += take;
 		if (f->shlen < 5) {
 			if (f->scut) /* its first bytes went out already: these follow them */
