@@ -16,7 +16,10 @@
  * BackendKeyData goes to the cancel map, an ErrorResponse is logged,
  * SCRAM-SHA-256-PLUS is removed from AuthenticationSASL (channel binding
  * cannot work through a router that terminates TLS), and ReadyForQuery ends
- * the login. After that, bytes in, bytes out.
+ * the login. After that, bytes in, bytes out. A server that breaks the
+ * protocol (08P01) or the connection (08006) before ReadyForQuery gets the
+ * client a FATAL ErrorResponse saying so: we relay whole messages only, so
+ * there is always a message boundary to put it at.
  *
  * Either leg may be TLS (struct tls over memory BIOs). All bytes from a leg
  * go through read_cb -> tls_in -> deliver, and all bytes to a leg through
@@ -557,6 +560,7 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 			client_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
 		break;
 	case 'E':
+		L->server_err = true;
 		if (proto_parse_error(body, len, &f) == PROTO_OK)
 			client_log(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
 			     f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
@@ -572,11 +576,63 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 	return client_send_msg(s, type, body, len);
 }
 
+/* A message type for a log line or an error message: 'R', or \x01. */
+static const char *type_text(uint8_t type, char *buf, size_t cap)
+{
+	if (type > 0x20 && type < 0x7f)
+		snprintf(buf, cap, "'%c'", type);
+	else
+		snprintf(buf, cap, "\\x%02x", type);
+	return buf;
+}
+
+/*
+ * Whether a server may send this message before its first ReadyForQuery
+ * (protocol "Start-up"): authentication requests, BackendKeyData,
+ * ParameterStatus, NegotiateProtocolVersion, notices and errors. After it,
+ * on the tenant-source-query path, come the answers to our replay.
+ */
+static bool is_login_message(const struct login *L, uint8_t type)
+{
+	if (L->lc && L->lc->server_ready)
+		return true;
+	return type != '\0' && strchr("RKSvNEZ", type) != NULL;
+}
+
+/*
+ * Judges the header of a server message during login, before any of its
+ * body is awaited or buffered. False, with what is wrong in why, for a
+ * length that breaks the protocol or our bound, or a type not allowed yet.
+ */
+static bool login_header_ok(const struct login *L, char *why, size_t cap)
+{
+	uint32_t mlen = proto_get_u32(L->hdr + 1);
+	uint8_t type;
+	size_t total;
+	char tb[8];
+
+	type_text(L->hdr[0], tb, sizeof(tb));
+	if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) == PROTO_OK) {
+		if (is_login_message(L, type))
+			return true;
+		snprintf(why, cap, "a message of unknown type %s before ReadyForQuery", tb);
+	} else if (mlen < 4 || mlen > INT32_MAX) {
+		snprintf(why, cap, "a message (type %s) with the invalid length %u", tb, mlen);
+	} else {
+		snprintf(why, cap, "a message (type %s) of %u bytes, over the %u-byte limit", tb,
+			 mlen, AUTH_MSG_MAX);
+	}
+	return false;
+}
+
 /*
  * Frames server bytes during the auth relay and passes each whole message
- * on. Bytes after ReadyForQuery go on unparsed. False on a broken length.
+ * on. Bytes after ReadyForQuery go on unparsed. A message reaches the client
+ * only once its last byte has come, so whatever breaks, the client has been
+ * sent whole messages only and an ErrorResponse can follow them. Returns
+ * false when the server broke the protocol, with what it did in why.
  */
-static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
+static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
 {
 	struct login *L = s->login;
 
@@ -584,9 +640,6 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 		size_t take;
 
 		if (L->hlen < 5) {
-			uint8_t type;
-			size_t total;
-
 			if (n == 0)
 				break;
 			take = 5 - L->hlen < n ? 5 - L->hlen : n;
@@ -596,16 +649,21 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 			n -= take;
 			if (L->hlen < 5)
 				break;
-			if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) !=
-			    PROTO_OK)
+			if (!login_header_ok(L, why, cap))
 				return false;
-			L->mlen = total - sizeof(L->hdr);
+			/* The length counts itself, not the type byte. */
+			L->mlen = proto_get_u32(L->hdr + 1) - 4;
 			L->blen = 0;
 			if (L->mlen > L->msgcap) {
 				uint8_t *m = realloc(L->msg, L->mlen);
 
-				if (m == NULL)
-					return false;
+				if (m == NULL) {
+					client_refuse(s, "53200", "Retry in a moment.",
+						      "out of memory for a %zu-byte message from "
+						      "cluster \"%s\"",
+						      L->mlen, s->cluster);
+					return true; /* refused already */
+				}
 				L->msg = m;
 				L->msgcap = L->mlen;
 			}
@@ -632,13 +690,45 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 	return true;
 }
 
-static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
+static bool relay_auth(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
 {
-	bool ok = relay_auth_msgs(s, p, n);
+	bool ok = relay_auth_msgs(s, p, n, why, cap);
 
 	if (s->login)
 		client_out_flush(s);
 	return ok;
+}
+
+/*
+ * The server failed while logging in: it broke the protocol (08P01) or the
+ * connection (08006). The client hears why, naming the cluster and the host,
+ * unless the server's own ErrorResponse already told it: that one is the
+ * reason, and PostgreSQL closes right after sending it.
+ */
+static void server_login_lost(struct session *s, const char *sqlstate, const char *what)
+{
+	struct login *L = s->login;
+
+	if (L->server_err) {
+		client_drain(s, &s->cl);
+		return;
+	}
+	client_log(s, LOG_WARN, "server %s:%u failed during login: %s", L->target.host,
+		   L->target.port, what);
+	if (strcmp(sqlstate, "08P01") == 0)
+		client_refuse(s, sqlstate,
+			      "The server at that address does not speak the PostgreSQL "
+			      "protocol as expected: check the cluster's hosts in the "
+			      "router's configuration, and the server's log.",
+			      "cluster \"%s\" coordinator %s:%u broke the protocol during "
+			      "login: it sent %s",
+			      s->cluster, L->target.host, L->target.port, what);
+	else
+		client_refuse(s, sqlstate,
+			      "The server ended the login without saying why (a crash, a "
+			      "restart, a network failure): check its log, then retry.",
+			      "cluster \"%s\" coordinator %s:%u %s during login", s->cluster,
+			      L->target.host, L->target.port, what);
 }
 
 /*
@@ -767,9 +857,22 @@ static void server_ssl_answer(struct session *s, struct block *b, size_t n)
 	uint8_t answer = (uint8_t)b->data[0];
 
 	block_put(b);
+	/*
+	 * An ErrorResponse instead of the answer: the server cannot take us now
+	 * (a failed fork, say). Its text comes before any TLS and we do not pass
+	 * it on, as libpq no longer shows it (CVE-2024-10977).
+	 */
+	if (answer == 'E') {
+		client_refuse(s, "08006",
+			      "The server could not accept the connection: check its log, then "
+			      "retry.",
+			      "cluster \"%s\" coordinator %s:%u answered SSLRequest with an error",
+			      s->cluster, L->target.host, L->target.port);
+		return;
+	}
 	/* Nothing may follow the answer: bytes here would be injected plaintext. */
 	if (n != 1 || (answer != 'S' && answer != 'N')) {
-		client_refuse(s, "08006", "Check the coordinator's TLS settings.",
+		client_refuse(s, "08P01", "Check the coordinator's address and TLS settings.",
 			      "cluster \"%s\" coordinator %s:%u gave an invalid answer to "
 			      "SSLRequest",
 			      s->cluster, L->target.host, L->target.port);
@@ -1039,25 +1142,39 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 		     uv_strerror((int)err));
 	switch (s->state) {
 	case CLIENT_AUTH_RELAY:
+	case CLIENT_SERVER_LOGIN:
+		if (sd == &s->sv) {
+			char what[128];
+
+			if (err == UV_EOF)
+				snprintf(what, sizeof(what), "closed the connection");
+			else
+				snprintf(what, sizeof(what), "lost the connection (%s)",
+					 uv_strerror((int)err));
+			server_login_lost(s, "08006", what);
+			break;
+		}
+		/* The client left: what it sent still goes to the server. */
+		if (s->state == CLIENT_AUTH_RELAY)
+			client_drain(s, &s->sv);
+		else
+			client_close(s);
+		break;
 	case CLIENT_SPLICING:
 		/* Whatever one side sent before leaving still goes to the other. */
 		client_drain(s, other(s, sd));
 		break;
 	case CLIENT_CONNECTING:
 		if (sd == &s->sv) {
-			client_refuse(s, "08006", "Retry.",
-				      "cluster \"%s\" coordinator closed the connection during "
-				      "TLS setup",
-				      s->cluster);
-			break;
-		}
-		client_close(s);
-		break;
-	case CLIENT_SERVER_LOGIN:
-		if (sd == &s->sv) {
-			client_refuse(s, "08006", "Retry; check the cluster's log.",
-				      "cluster \"%s\" closed the connection during login",
-				      s->cluster);
+			struct login *L = s->login;
+
+			client_refuse(s, "08006",
+				      "The server ended the connection before TLS was set up: "
+				      "check its log and its ssl settings, then retry.",
+				      "cluster \"%s\" coordinator %s:%u %s during TLS setup",
+				      s->cluster, L->target.host, L->target.port,
+				      err == UV_EOF ? "closed the connection"
+						    : "lost the connection");
 			break;
 		}
 		client_close(s);
@@ -1120,12 +1237,12 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 	case CLIENT_AUTH_RELAY:
 	case CLIENT_SERVER_LOGIN:
 		if (sd == &s->sv) {
-			bool ok = relay_auth(s, (const uint8_t *)b->data, n);
+			char why[160];
+			bool ok = relay_auth(s, (const uint8_t *)b->data, n, why, sizeof(why));
 
 			block_put(b);
 			if (!ok) {
-				client_log(s, LOG_WARN, "server sent a malformed message during login");
-				client_close(s);
+				server_login_lost(s, "08P01", why);
 				return;
 			}
 			if (s->login && s->login->ready &&

@@ -98,6 +98,7 @@ struct login {
 	uint8_t *msg; /* owned: the current message's body */
 	size_t msgcap;
 	bool ready;	    /* ReadyForQuery seen */
+	bool server_err;    /* the server's own ErrorResponse went to the client */
 	struct block *out; /* owned: server messages gathered for one write to the client */
 	size_t outlen;
 	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
