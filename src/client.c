@@ -8,6 +8,11 @@
  * timeout from accept until ReadyForQuery, the connect timeout while
  * connecting, a flush limit while closing.
  *
+ * max_client_conn and the open file budget (main.c) are judged at accept,
+ * counting every connection from then on; one over a limit is refused with
+ * 53300 at once or right after its startup packet (admit()), never kept
+ * until the login timeout.
+ *
  * Until ReadyForQuery we keep a struct login on the side (the startup
  * packet, the chosen server, a framer over the server's messages); once the
  * session splices it is freed, so an idle session holds no buffer.
@@ -39,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <uv.h>
 
@@ -135,6 +141,8 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	rt->nsessions--;
 	atomic_fetch_sub(rt->live, 1);
+	if (s->over_limit)
+		atomic_fetch_sub(&rt->limits->refusing, 1);
 	login_free(s->login);
 	guard_free(&s->g);
 	tls_free(s->cl.tls);
@@ -331,6 +339,31 @@ static bool client_at_boundary(struct session *s)
 }
 
 /*
+ * The refusal of a connection we cannot keep even for a moment (see
+ * client_accept). The socket is new, so its empty send buffer takes the
+ * whole ErrorResponse at once; a partial write cannot happen with a few
+ * hundred bytes, and if the write fails the client sees the close alone.
+ * Then FIN, and what the client sent already is read away: closing over
+ * unread input sends a reset, which can overtake our message. The
+ * descriptor is closed now, not after a flush.
+ */
+static void refuse_at_once(struct session *s, struct block *b, size_t len)
+{
+	uv_buf_t buf = uv_buf_init(b->data, (unsigned)len);
+	uv_os_fd_t fd;
+	char sink[512];
+
+	if (uv_try_write((uv_stream_t *)&s->cl.tcp, &buf, 1) == (int)len &&
+	    uv_fileno((uv_handle_t *)&s->cl.tcp, &fd) == 0) {
+		(void)shutdown(fd, SHUT_WR);
+		for (int i = 0; i < 4 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+			;
+	}
+	block_put(b);
+	client_close(s);
+}
+
+/*
  * The one way to refuse a client: a FATAL ErrorResponse naming the router,
  * with a hint, then close once it is flushed.
  */
@@ -355,7 +388,9 @@ void client_refuse(struct session *s, const char *sqlstate, const char *hint, co
 	va_start(ap, fmt);
 	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
+	/* Those refused at once come in floods: client_accept logs them, rate-limited. */
+	if (!s->refuse_now)
+		client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
 	if (!client_at_boundary(s)) {
 		client_close(s);
 		return;
@@ -375,11 +410,33 @@ void client_refuse(struct session *s, const char *sqlstate, const char *hint, co
 	wb_init(&w, b->data, SPLICE_BLOCK_SIZE);
 	proto_error_response(&w, "FATAL", sqlstate, msg, NULL, hint);
 	TR_ASSERT(!w.failed);
+	if (s->refuse_now) {
+		refuse_at_once(s, b, w.len);
+		return;
+	}
 	if (side_send(s, &s->cl, b, w.len) < 0) {
 		client_close(s);
 		return;
 	}
 	client_drain(s, &s->cl);
+}
+
+/* 53300 for a session accepted over max_client_conn or the open file limit. */
+static void refuse_over_limit(struct session *s)
+{
+	struct limits *lim = s->rt->limits;
+
+	if (s->over_limit == OVER_FDS)
+		client_refuse(s, "53300",
+			      "Raise the router's open file limit (ulimit -n, or LimitNOFILE= in "
+			      "its systemd unit), or lower max_client_conn.",
+			      "too many client connections: the open file limit (%zu) fits %zu "
+			      "sessions",
+			      atomic_load(&lim->nofile), atomic_load(&lim->fd_sessions));
+	else
+		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
+			      "too many client connections (max_client_conn = %u)",
+			      s->rt->cfg->max_client_conn);
 }
 
 static void timer_cb(uv_timer_t *t)
@@ -391,6 +448,10 @@ static void timer_cb(uv_timer_t *t)
 	case CLIENT_STARTUP:
 	case CLIENT_TLS:
 	case CLIENT_ROUTING:
+		if (s->over_limit) {
+			refuse_over_limit(s);
+			break;
+		}
 		client_refuse(s, "08006", "Send a startup packet promptly after connecting.",
 			      "login timeout: no complete startup packet within %llu ms",
 			      (unsigned long long)cfg->client_login_timeout_ms);
@@ -993,9 +1054,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 		return;
 	}
 	if (s->over_limit) {
-		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
-			      "too many client connections (max_client_conn = %u)",
-			      cfg->max_client_conn);
+		refuse_over_limit(s);
 		return;
 	}
 	switch (startup_find_tenant(st, &cfg->rule, &t)) {
@@ -1407,6 +1466,74 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	deliver(s, sd, b, (size_t)nread);
 }
 
+/* At most one line a second about connections refused for a limit, per loop. */
+#define LIMIT_LOG_MS 1000
+
+/*
+ * Which limit a new connection is over, if any. max_client_conn counts every
+ * session accepted and not being refused (a silent connection holds a slot
+ * as much as a busy one), and the open file limit caps sessions at what
+ * main.c computed from RLIMIT_NOFILE, two descriptors each.
+ */
+static enum over_limit over_which_limit(struct router *rt)
+{
+	struct limits *lim = rt->limits;
+	size_t live = atomic_load(rt->live), refusing = atomic_load(&lim->refusing);
+	/* This one included; other loops may move both counters meanwhile. */
+	size_t admitted = live > refusing ? live - refusing : 0;
+
+	if (atomic_load(&lim->nofile) > 0 && admitted > atomic_load(&lim->fd_sessions))
+		return OVER_FDS;
+	if (admitted > rt->cfg->max_client_conn)
+		return OVER_CONN;
+	return OVER_NONE;
+}
+
+/*
+ * Decides at accept whether the session may go on (true), perhaps only to
+ * be refused with 53300 after its startup packet. That wait is what lets
+ * libpq show our message: it discards an ErrorResponse that answers its
+ * SSLRequest (CVE-2024-10977), and sslmode=prefer sends one first. But a
+ * waiting connection holds a descriptor, so only wait_slots of them wait,
+ * and only for OVER_LIMIT_GRACE_MS; any more are refused at once, their
+ * descriptors closed before the next accept (false).
+ */
+static bool admit(struct session *s)
+{
+	struct router *rt = s->rt;
+	struct limits *lim = rt->limits;
+	enum over_limit over = over_which_limit(rt);
+	uint64_t now = uv_now(rt->loop);
+	size_t waiting, nfd, nshed;
+
+	if (over != OVER_NONE) {
+		s->over_limit = (uint8_t)over;
+		waiting = atomic_fetch_add(&lim->refusing, 1);
+		s->refuse_now = waiting >= atomic_load(&lim->wait_slots);
+	}
+	/* Counts this refusal, or tells the tail of a burst of them once its line is due. */
+	if (over == OVER_FDS)
+		nfd = log_limit_hit(&rt->fd_log, now, LIMIT_LOG_MS);
+	else
+		nfd = log_limit_due(&rt->fd_log, now, LIMIT_LOG_MS);
+	if (over == OVER_CONN && s->refuse_now)
+		nshed = log_limit_hit(&rt->shed_log, now, LIMIT_LOG_MS);
+	else
+		nshed = log_limit_due(&rt->shed_log, now, LIMIT_LOG_MS);
+	if (nfd > 0)
+		log_warn("open file limit reached: refused %zu connections since the last line; "
+			 "the limit (%zu) fits %zu sessions, raise LimitNOFILE or ulimit -n",
+			 nfd, atomic_load(&lim->nofile), atomic_load(&lim->fd_sessions));
+	if (nshed > 0)
+		log_warn("max_client_conn = %u reached: refused %zu connections at once since "
+			 "the last line",
+			 rt->cfg->max_client_conn, nshed);
+	if (!s->refuse_now)
+		return true;
+	refuse_over_limit(s);
+	return false;
+}
+
 void client_accept(struct router *rt, uv_stream_t *listener)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -1456,7 +1583,8 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, port);
 	}
 	uv_tcp_nodelay(&s->cl.tcp, 1);
-	s->over_limit = atomic_load(rt->live) > rt->cfg->max_client_conn;
+	if (!admit(s))
+		return;
 	s->login = calloc(1, sizeof(*s->login));
 	if (s->login == NULL) {
 		log_error("out of memory for a new session");
@@ -1467,7 +1595,11 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	/* Decided once: framing must start with the session's first message. */
 	s->g.on = rt->cfg->guard != GUARD_OFF;
 	s->g.strict = rt->cfg->guard == GUARD_STRICT;
-	arm_timer(s, rt->cfg->client_login_timeout_ms);
+	/* Refused for a limit: a moment to send the startup packet, not the login timeout. */
+	if (s->over_limit && OVER_LIMIT_GRACE_MS < rt->cfg->client_login_timeout_ms)
+		arm_timer(s, OVER_LIMIT_GRACE_MS);
+	else
+		arm_timer(s, rt->cfg->client_login_timeout_ms);
 	client_start_reading(s, &s->cl);
 }
 

@@ -126,6 +126,12 @@ struct guard {
 	struct flagged *flagged;
 };
 
+/* Why a session was accepted only to be refused with 53300. */
+enum over_limit { OVER_NONE, OVER_CONN, OVER_FDS };
+
+/* How long a connection refused for a limit may take to send its startup packet. */
+#define OVER_LIMIT_GRACE_MS 1000
+
 struct side {
 	uv_tcp_t tcp;
 	bool inited;
@@ -145,7 +151,8 @@ struct session {
 	uv_shutdown_t shut;
 	int open_handles;
 	bool closed; /* handles are closing */
-	bool over_limit;
+	uint8_t over_limit; /* enum over_limit: accepted only to be refused */
+	bool refuse_now;    /* no descriptor to spare: client_refuse writes at once and closes */
 	uint64_t login_deadline;
 	uint64_t started;
 	struct login *login; /* owned; NULL once spliced */
