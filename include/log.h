@@ -10,6 +10,8 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "common.h"
 
@@ -25,6 +27,30 @@ const char *log_level_name(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) PRINTF_LIKE(2, 3);
 void log_vmsg(enum log_level level, const char *prefix, const char *fmt, va_list ap)
 	PRINTF_LIKE(3, 0);
+
+/*
+ * A line that could repeat thousands of times a second (accept failures,
+ * connections refused for want of descriptors) goes out at most once per
+ * interval and says how many events it stands for. Not thread-safe: keep
+ * one per event loop.
+ */
+struct log_limit {
+	uint64_t next_ms; /* no line before this */
+	size_t held;	  /* events since the last line */
+};
+
+/*
+ * Counts one event at now_ms. Returns how many events a line logged now
+ * stands for (this one and those held back since the last line), or 0 when
+ * the caller must stay quiet.
+ */
+size_t log_limit_hit(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms);
+
+/*
+ * Events held back whose line is due by now_ms (0 if none): for a caller
+ * that reports the tail of a burst when it next passes by, with no timer.
+ */
+size_t log_limit_due(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms);
 
 static inline bool log_enabled(enum log_level level)
 {

@@ -17,10 +17,25 @@
 
 #include <uv.h>
 
+#include "log.h"
+
 struct cancel_map;
 struct config;
 struct health;
 struct session;
+
+/*
+ * Admission, shared by all loops: the sessions being refused, and what the
+ * open file limit allows. main.c computes the latter from RLIMIT_NOFILE at
+ * start and at each reload (README, Operations, "File descriptors"); the
+ * sessions read it at accept.
+ */
+struct limits {
+	atomic_size_t refusing;	   /* sessions accepted over a limit, being refused */
+	atomic_size_t nofile;	   /* the soft RLIMIT_NOFILE; 0: unknown, no fd budget */
+	atomic_size_t fd_sessions; /* sessions that fit in it, two descriptors each */
+	atomic_size_t wait_slots;  /* refused connections that may wait for their startup packet */
+};
 
 struct router {
 	uv_loop_t *loop;	   /* borrowed */
@@ -31,6 +46,9 @@ struct router {
 	size_t nsessions;	   /* on this loop */
 	atomic_size_t *live;	   /* borrowed: sessions on all loops (max_client_conn) */
 	atomic_size_t *held;	   /* borrowed: bytes the guard holds on all loops (guard_max_held) */
+	struct limits *limits;	   /* borrowed: shared by all loops */
+	struct log_limit fd_log;   /* refusals for want of descriptors, on this loop */
+	struct log_limit shed_log; /* refusals at once over max_client_conn, on this loop */
 	uint64_t next_session_id;
 	bool draining;		  /* SIGTERM: no new logins */
 	void (*on_empty)(struct router *rt); /* called when draining and the last session ends */

@@ -8,6 +8,11 @@
  * timeout from accept until ReadyForQuery, the connect timeout while
  * connecting, a flush limit while closing.
  *
+ * max_client_conn and the open file budget (main.c) are judged at accept,
+ * counting every connection from then on; one over a limit is refused with
+ * 53300 at once or right after its startup packet (admit()), never kept
+ * until the login timeout.
+ *
  * Until ReadyForQuery we keep a struct login on the side (the startup
  * packet, the chosen server, a framer over the server's messages); once the
  * session splices it is freed, so an idle session holds no buffer.
@@ -16,7 +21,10 @@
  * BackendKeyData goes to the cancel map, an ErrorResponse is logged,
  * SCRAM-SHA-256-PLUS is removed from AuthenticationSASL (channel binding
  * cannot work through a router that terminates TLS), and ReadyForQuery ends
- * the login. After that, bytes in, bytes out.
+ * the login. After that, bytes in, bytes out. A server that breaks the
+ * protocol (08P01) or the connection (08006) before ReadyForQuery gets the
+ * client a FATAL ErrorResponse saying so: we relay whole messages only, so
+ * there is always a message boundary to put it at.
  *
  * Either leg may be TLS (struct tls over memory BIOs). All bytes from a leg
  * go through read_cb -> tls_in -> deliver, and all bytes to a leg through
@@ -36,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <uv.h>
 
@@ -132,6 +141,8 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	rt->nsessions--;
 	atomic_fetch_sub(rt->live, 1);
+	if (s->over_limit)
+		atomic_fetch_sub(&rt->limits->refusing, 1);
 	login_free(s->login);
 	guard_free(&s->g);
 	tls_free(s->cl.tls);
@@ -328,6 +339,31 @@ static bool client_at_boundary(struct session *s)
 }
 
 /*
+ * The refusal of a connection we cannot keep even for a moment (see
+ * client_accept). The socket is new, so its empty send buffer takes the
+ * whole ErrorResponse at once; a partial write cannot happen with a few
+ * hundred bytes, and if the write fails the client sees the close alone.
+ * Then FIN, and what the client sent already is read away: closing over
+ * unread input sends a reset, which can overtake our message. The
+ * descriptor is closed now, not after a flush.
+ */
+static void refuse_at_once(struct session *s, struct block *b, size_t len)
+{
+	uv_buf_t buf = uv_buf_init(b->data, (unsigned)len);
+	uv_os_fd_t fd;
+	char sink[512];
+
+	if (uv_try_write((uv_stream_t *)&s->cl.tcp, &buf, 1) == (int)len &&
+	    uv_fileno((uv_handle_t *)&s->cl.tcp, &fd) == 0) {
+		(void)shutdown(fd, SHUT_WR);
+		for (int i = 0; i < 4 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+			;
+	}
+	block_put(b);
+	client_close(s);
+}
+
+/*
  * The one way to refuse a client: a FATAL ErrorResponse naming the router,
  * with a hint, then close once it is flushed.
  */
@@ -352,7 +388,9 @@ void client_refuse(struct session *s, const char *sqlstate, const char *hint, co
 	va_start(ap, fmt);
 	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
+	/* Those refused at once come in floods: client_accept logs them, rate-limited. */
+	if (!s->refuse_now)
+		client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
 	if (!client_at_boundary(s)) {
 		client_close(s);
 		return;
@@ -372,11 +410,33 @@ void client_refuse(struct session *s, const char *sqlstate, const char *hint, co
 	wb_init(&w, b->data, SPLICE_BLOCK_SIZE);
 	proto_error_response(&w, "FATAL", sqlstate, msg, NULL, hint);
 	TR_ASSERT(!w.failed);
+	if (s->refuse_now) {
+		refuse_at_once(s, b, w.len);
+		return;
+	}
 	if (side_send(s, &s->cl, b, w.len) < 0) {
 		client_close(s);
 		return;
 	}
 	client_drain(s, &s->cl);
+}
+
+/* 53300 for a session accepted over max_client_conn or the open file limit. */
+static void refuse_over_limit(struct session *s)
+{
+	struct limits *lim = s->rt->limits;
+
+	if (s->over_limit == OVER_FDS)
+		client_refuse(s, "53300",
+			      "Raise the router's open file limit (ulimit -n, or LimitNOFILE= in "
+			      "its systemd unit), or lower max_client_conn.",
+			      "too many client connections: the open file limit (%zu) fits %zu "
+			      "sessions",
+			      atomic_load(&lim->nofile), atomic_load(&lim->fd_sessions));
+	else
+		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
+			      "too many client connections (max_client_conn = %u)",
+			      s->rt->cfg->max_client_conn);
 }
 
 static void timer_cb(uv_timer_t *t)
@@ -388,6 +448,10 @@ static void timer_cb(uv_timer_t *t)
 	case CLIENT_STARTUP:
 	case CLIENT_TLS:
 	case CLIENT_ROUTING:
+		if (s->over_limit) {
+			refuse_over_limit(s);
+			break;
+		}
 		client_refuse(s, "08006", "Send a startup packet promptly after connecting.",
 			      "login timeout: no complete startup packet within %llu ms",
 			      (unsigned long long)cfg->client_login_timeout_ms);
@@ -557,6 +621,7 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 			client_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
 		break;
 	case 'E':
+		L->server_err = true;
 		if (proto_parse_error(body, len, &f) == PROTO_OK)
 			client_log(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
 			     f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
@@ -572,11 +637,63 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 	return client_send_msg(s, type, body, len);
 }
 
+/* A message type for a log line or an error message: 'R', or \x01. */
+static const char *type_text(uint8_t type, char *buf, size_t cap)
+{
+	if (type > 0x20 && type < 0x7f)
+		snprintf(buf, cap, "'%c'", type);
+	else
+		snprintf(buf, cap, "\\x%02x", type);
+	return buf;
+}
+
+/*
+ * Whether a server may send this message before its first ReadyForQuery
+ * (protocol "Start-up"): authentication requests, BackendKeyData,
+ * ParameterStatus, NegotiateProtocolVersion, notices and errors. After it,
+ * on the tenant-source-query path, come the answers to our replay.
+ */
+static bool is_login_message(const struct login *L, uint8_t type)
+{
+	if (L->lc && L->lc->server_ready)
+		return true;
+	return type != '\0' && strchr("RKSvNEZ", type) != NULL;
+}
+
+/*
+ * Judges the header of a server message during login, before any of its
+ * body is awaited or buffered. False, with what is wrong in why, for a
+ * length that breaks the protocol or our bound, or a type not allowed yet.
+ */
+static bool login_header_ok(const struct login *L, char *why, size_t cap)
+{
+	uint32_t mlen = proto_get_u32(L->hdr + 1);
+	uint8_t type;
+	size_t total;
+	char tb[8];
+
+	type_text(L->hdr[0], tb, sizeof(tb));
+	if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) == PROTO_OK) {
+		if (is_login_message(L, type))
+			return true;
+		snprintf(why, cap, "a message of unknown type %s before ReadyForQuery", tb);
+	} else if (mlen < 4 || mlen > INT32_MAX) {
+		snprintf(why, cap, "a message (type %s) with the invalid length %u", tb, mlen);
+	} else {
+		snprintf(why, cap, "a message (type %s) of %u bytes, over the %u-byte limit", tb,
+			 mlen, AUTH_MSG_MAX);
+	}
+	return false;
+}
+
 /*
  * Frames server bytes during the auth relay and passes each whole message
- * on. Bytes after ReadyForQuery go on unparsed. False on a broken length.
+ * on. Bytes after ReadyForQuery go on unparsed. A message reaches the client
+ * only once its last byte has come, so whatever breaks, the client has been
+ * sent whole messages only and an ErrorResponse can follow them. Returns
+ * false when the server broke the protocol, with what it did in why.
  */
-static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
+static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
 {
 	struct login *L = s->login;
 
@@ -584,9 +701,6 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 		size_t take;
 
 		if (L->hlen < 5) {
-			uint8_t type;
-			size_t total;
-
 			if (n == 0)
 				break;
 			take = 5 - L->hlen < n ? 5 - L->hlen : n;
@@ -596,16 +710,21 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 			n -= take;
 			if (L->hlen < 5)
 				break;
-			if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) !=
-			    PROTO_OK)
+			if (!login_header_ok(L, why, cap))
 				return false;
-			L->mlen = total - sizeof(L->hdr);
+			/* The length counts itself, not the type byte. */
+			L->mlen = proto_get_u32(L->hdr + 1) - 4;
 			L->blen = 0;
 			if (L->mlen > L->msgcap) {
 				uint8_t *m = realloc(L->msg, L->mlen);
 
-				if (m == NULL)
-					return false;
+				if (m == NULL) {
+					client_refuse(s, "53200", "Retry in a moment.",
+						      "out of memory for a %zu-byte message from "
+						      "cluster \"%s\"",
+						      L->mlen, s->cluster);
+					return true; /* refused already */
+				}
 				L->msg = m;
 				L->msgcap = L->mlen;
 			}
@@ -635,13 +754,45 @@ static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n)
 	return true;
 }
 
-static bool relay_auth(struct session *s, const uint8_t *p, size_t n)
+static bool relay_auth(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
 {
-	bool ok = relay_auth_msgs(s, p, n);
+	bool ok = relay_auth_msgs(s, p, n, why, cap);
 
 	if (s->login)
 		client_out_flush(s);
 	return ok;
+}
+
+/*
+ * The server failed while logging in: it broke the protocol (08P01) or the
+ * connection (08006). The client hears why, naming the cluster and the host,
+ * unless the server's own ErrorResponse already told it: that one is the
+ * reason, and PostgreSQL closes right after sending it.
+ */
+static void server_login_lost(struct session *s, const char *sqlstate, const char *what)
+{
+	struct login *L = s->login;
+
+	if (L->server_err) {
+		client_drain(s, &s->cl);
+		return;
+	}
+	client_log(s, LOG_WARN, "server %s:%u failed during login: %s", L->target.host,
+		   L->target.port, what);
+	if (strcmp(sqlstate, "08P01") == 0)
+		client_refuse(s, sqlstate,
+			      "The server at that address does not speak the PostgreSQL "
+			      "protocol as expected: check the cluster's hosts in the "
+			      "router's configuration, and the server's log.",
+			      "cluster \"%s\" coordinator %s:%u broke the protocol during "
+			      "login: it sent %s",
+			      s->cluster, L->target.host, L->target.port, what);
+	else
+		client_refuse(s, sqlstate,
+			      "The server ended the login without saying why (a crash, a "
+			      "restart, a network failure): check its log, then retry.",
+			      "cluster \"%s\" coordinator %s:%u %s during login", s->cluster,
+			      L->target.host, L->target.port, what);
 }
 
 /*
@@ -776,9 +927,22 @@ static void server_ssl_answer(struct session *s, struct block *b, size_t n)
 	uint8_t answer = (uint8_t)b->data[0];
 
 	block_put(b);
+	/*
+	 * An ErrorResponse instead of the answer: the server cannot take us now
+	 * (a failed fork, say). Its text comes before any TLS and we do not pass
+	 * it on, as libpq no longer shows it (CVE-2024-10977).
+	 */
+	if (answer == 'E') {
+		client_refuse(s, "08006",
+			      "The server could not accept the connection: check its log, then "
+			      "retry.",
+			      "cluster \"%s\" coordinator %s:%u answered SSLRequest with an error",
+			      s->cluster, L->target.host, L->target.port);
+		return;
+	}
 	/* Nothing may follow the answer: bytes here would be injected plaintext. */
 	if (n != 1 || (answer != 'S' && answer != 'N')) {
-		client_refuse(s, "08006", "Check the coordinator's TLS settings.",
+		client_refuse(s, "08P01", "Check the coordinator's address and TLS settings.",
 			      "cluster \"%s\" coordinator %s:%u gave an invalid answer to "
 			      "SSLRequest",
 			      s->cluster, L->target.host, L->target.port);
@@ -899,9 +1063,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 		return;
 	}
 	if (s->over_limit) {
-		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
-			      "too many client connections (max_client_conn = %u)",
-			      cfg->max_client_conn);
+		refuse_over_limit(s);
 		return;
 	}
 	switch (startup_find_tenant(st, &cfg->rule, &t)) {
@@ -1048,25 +1210,39 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 		     uv_strerror((int)err));
 	switch (s->state) {
 	case CLIENT_AUTH_RELAY:
+	case CLIENT_SERVER_LOGIN:
+		if (sd == &s->sv) {
+			char what[128];
+
+			if (err == UV_EOF)
+				snprintf(what, sizeof(what), "closed the connection");
+			else
+				snprintf(what, sizeof(what), "lost the connection (%s)",
+					 uv_strerror((int)err));
+			server_login_lost(s, "08006", what);
+			break;
+		}
+		/* The client left: what it sent still goes to the server. */
+		if (s->state == CLIENT_AUTH_RELAY)
+			client_drain(s, &s->sv);
+		else
+			client_close(s);
+		break;
 	case CLIENT_SPLICING:
 		/* Whatever one side sent before leaving still goes to the other. */
 		client_drain(s, other(s, sd));
 		break;
 	case CLIENT_CONNECTING:
 		if (sd == &s->sv) {
-			client_refuse(s, "08006", "Retry.",
-				      "cluster \"%s\" coordinator closed the connection during "
-				      "TLS setup",
-				      s->cluster);
-			break;
-		}
-		client_close(s);
-		break;
-	case CLIENT_SERVER_LOGIN:
-		if (sd == &s->sv) {
-			client_refuse(s, "08006", "Retry; check the cluster's log.",
-				      "cluster \"%s\" closed the connection during login",
-				      s->cluster);
+			struct login *L = s->login;
+
+			client_refuse(s, "08006",
+				      "The server ended the connection before TLS was set up: "
+				      "check its log and its ssl settings, then retry.",
+				      "cluster \"%s\" coordinator %s:%u %s during TLS setup",
+				      s->cluster, L->target.host, L->target.port,
+				      err == UV_EOF ? "closed the connection"
+						    : "lost the connection");
 			break;
 		}
 		client_close(s);
@@ -1129,12 +1305,12 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 	case CLIENT_AUTH_RELAY:
 	case CLIENT_SERVER_LOGIN:
 		if (sd == &s->sv) {
-			bool ok = relay_auth(s, (const uint8_t *)b->data, n);
+			char why[160];
+			bool ok = relay_auth(s, (const uint8_t *)b->data, n, why, sizeof(why));
 
 			block_put(b);
 			if (!ok) {
-				client_log(s, LOG_WARN, "server sent a malformed message during login");
-				client_close(s);
+				server_login_lost(s, "08P01", why);
 				return;
 			}
 			if (s->login && s->login->ready &&
@@ -1301,6 +1477,74 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	deliver(s, sd, b, (size_t)nread);
 }
 
+/* At most one line a second about connections refused for a limit, per loop. */
+#define LIMIT_LOG_MS 1000
+
+/*
+ * Which limit a new connection is over, if any. max_client_conn counts every
+ * session accepted and not being refused (a silent connection holds a slot
+ * as much as a busy one), and the open file limit caps sessions at what
+ * main.c computed from RLIMIT_NOFILE, two descriptors each.
+ */
+static enum over_limit over_which_limit(struct router *rt)
+{
+	struct limits *lim = rt->limits;
+	size_t live = atomic_load(rt->live), refusing = atomic_load(&lim->refusing);
+	/* This one included; other loops may move both counters meanwhile. */
+	size_t admitted = live > refusing ? live - refusing : 0;
+
+	if (atomic_load(&lim->nofile) > 0 && admitted > atomic_load(&lim->fd_sessions))
+		return OVER_FDS;
+	if (admitted > rt->cfg->max_client_conn)
+		return OVER_CONN;
+	return OVER_NONE;
+}
+
+/*
+ * Decides at accept whether the session may go on (true), perhaps only to
+ * be refused with 53300 after its startup packet. That wait is what lets
+ * libpq show our message: it discards an ErrorResponse that answers its
+ * SSLRequest (CVE-2024-10977), and sslmode=prefer sends one first. But a
+ * waiting connection holds a descriptor, so only wait_slots of them wait,
+ * and only for OVER_LIMIT_GRACE_MS; any more are refused at once, their
+ * descriptors closed before the next accept (false).
+ */
+static bool admit(struct session *s)
+{
+	struct router *rt = s->rt;
+	struct limits *lim = rt->limits;
+	enum over_limit over = over_which_limit(rt);
+	uint64_t now = uv_now(rt->loop);
+	size_t waiting, nfd, nshed;
+
+	if (over != OVER_NONE) {
+		s->over_limit = (uint8_t)over;
+		waiting = atomic_fetch_add(&lim->refusing, 1);
+		s->refuse_now = waiting >= atomic_load(&lim->wait_slots);
+	}
+	/* Counts this refusal, or tells the tail of a burst of them once its line is due. */
+	if (over == OVER_FDS)
+		nfd = log_limit_hit(&rt->fd_log, now, LIMIT_LOG_MS);
+	else
+		nfd = log_limit_due(&rt->fd_log, now, LIMIT_LOG_MS);
+	if (over == OVER_CONN && s->refuse_now)
+		nshed = log_limit_hit(&rt->shed_log, now, LIMIT_LOG_MS);
+	else
+		nshed = log_limit_due(&rt->shed_log, now, LIMIT_LOG_MS);
+	if (nfd > 0)
+		log_warn("open file limit reached: refused %zu connections since the last line; "
+			 "the limit (%zu) fits %zu sessions, raise LimitNOFILE or ulimit -n",
+			 nfd, atomic_load(&lim->nofile), atomic_load(&lim->fd_sessions));
+	if (nshed > 0)
+		log_warn("max_client_conn = %u reached: refused %zu connections at once since "
+			 "the last line",
+			 rt->cfg->max_client_conn, nshed);
+	if (!s->refuse_now)
+		return true;
+	refuse_over_limit(s);
+	return false;
+}
+
 void client_accept(struct router *rt, uv_stream_t *listener)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -1350,7 +1594,8 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, port);
 	}
 	uv_tcp_nodelay(&s->cl.tcp, 1);
-	s->over_limit = atomic_load(rt->live) > rt->cfg->max_client_conn;
+	if (!admit(s))
+		return;
 	s->login = calloc(1, sizeof(*s->login));
 	if (s->login == NULL) {
 		log_error("out of memory for a new session");
@@ -1360,7 +1605,11 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	s->login_deadline = s->started + rt->cfg->client_login_timeout_ms;
 	/* Decided once: framing must start with the session's first message. */
 	guard_init(s);
-	arm_timer(s, rt->cfg->client_login_timeout_ms);
+	/* Refused for a limit: a moment to send the startup packet, not the login timeout. */
+	if (s->over_limit && OVER_LIMIT_GRACE_MS < rt->cfg->client_login_timeout_ms)
+		arm_timer(s, OVER_LIMIT_GRACE_MS);
+	else
+		arm_timer(s, rt->cfg->client_login_timeout_ms);
 	client_start_reading(s, &s->cl);
 }
 

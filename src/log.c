@@ -23,6 +23,30 @@ static const char *const level_names[] = {"error", "warn", "info", "debug", "tra
 /* syslog priorities: err, warning, info, debug, debug */
 static const int level_prio[] = {3, 4, 6, 7, 7};
 
+size_t log_limit_hit(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms)
+{
+	size_t n;
+
+	l->held++;
+	if (now_ms < l->next_ms)
+		return 0;
+	n = l->held;
+	l->held = 0;
+	l->next_ms = now_ms + interval_ms;
+	return n;
+}
+
+size_t log_limit_due(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms)
+{
+	size_t n = l->held;
+
+	if (n == 0 || now_ms < l->next_ms)
+		return 0;
+	l->held = 0;
+	l->next_ms = now_ms + interval_ms;
+	return n;
+}
+
 void log_init(void)
 {
 	journal = getenv("JOURNAL_STREAM") != NULL;

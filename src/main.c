@@ -55,6 +55,7 @@ struct worker {
 	struct router rt;
 	uv_tcp_t listeners[CONFIG_MAX_LISTEN];
 	size_t nlisteners;
+	struct log_limit accept_log; /* failed accepts, one line per second */
 	uv_async_t wake; /* workers > 0 */
 	uv_thread_t thread;
 	bool started;
@@ -74,6 +75,7 @@ struct daemon {
 	struct worker *workers; /* owned array */
 	atomic_size_t live;	/* sessions across all workers */
 	atomic_size_t held;	/* bytes the guard holds across all workers */
+	struct limits limits;	/* the open file budget, shared by the workers */
 	bool draining;
 	uv_async_t empty_async; /* a worker's last session ended while draining */
 	uv_signal_t sighup, sigterm, sigint;
@@ -304,6 +306,73 @@ static void begin_shutdown(int signum)
 	check_finished();
 }
 
+/*
+ * Descriptors the router needs besides its sessions (README, "File descriptors"):
+ * stdio, libuv's own (signal pipes, the EMFILE spare), name lookups on the
+ * thread pool, files read on reload, cancel requests being forwarded.
+ */
+#define FD_RESERVE_BASE 32
+/* Each event loop: epoll, its async wakeup, libuv's EMFILE spare, a signal pipe (two). */
+#define FD_PER_LOOP 5
+
+/*
+ * Computes how many sessions the open file limit fits and publishes it to
+ * the workers (struct limits). A session holds two descriptors, client and
+ * server; kept aside are FD_RESERVE_BASE, per loop FD_PER_LOOP and its
+ * listeners, one health connection per host, and the connections that may
+ * wait to be told they are refused. At start the soft limit is first raised
+ * to the hard one; a reload (new hosts, a new max_client_conn) recomputes.
+ */
+static void fd_budget_update(const struct config *cfg, bool at_start)
+{
+	struct rlimit rl;
+	size_t nofile, nhosts = 0, slots, loops, reserve, sessions;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+		log_warn("getrlimit(RLIMIT_NOFILE): %s; sessions are limited by max_client_conn "
+			 "only",
+			 strerror(errno));
+		atomic_store(&D.limits.nofile, 0);
+		return;
+	}
+	if (at_start && rl.rlim_cur < rl.rlim_max) {
+		rlim_t was = rl.rlim_cur;
+
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+			log_warn("could not raise the open file limit from %llu to %llu: %s",
+				 (unsigned long long)was, (unsigned long long)rl.rlim_max,
+				 strerror(errno));
+			rl.rlim_cur = was;
+		}
+	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > SIZE_MAX / 4) {
+		atomic_store(&D.limits.nofile, 0);
+		return;
+	}
+	nofile = (size_t)rl.rlim_cur;
+	for (size_t i = 0; i < cfg->nclusters; i++)
+		nhosts += cfg->clusters[i].nhosts;
+	slots = nofile / 64 < 2 ? 2 : nofile / 64 > 64 ? 64 : nofile / 64;
+	/* Threads and listeners change only with a restart: count the running ones. */
+	loops = D.nworkers ? D.nworkers : cfg->threads;
+	reserve = FD_RESERVE_BASE + loops * (FD_PER_LOOP + cfg->nlisten) + nhosts + slots;
+	sessions = nofile > reserve ? (nofile - reserve) / 2 : 0;
+	atomic_store(&D.limits.fd_sessions, sessions);
+	atomic_store(&D.limits.wait_slots, slots);
+	atomic_store(&D.limits.nofile, nofile);
+	if (sessions < cfg->max_client_conn)
+		log_warn("open file limit %zu fits %zu sessions (2 descriptors each, %zu kept for "
+			 "the router), fewer than max_client_conn = %u: the others get 53300; "
+			 "raise LimitNOFILE or ulimit -n to %zu",
+			 nofile, sessions, reserve, cfg->max_client_conn,
+			 reserve + 2 * (size_t)cfg->max_client_conn);
+	else if (at_start)
+		log_info("open file limit %zu fits %zu sessions (2 descriptors each, %zu kept for "
+			 "the router)",
+			 nofile, sessions, reserve);
+}
+
 static void reload_start(void);
 
 static void reload_work_cb(uv_work_t *w)
@@ -356,6 +425,7 @@ static void reload_after_cb(uv_work_t *work, int status)
 	}
 	release_config(&D.loop, old);
 	log_set_level(nc->log_level);
+	fd_budget_update(nc, false);
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));
 done:
@@ -391,12 +461,24 @@ static void signal_cb(uv_signal_t *h, int signum)
 	begin_shutdown(signum);
 }
 
+/*
+ * Out of descriptors, libuv closes its spare one, accepts and closes what is
+ * pending (those clients see a bare close) and tells us only when even that
+ * failed. The fd budget (fd_budget_update) is there so we never get here;
+ * when we do, it can be thousands of times a second: one line per second.
+ */
 static void connection_cb(uv_stream_t *server, int status)
 {
 	struct worker *w = server->data;
+	bool nofds = status == UV_EMFILE || status == UV_ENFILE;
+	size_t n;
 
 	if (status < 0) {
-		log_warn("accept: %s", uv_strerror(status));
+		n = log_limit_hit(&w->accept_log, uv_now(w->loop), 1000);
+		if (n > 0)
+			log_warn("accept failed: %s (%zu times since the last line)%s",
+				 uv_strerror(status), n,
+				 nofds ? "; out of file descriptors: raise LimitNOFILE" : "");
 		return;
 	}
 	client_accept(&w->rt, server);
@@ -486,25 +568,6 @@ static void health_ready_cb(void *arg)
 	sdnotify("READY=1");
 }
 
-static void raise_nofile(const struct config *cfg)
-{
-	struct rlimit rl;
-	rlim_t want = (rlim_t)cfg->max_client_conn * 2 + 64;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-		return;
-	if (rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-			getrlimit(RLIMIT_NOFILE, &rl);
-	}
-	if (rl.rlim_cur < want)
-		log_warn("open file limit is %llu, below the %llu that max_client_conn = %u needs; "
-			 "raise LimitNOFILE",
-			 (unsigned long long)rl.rlim_cur, (unsigned long long)want,
-			 cfg->max_client_conn);
-}
-
 static int workers_init(struct config *cfg)
 {
 	D.nworkers = cfg->threads;
@@ -532,6 +595,7 @@ static int workers_init(struct config *cfg)
 		w->rt.cancels = D.cancels;
 		w->rt.live = &D.live;
 		w->rt.held = &D.held;
+		w->rt.limits = &D.limits;
 		w->rt.on_empty = on_empty;
 	}
 	return 0;
@@ -587,7 +651,7 @@ static int run(const char *path)
 	}
 	log_set_level(cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
-	raise_nofile(cfg);
+	fd_budget_update(cfg, true);
 	D.config_path = path;
 	D.cfg = cfg;
 	if (uv_loop_init(&D.loop) != 0) {

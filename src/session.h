@@ -99,6 +99,7 @@ struct login {
 	uint8_t *msg; /* owned: the current message's body */
 	size_t msgcap;
 	bool ready;	    /* ReadyForQuery seen */
+	bool server_err;    /* the server's own ErrorResponse went to the client */
 	struct block *out; /* owned: server messages gathered for one write to the client */
 	size_t outlen;
 	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
@@ -124,6 +125,12 @@ struct guard {
 	bool copied; /* something went out as a copy: the block cannot be passed whole */
 };
 
+/* Why a session was accepted only to be refused with 53300. */
+enum over_limit { OVER_NONE, OVER_CONN, OVER_FDS };
+
+/* How long a connection refused for a limit may take to send its startup packet. */
+#define OVER_LIMIT_GRACE_MS 1000
+
 struct side {
 	uv_tcp_t tcp;
 	bool inited;
@@ -143,7 +150,8 @@ struct session {
 	uv_shutdown_t shut;
 	int open_handles;
 	bool closed; /* handles are closing */
-	bool over_limit;
+	uint8_t over_limit; /* enum over_limit: accepted only to be refused */
+	bool refuse_now;    /* no descriptor to spare: client_refuse writes at once and closes */
 	uint64_t login_deadline;
 	uint64_t started;
 	struct login *login; /* owned; NULL once spliced */

@@ -95,9 +95,10 @@ def _clusters_healthy_after(request):
 def _router_factory(clusters, routers, mark_start_failures=False):
     """The factory both router fixtures hand out; every router made goes into routers."""
     def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
-                cluster_set=None):
+                cluster_set=None, nofile=None):
         r = harness.Router(cluster_set if cluster_set is not None else clusters,
-                           overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env)
+                           overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env,
+                           nofile=nofile)
         routers.append(r)
         if start:
             try:
@@ -143,7 +144,8 @@ def _stop_and_check(routers, label, died_during):
 @pytest.fixture
 def make_router(request, clusters):
     """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True).
-    cluster_set={name: PgServer} puts other servers behind the router (default: clusters)."""
+    cluster_set={name: PgServer} puts other servers behind the router (default: clusters);
+    nofile=N runs it under RLIMIT_NOFILE N."""
     routers = []
     request.node._tr_routers = routers
     yield _router_factory(clusters, routers)

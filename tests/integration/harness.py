@@ -321,8 +321,11 @@ class RouterDied(AssertionError):
 class Router:
     """The tenant-router binary with a generated INI in its own temp dir."""
 
-    def __init__(self, clusters, overrides=None, pins_file=None, raw_ini=None, env=None):
+    def __init__(self, clusters, overrides=None, pins_file=None, raw_ini=None, env=None,
+                 nofile=None):
+        """nofile=N starts the router with RLIMIT_NOFILE N (soft and hard: it cannot raise it)."""
         self.clusters = clusters
+        self.nofile = nofile
         self.bin = router_binary()
         self.dir = tempfile.mkdtemp(prefix="tr-router-")
         self.port = free_port()
@@ -393,9 +396,16 @@ class Router:
     def start(self, timeout=15):
         assert os.path.exists(self.bin), f"router binary {self.bin} not built"
         self._log = open(self.logfile, "ab")
+        preexec = None
+        if self.nofile is not None:
+            import resource
+            n = self.nofile
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
         self.proc = subprocess.Popen([self.bin, "-c", self.ini], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.dir, env=self.env)
+                                     cwd=self.dir, env=self.env, preexec_fn=preexec)
         deadline = time.monotonic() + timeout * SLOW
         while True:
             if self.proc.poll() is not None:
