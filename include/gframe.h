@@ -27,16 +27,19 @@
 #define GSCAN_MAX_PAT 64
 
 /*
- * The byte pre-filter: could this text switch the tenant? It needs the
- * key's last word (however the name is quoted) and either "set" (SET,
- * RESET, set_config) or a comment holding the whole key (sqlcommenter).
+ * The byte pre-filter: could this text switch the tenant? It fires on the
+ * key's last word (however the name is quoted) with either "set" (SET,
+ * RESET, set_config) or a comment holding the whole key (sqlcommenter); on
+ * set_config anywhere (its key may be an expression); on "set" with a
+ * backslash or U& (escapes can spell the key without its bytes).
  * The search is case-insensitive and carries over from one chunk to the
  * next, so it answers the same however the text was cut.
  */
 struct gscan {
 	char key[GSCAN_MAX_PAT]; /* a copy: sessions outlive config snapshots */
-	const char *pat[4];      /* into key, or literals */
-	uint8_t len[4];
+	const char *pat[7]; /* into key, or literals */
+	uint8_t len[7];
+	bool word_only; /* fire on the key's last word alone (FunctionCall arguments) */
 	unsigned seen; /* bit i: pat[i] was found */
 	uint8_t tail[GSCAN_MAX_PAT - 1];
 	uint8_t taillen;
@@ -53,11 +56,22 @@ bool gscan_hit(const struct gscan *sc);
 /* One whole text: gscan_reset, gscan_feed, gscan_hit. */
 bool gscan_text(struct gscan *sc, const char *p, size_t n);
 
-/* An ErrorResponse the framer delivers in its place in the server's stream. */
+/*
+ * A refused message goes to the server as a marker that the server fails in
+ * its place; the marker's name is in the server's ErrorResponse, which the
+ * framer replaces with the owner's error.
+ */
+#define GFRAME_MARKER "__tenant_router_refused_"
+/* The largest server ErrorResponse body the framer holds to look for a marker. */
+#define GFRAME_ERR_MAX (16u << 10)
+/* Errors waiting at once (each waits for its marker or its batch's ReadyForQuery). */
+#define GFRAME_MAX_ERRORS 256
+
+/* An ErrorResponse the framer delivers in place of the server's answer to a marker. */
 struct gframe_error {
 	struct gframe_error *next;
-	uint64_t sync; /* set by the framer: the Sync or Query whose ReadyForQuery it precedes */
-	bool replace;  /* set by the framer: stands in for the server's own error of that batch */
+	uint64_t sync;	 /* set by the framer: gone at the ReadyForQuery of this batch */
+	uint64_t marker; /* set by the framer: the marker's number; 0 for a spoiled statement */
 	size_t len;
 	uint8_t msg[];
 };
@@ -107,7 +121,6 @@ struct gframe {
 	bool blind; /* the client broke the framing: pass all, the server ends it */
 
 	/* Client to server. */
-	bool discard;    /* dropping a refused batch up to its Sync */
 	bool cforwarded; /* part of the current header went out around the framer */
 	uint8_t chdr[5];
 	uint8_t chlen;
@@ -117,17 +130,19 @@ struct gframe {
 	size_t holdlen, holdcap;
 	struct gscan scan;
 	uint64_t syncs; /* Query, Sync and FunctionCall sent: each gets one ReadyForQuery */
+	uint64_t markers; /* markers sent */
 
 	/* Server to client. */
 	uint8_t shdr[5];
 	uint8_t shlen, sheld; /* header bytes seen / of those, kept back from earlier reads */
 	uint32_t sleft;
-	bool sdrop;  /* dropping the server message being read (replaced by ours) */
-	bool serr;   /* the server sent an ErrorResponse since its last ReadyForQuery */
+	bool ehold;    /* holding the server's ErrorResponse in ebuf */
+	uint8_t *ebuf; /* owned: that ErrorResponse, header included */
+	size_t elen;
 	bool sblind; /* the server broke the framing: pass all */
 	bool scut;   /* the current header's first bytes went out unframed */
 	uint64_t zs; /* ReadyForQuery received */
-	struct gframe_error *errors; /* owned: waiting for their ReadyForQuery, in order */
+	struct gframe_error *errors; /* owned: waiting for their marker's error, oldest first */
 };
 
 /* key: tenant_key (copied). max_hold > 5. held may be NULL (no router-wide limit). */

@@ -124,6 +124,14 @@ struct proto_error_fields {
 };
 enum proto_status proto_parse_error(const uint8_t *body, size_t len, struct proto_error_fields *f);
 
+/*
+ * Parameter param (1-based) of a Bind body: its format code (0 text, 1
+ * binary) and bytes (*v NULL for a NULL value), pointers into body. false
+ * when the body is malformed or has no such parameter.
+ */
+bool proto_bind_param(const uint8_t *body, size_t len, int param, uint16_t *fmt,
+		      const uint8_t **v, uint32_t *vlen) MUSTCHECK;
+
 /* True if [p, p+n) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool proto_is_utf8(const uint8_t *p, size_t n);
 

@@ -103,6 +103,14 @@ struct query_tenant {
 	char tenant[STARTUP_MAX_TENANT_LEN + 1]; /* NUL-terminated (QUERY_TENANT) */
 	size_t tenant_len;
 	int param; /* QUERY_PARAM: 1-based parameter number */
+	/*
+	 * set_config($key_param, value, ...): a setting named by a parameter
+	 * (any kind). If Bind gives $key_param the key's name, the tenant is
+	 * $key_value_param (when not 0), else key_value (NUL-terminated).
+	 */
+	int key_param;
+	int key_value_param;
+	char key_value[STARTUP_MAX_TENANT_LEN + 1];
 	size_t nstmts; /* statements parsed; 0 for an empty or comment-only string */
 	size_t nlocal;
 	struct query_local local[QUERY_MAX_LOCAL];

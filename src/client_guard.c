@@ -20,19 +20,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "route.h"
 #include "router.h"
 
-/* A prepared statement whose Parse had set_config(key, $param). */
+/*
+ * A prepared statement whose Parse had set_config(key, $param), or
+ * set_config($key_param, ...) with the setting's name bound later.
+ */
 struct flagged {
 	struct flagged *next;
 	int param;
+	int key_param, key_value_param;
+	char key_value[STARTUP_MAX_TENANT_LEN + 1];
 	uint16_t ntypes;
 	uint32_t types[8];
 	char name[];
 };
+
+/* pg_proc's oid of set_config(text, text, boolean), fixed since PostgreSQL 7.3. */
+#define OID_SET_CONFIG 2078
 
 /* More statements that set the tenant from a parameter than any client needs. */
 #define FLAGGED_MAX 1024
@@ -173,18 +182,55 @@ static void guard_verdict_unknown(struct session *s, const struct query_tenant *
 			     s->rt->cfg->rule.key);
 }
 
-/* Does this SQL switch the tenant? True to forward it. */
-static bool guard_sql(struct session *s, const char *sql, size_t len, struct query_tenant *q)
+/* Does a simple Query EXECUTE a statement the guard has flagged (its Bind is not ours to see)? */
+static const struct flagged *guard_executes_flagged(struct session *s, const char *sql,
+						    size_t len)
+{
+	if (!query_mentions(sql, len, "execute", 7))
+		return NULL;
+	for (const struct flagged *f = s->g.flagged; f; f = f->next) {
+		if (f->name[0] && query_mentions(sql, len, f->name, strlen(f->name)))
+			return f;
+	}
+	return NULL;
+}
+
+/* Does this SQL switch the tenant? True to forward it. simple: a Query, not a Parse. */
+static bool guard_sql(struct session *s, const char *sql, size_t len, bool simple,
+		      struct query_tenant *q)
 {
 	struct query_rule rule = {s->rt->cfg->rule.key, NULL};
+	const struct flagged *f;
 
 	q->kind = QUERY_OTHER;
 	q->param = 0;
 	q->sources = 0;
+	q->key_param = 0;
+	if (simple && s->g.flagged && (f = guard_executes_flagged(s, sql, len)) != NULL) {
+		guard_refuse(s, GUARD_SQLSTATE,
+			     "Run that statement through the extended protocol (Bind), where "
+			     "the router reads its parameters.",
+			     "EXECUTE of prepared statement \"%s\", which sets \"%s\" from a "
+			     "parameter",
+			     f->name, s->rt->cfg->rule.key);
+		return false;
+	}
 	/* The cheap test first (a parse costs tens of microseconds): the framer's pre-filter. */
 	if (!gscan_text(&s->g.f.scan, sql, len))
 		return true;
 	query_find_tenant(sql, len, &rule, q);
+	/*
+	 * In a simple Query a parameter can only be PREPAREd, and its EXECUTE
+	 * gives the value in SQL the guard would have to tie back: refuse.
+	 */
+	if (simple && (q->kind == QUERY_PARAM || q->param != 0 || q->key_param != 0)) {
+		guard_refuse(s, GUARD_SQLSTATE,
+			     "Give the tenant as a constant, or use the extended protocol "
+			     "(Parse/Bind), where the router reads parameters.",
+			     "the statement prepares a set_config() of \"%s\" from a parameter",
+			     s->rt->cfg->rule.key);
+		return false;
+	}
 	switch (q->kind) {
 	case QUERY_TENANT:
 		return guard_allows(s, q->tenant, q->tenant_len);
@@ -231,9 +277,9 @@ static bool guard_parse(struct session *s, struct rd *r)
 	 */
 	if (nl == 0)
 		flagged_drop(g, name);
-	if (!guard_sql(s, sql, ql, &q))
+	if (!guard_sql(s, sql, ql, false, &q))
 		return false;
-	if (q.param == 0 || !(q.sources & QSRC_SET_CONFIG))
+	if ((q.param == 0 || !(q.sources & QSRC_SET_CONFIG)) && q.key_param == 0)
 		return true;
 	/* set_config(key, $n): the tenant comes with each Bind of this statement. */
 	if (g->nflagged >= FLAGGED_MAX) {
@@ -248,7 +294,10 @@ static bool guard_parse(struct session *s, struct rd *r)
 		return false;
 	}
 	memcpy(f->name, name, nl + 1);
-	f->param = q.param;
+	f->param = (q.sources & QSRC_SET_CONFIG) ? q.param : 0;
+	f->key_param = q.key_param;
+	f->key_value_param = q.key_value_param;
+	memcpy(f->key_value, q.key_value, sizeof(f->key_value));
 	if (rd_u16(r, &f->ntypes)) {
 		for (uint16_t i = 0; i < f->ntypes && i < ARRAY_SIZE(f->types); i++) {
 			if (!rd_u32(r, &f->types[i]))
@@ -261,35 +310,123 @@ static bool guard_parse(struct session *s, struct rd *r)
 	return true;
 }
 
+/* The text bound for parameter param of a Bind of f's statement; false if unreadable. */
+static bool bound_text(const uint8_t *body, size_t blen, const struct flagged *f, int param,
+		       char *out, size_t cap, size_t *outlen)
+{
+	struct xstmt st;
+
+	memset(&st, 0, sizeof(st));
+	st.q.param = param;
+	st.ntypes = f->ntypes;
+	memcpy(st.types, f->types, sizeof(st.types));
+	return local_bind_param(body, blen, &st, out, cap, outlen);
+}
+
+static bool guard_unreadable_bind(struct session *s)
+{
+	guard_refuse(s, GUARD_SQLSTATE, NULL,
+		     "the value bound for \"%s\" cannot be read as a tenant; bind it as text",
+		     s->rt->cfg->rule.key);
+	return false;
+}
+
 /* A Bind: every flag of its statement must allow the value bound for the tenant. */
 static bool guard_bind(struct session *s, const uint8_t *body, size_t blen, struct rd *r)
 {
-	const char *portal, *name;
+	const char *portal, *name, *key = s->rt->cfg->rule.key;
 	size_t pl, nl, vl;
 	char val[STARTUP_MAX_TENANT_LEN + 1];
 
 	if (!rd_cstr(r, &portal, &pl) || !rd_cstr(r, &name, &nl))
 		return true;
 	for (struct flagged *f = s->g.flagged; f; f = f->next) {
-		struct xstmt st;
-
 		if (strcmp(f->name, name) != 0)
 			continue;
-		memset(&st, 0, sizeof(st));
-		st.q.param = f->param;
-		st.ntypes = f->ntypes;
-		memcpy(st.types, f->types, sizeof(st.types));
-		if (!local_bind_param(body, blen, &st, val, sizeof(val), &vl)) {
-			guard_refuse(s, GUARD_SQLSTATE, NULL,
-				     "the value bound for \"%s\" cannot be read as a tenant; bind it "
-				     "as text",
-				     s->rt->cfg->rule.key);
-			return false;
+		if (f->param) {
+			if (!bound_text(body, blen, f, f->param, val, sizeof(val), &vl))
+				return guard_unreadable_bind(s);
+			if (!guard_allows(s, val, vl))
+				return false;
 		}
-		if (!guard_allows(s, val, vl))
+		if (f->key_param == 0)
+			continue;
+		/*
+		 * set_config($k, v): only a name bound as the key makes v the
+		 * tenant. A setting's name is text in either format (the binary
+		 * form of text is its bytes); PostgreSQL compares names without case.
+		 */
+		{
+			const uint8_t *nm;
+			uint32_t nmlen;
+			uint16_t fmt;
+
+			if (!proto_bind_param(body, blen, f->key_param, &fmt, &nm, &nmlen))
+				continue; /* the server refuses this Bind */
+			if (nm == NULL || nmlen != strlen(key) ||
+			    strncasecmp((const char *)nm, key, nmlen) != 0)
+				continue;
+		}
+		if (f->key_value_param) {
+			if (!bound_text(body, blen, f, f->key_value_param, val, sizeof(val), &vl))
+				return guard_unreadable_bind(s);
+		} else {
+			vl = strlen(f->key_value);
+			memcpy(val, f->key_value, vl + 1);
+		}
+		if (vl > 0 && !guard_allows(s, val, vl))
 			return false;
 	}
 	return true;
+}
+
+/*
+ * A FunctionCall: the protocol's way to call a function by oid, which
+ * skips SQL altogether. set_config(key, value, ...) is judged like SQL.
+ */
+static bool guard_fcall(struct session *s, struct rd *r)
+{
+	const char *key = s->rt->cfg->rule.key;
+	uint32_t oid;
+	uint16_t nfmt, fmt, nargs;
+	const uint8_t *arg[2] = {NULL, NULL};
+	uint32_t alen[2] = {0, 0};
+
+	if (!rd_u32(r, &oid) || oid != OID_SET_CONFIG || !rd_u16(r, &nfmt))
+		return true;
+	for (uint16_t i = 0; i < nfmt; i++) {
+		if (!rd_u16(r, &fmt))
+			return true;
+	}
+	if (!rd_u16(r, &nargs) || nargs != 3)
+		return true; /* the server refuses set_config with other arity */
+	for (int i = 0; i < 2; i++) {
+		if (!rd_u32(r, &alen[i]))
+			return true;
+		if (alen[i] == UINT32_MAX) /* NULL */
+			continue;
+		if (!rd_bytes(r, alen[i], &arg[i]))
+			return true;
+	}
+	if (arg[0] == NULL || alen[0] != strlen(key) || strncasecmp((const char *)arg[0], key,
+								     alen[0]) != 0)
+		return true;
+	if (arg[1] == NULL || alen[1] == 0)
+		return true; /* a NULL or empty value: no tenant, as RESET */
+	if (alen[1] > STARTUP_MAX_TENANT_LEN || memchr(arg[1], 0, alen[1])) {
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
+			     "a FunctionCall of set_config() sets \"%s\" to a value that is not "
+			     "a tenant",
+			     key);
+		return false;
+	}
+	{
+		char val[STARTUP_MAX_TENANT_LEN + 1];
+
+		memcpy(val, arg[1], alen[1]);
+		val[alen[1]] = '\0';
+		return guard_allows(s, val, alen[1]);
+	}
 }
 
 /* One whole client message (header included) the framer asked about: forward it? */
@@ -306,11 +443,14 @@ static bool guard_message(struct session *s, const uint8_t *m, size_t total)
 	rd_init(&r, body, blen);
 	switch (m[0]) {
 	case 'Q':
-		return guard_sql(s, (const char *)body, strnlen((const char *)body, blen), &q);
+		return guard_sql(s, (const char *)body, strnlen((const char *)body, blen), true,
+				 &q);
 	case 'P':
 		return guard_parse(s, &r);
 	case 'B':
 		return guard_bind(s, body, blen, &r);
+	case 'F':
+		return guard_fcall(s, &r);
 	case 'C':
 		if (rd_u8(&r, &what) && what == 'S' && rd_cstr(&r, &name, &nl))
 			flagged_drop(&s->g, name);
@@ -324,7 +464,8 @@ static bool on_wants(void *ctx, uint8_t type)
 {
 	struct session *s = ctx;
 
-	return type == 'Q' || type == 'P' || ((type == 'B' || type == 'C') && s->g.flagged);
+	return type == 'Q' || type == 'P' || type == 'F' ||
+	       ((type == 'B' || type == 'C') && s->g.flagged);
 }
 
 static enum gframe_verdict on_inspect(void *ctx, const uint8_t *m, size_t len,

@@ -5,27 +5,29 @@
  *
  * Client side. Each message is framed by its 5-byte header. A type the
  * owner does not want passes untouched. A wanted one (Query, Parse, a Bind
- * of a flagged statement) is judged whole: in place when the read holds it
- * all, else gathered in f->hold. A wanted message longer than max_hold, or
- * one the router-wide budget has no room for, is not held: a Query or Parse
- * is streamed while the pre-filter (struct gscan) scans it, and if the
- * pre-filter fires the rest of the message goes out as zero bytes. The
- * server then reads the statement text only up to the first zero and finds
- * bytes left over in the message, which PostgreSQL answers with an ERROR
- * ("invalid message format") before parsing anything: nothing of the
- * statement runs. The framer replaces that server error with the owner's
- * (see gframe_server). Any other overlong wanted message is dropped and
- * refused like a refused statement.
+ * of a flagged statement, FunctionCall) is judged whole: in place when the
+ * read holds it all, else gathered in f->hold. A wanted message longer than
+ * max_hold, or one the router-wide budget has no room for, is not held: a
+ * Query or Parse is streamed while the pre-filter (struct gscan) scans it,
+ * and if the pre-filter fires, the rest of the message goes out as zero
+ * bytes. The server then reads the statement text only up to the first
+ * zero and finds bytes left over in the message, which PostgreSQL answers
+ * with an ERROR ("invalid message format") before parsing anything: nothing
+ * of the statement runs.
  *
- * A refused Query is replaced by a Sync; a refused extended-protocol message
- * is dropped with the rest of its batch up to the client's Sync, as the
- * server drops a batch after an error. Either way the server answers with a
- * ReadyForQuery, and the refusal's error goes out in front of it.
+ * A refused message never reaches the server. In its place goes a marker
+ * that the server fails right there (see send_marker), so PostgreSQL's own
+ * rules decide what the failure means: the implicit transaction rolls back,
+ * a transaction block is aborted, the rest of an extended batch is skipped
+ * up to its Sync. The framer needs no model of that.
  *
- * Server side. Only headers are read: ReadyForQuery is counted (the n-th
- * answers the n-th Query, Sync or FunctionCall sent), an ErrorResponse marks
- * the batch as failed. While errors wait, a header cut across reads is kept
- * back so that an error can still go in front of it.
+ * Server side. Only headers are read, until errors wait: then each
+ * ErrorResponse is held whole, and one that names a marker (or answers a
+ * spoiled statement) is replaced by the owner's error. An error whose marker
+ * the server skipped (an earlier message of the batch had failed) is
+ * dropped at the ReadyForQuery that ends its batch; ReadyForQuery is counted
+ * for that alone, so a count that runs ahead (the server skips a Query after
+ * an extended-protocol error) only keeps a dead error longer.
  *
  * Invariants: bytes come out in the order they went in; with no refusal and
  * no overlong wanted message, the output is the input, byte for byte,
@@ -33,13 +35,14 @@
  */
 #include "gframe.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto.h"
 #include "query.h"
 
-enum { PAT_WORD, PAT_SET, PAT_COMMENT, PAT_KEY };
+enum { PAT_WORD, PAT_SET, PAT_COMMENT, PAT_KEY, PAT_SET_CONFIG, PAT_BACKSLASH, PAT_UNICODE, NPAT };
 
 static const uint8_t zeros[4096];
 
@@ -60,6 +63,14 @@ void gscan_init(struct gscan *sc, const char *key)
 	sc->len[PAT_COMMENT] = 2;
 	sc->pat[PAT_KEY] = sc->key;
 	sc->len[PAT_KEY] = (uint8_t)klen;
+	/* Ways to spell the key without its bytes: set_config(expr), E'\x5f', U&"\005f". */
+	sc->pat[PAT_SET_CONFIG] = "set_config";
+	sc->len[PAT_SET_CONFIG] = 10;
+	sc->pat[PAT_BACKSLASH] = "\\";
+	sc->len[PAT_BACKSLASH] = 1;
+	sc->pat[PAT_UNICODE] = "u&";
+	sc->len[PAT_UNICODE] = 2;
+	sc->word_only = false;
 	gscan_reset(sc);
 }
 
@@ -88,10 +99,32 @@ static long first_end(const uint8_t *h, size_t n, const char *pat, size_t plen)
 	return -1;
 }
 
-static inline bool hit_of(unsigned s)
+#define SEEN(s, k) (((s) >> (k)) & 1u)
+
+/*
+ * The pre-filter's condition over what was seen: the key's word and "set"
+ * or a comment with the whole key; or set_config; or "set" with an escape
+ * (a backslash, U&) that could spell the key. word_only (a FunctionCall):
+ * the key's word alone, since its arguments are raw bytes.
+ */
+static inline bool hit_of(const struct gscan *sc, unsigned s)
 {
-	return (s & (1u << PAT_WORD)) &&
-	       ((s & (1u << PAT_SET)) || ((s & (1u << PAT_COMMENT)) && (s & (1u << PAT_KEY))));
+	if (sc->word_only)
+		return SEEN(s, PAT_WORD);
+	return (SEEN(s, PAT_WORD) &&
+		(SEEN(s, PAT_SET) || (SEEN(s, PAT_COMMENT) && SEEN(s, PAT_KEY)))) ||
+	       SEEN(s, PAT_SET_CONFIG) ||
+	       (SEEN(s, PAT_SET) && (SEEN(s, PAT_BACKSLASH) || SEEN(s, PAT_UNICODE)));
+}
+
+static inline long max2(long a, long b)
+{
+	return a > b ? a : b;
+}
+
+static inline long min2(long a, long b)
+{
+	return a < b ? a : b;
 }
 
 /*
@@ -102,7 +135,7 @@ static inline bool hit_of(unsigned s)
  */
 static size_t hit_offset(const struct gscan *sc, unsigned before, const uint8_t *p, size_t n)
 {
-	long end[ARRAY_SIZE(sc->pat)], a, b;
+	long end[ARRAY_SIZE(sc->pat)], a;
 	uint8_t win[2 * (GSCAN_MAX_PAT - 1)];
 
 	for (unsigned k = 0; k < ARRAY_SIZE(sc->pat); k++) {
@@ -125,10 +158,16 @@ static size_t hit_offset(const struct gscan *sc, unsigned before, const uint8_t 
 		if (e >= 0)
 			end[k] = e;
 	}
-	a = end[PAT_WORD] > end[PAT_SET] ? end[PAT_WORD] : end[PAT_SET];
-	b = end[PAT_WORD] > end[PAT_COMMENT] ? end[PAT_WORD] : end[PAT_COMMENT];
-	b = b > end[PAT_KEY] ? b : end[PAT_KEY];
-	a = a < b ? a : b;
+	/* Where each way to fire completes; the earliest one is where it fired (as in hit_of). */
+	if (sc->word_only) {
+		a = end[PAT_WORD];
+	} else {
+		a = max2(end[PAT_WORD], end[PAT_SET]);
+		a = min2(a, max2(end[PAT_WORD], max2(end[PAT_COMMENT], end[PAT_KEY])));
+		a = min2(a, end[PAT_SET_CONFIG]);
+		a = min2(a, max2(end[PAT_SET], end[PAT_BACKSLASH]));
+		a = min2(a, max2(end[PAT_SET], end[PAT_UNICODE]));
+	}
 	return a < 0 ? 0 : (size_t)a;
 }
 
@@ -139,7 +178,7 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 	size_t keep, at = SIZE_MAX;
 
 	if (n == 0)
-		return hit_of(before) ? 0 : SIZE_MAX;
+		return hit_of(sc, before) ? 0 : SIZE_MAX;
 	for (unsigned k = 0; k < ARRAY_SIZE(sc->pat); k++) {
 		size_t plen = sc->len[k];
 
@@ -157,9 +196,9 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 		if (query_mentions((const char *)p, n, sc->pat[k], plen))
 			sc->seen |= 1u << k;
 	}
-	if (hit_of(before))
+	if (hit_of(sc, before))
 		at = 0;
-	else if (hit_of(sc->seen))
+	else if (hit_of(sc, sc->seen))
 		at = hit_offset(sc, before, p, n);
 	/* Keep the last bytes of tail + p for the next cut. */
 	if (n >= sizeof(sc->tail)) {
@@ -176,12 +215,13 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 
 bool gscan_hit(const struct gscan *sc)
 {
-	return hit_of(sc->seen);
+	return hit_of(sc, sc->seen);
 }
 
 bool gscan_text(struct gscan *sc, const char *p, size_t n)
 {
 	gscan_reset(sc);
+	sc->word_only = false;
 	return gscan_feed(sc, (const uint8_t *)p, n) != SIZE_MAX;
 }
 
@@ -223,6 +263,8 @@ void gframe_free(struct gframe *f)
 	struct gframe_error *e;
 
 	hold_release(f);
+	free(f->ebuf);
+	f->ebuf = NULL;
 	while ((e = f->errors) != NULL) {
 		f->errors = e->next;
 		free(e);
@@ -231,7 +273,7 @@ void gframe_free(struct gframe *f)
 
 bool gframe_busy(const struct gframe *f)
 {
-	return f->errors != NULL || f->sheld > 0 || f->sdrop;
+	return f->errors != NULL || f->sheld > 0 || f->ehold;
 }
 
 /* Room for a message of n bytes in this framer and in the router's budget? Takes it if so. */
@@ -301,36 +343,61 @@ static inline void count(struct gframe *f, uint8_t type)
 		f->syncs++;
 }
 
-/* Queues e to go out before the ReadyForQuery that answers Sync or Query number sync. */
-static void queue_error(struct gframe *f, struct gframe_error *e, uint64_t sync, bool replace)
+/* Queues e; it stays until its marker's error comes, or its batch's ReadyForQuery. */
+static void queue_error(struct gframe *f, struct gframe_error *e, uint64_t sync, uint64_t marker)
 {
 	struct gframe_error **pp;
+	unsigned n = 0;
 
 	e->sync = sync;
-	e->replace = replace;
+	e->marker = marker;
 	e->next = NULL;
 	for (pp = &f->errors; *pp; pp = &(*pp)->next)
-		;
+		n++;
 	*pp = e;
+	/* Entries whose marker the server skipped go at their ReadyForQuery; cap them anyway. */
+	if (n >= GFRAME_MAX_ERRORS) {
+		e = f->errors;
+		f->errors = e->next;
+		free(e);
+	}
 }
 
 /*
- * A message of this type was refused (its error is queued): a Query is
- * answered through a Sync in its place; after an extended-protocol message
- * the rest of the batch is dropped up to the client's Sync.
+ * Sends, in place of a refused message, one the server fails in that very
+ * place, so that PostgreSQL's own rules apply: the implicit transaction or
+ * the block fails, the rest of an extended batch is skipped up to Sync. Its
+ * error names the marker, and gframe_server puts e in its stead. A Query or
+ * FunctionCall becomes a Query of an unknown column (its own ReadyForQuery
+ * follows); an extended-protocol message becomes a Describe of a portal that
+ * does not exist (the batch's Sync follows).
  */
-static bool after_refusal(struct gframe *f, uint8_t type)
+static bool send_marker(struct gframe *f, uint8_t type, struct gframe_error *e)
 {
-	static const uint8_t sync[5] = {'S', 0, 0, 0, 4};
+	uint8_t m[5 + 64];
+	uint64_t id = ++f->markers;
+	int n;
 
-	if (type != 'Q') {
-		f->discard = true;
-		return true;
+	if (type == 'Q' || type == 'F') {
+		n = snprintf((char *)m + 5, sizeof(m) - 5, "SELECT " GFRAME_MARKER "%llu",
+			     (unsigned long long)id);
+		m[0] = 'Q';
+	} else {
+		n = snprintf((char *)m + 6, sizeof(m) - 6, GFRAME_MARKER "%llu",
+			     (unsigned long long)id);
+		m[5] = 'P';
+		n++;
+		m[0] = 'D';
 	}
-	if (!to_server(f, sync, sizeof(sync)))
-		return false;
-	f->syncs++;
-	return true;
+	n++; /* the NUL */
+	proto_put_u32(m + 1, (uint32_t)(4 + n));
+	if (type == 'Q' || type == 'F') {
+		f->syncs++;
+		queue_error(f, e, f->syncs, id);
+	} else {
+		queue_error(f, e, f->syncs + 1, id);
+	}
+	return to_server(f, m, 5 + (size_t)n);
 }
 
 /* Asks the owner about a whole wanted message; forwards it, or refuses it. */
@@ -346,8 +413,7 @@ static bool judge(struct gframe *f, const uint8_t *m, size_t len, bool *passed)
 		*passed = false;
 		if (e == NULL)
 			return false;
-		queue_error(f, e, f->syncs + 1, false);
-		return after_refusal(f, m[0]);
+		return send_marker(f, m[0], e);
 	case GFRAME_FAIL:
 	default:
 		free(e);
@@ -360,8 +426,10 @@ static bool overlong(struct gframe *f, uint8_t type, size_t len)
 {
 	struct gframe_error *e;
 
-	if (type == 'Q' || type == 'P') {
+	if (type == 'Q' || type == 'P' || type == 'F') {
+		/* A FunctionCall's arguments are raw bytes: the key's word alone spoils it. */
 		gscan_reset(&f->scan);
+		f->scan.word_only = type == 'F';
 		f->body = GFRAME_BODY_STREAM;
 		count(f, type);
 		return true;
@@ -369,9 +437,8 @@ static bool overlong(struct gframe *f, uint8_t type, size_t len)
 	e = f->ops->overlong(f->ctx, type, len);
 	if (e == NULL)
 		return false;
-	queue_error(f, e, f->syncs + 1, false);
 	f->body = GFRAME_BODY_DROP;
-	return after_refusal(f, type);
+	return send_marker(f, type, e);
 }
 
 /* The streamed statement turned out to need reading: spoil the rest of it. */
@@ -385,7 +452,7 @@ static bool poison(struct gframe *f)
 
 	if (e == NULL)
 		return false;
-	queue_error(f, e, sync, true);
+	queue_error(f, e, sync, 0);
 	f->body = GFRAME_BODY_POISON;
 	return true;
 }
@@ -478,21 +545,14 @@ static bool header(struct gframe *f, const uint8_t *p, size_t n, size_t start, s
 		count(f, type);
 		return f->cleft > 0 || end_message(f);
 	}
-	if (f->discard && type == 'S')
-		f->discard = false;
-	if (f->discard || !f->ops->wants(f->ctx, type)) {
+	if (!f->ops->wants(f->ctx, type)) {
 		/* The part of the header kept back from the last read goes first. */
 		if (!to_server(f, p + *emit, start - *emit))
 			return false;
 		*emit = start;
-		if (f->discard) {
-			*emit = *i;
-			f->body = GFRAME_BODY_DROP;
-		} else {
-			if (!to_server(f, f->chdr, earlier))
-				return false;
-			count(f, type);
-		}
+		if (!to_server(f, f->chdr, earlier))
+			return false;
+		count(f, type);
 		return f->cleft > 0 || end_message(f);
 	}
 	if (from_here == 5 && f->cleft <= n - *i && 5 + (size_t)f->cleft <= f->max_hold) {
@@ -592,14 +652,15 @@ void gframe_skip(struct gframe *f, const uint8_t *p, size_t n)
 	f->cforwarded = f->chlen > 0;
 }
 
-/* A server header is complete: ReadyForQuery count and the batch's error state. */
-static void server_note(struct gframe *f, uint8_t type)
+/* A ReadyForQuery: the errors of the batches it answers are dead (their markers were skipped). */
+static void server_ready(struct gframe *f)
 {
-	if (type == 'Z') {
-		f->zs++;
-		f->serr = false;
-	} else if (type == 'E') {
-		f->serr = true;
+	struct gframe_error *e;
+
+	f->zs++;
+	while ((e = f->errors) != NULL && e->sync <= f->zs) {
+		f->errors = e->next;
+		free(e);
 	}
 }
 
@@ -625,61 +686,89 @@ static void server_scan(struct gframe *f, const uint8_t *p, size_t n)
 			if (mlen < 4)
 				f->sblind = true;
 			f->sleft = mlen >= 4 ? mlen - 4 : 0;
-			server_note(f, f->shdr[0]);
+			if (f->shdr[0] == 'Z')
+				server_ready(f);
 		}
 	}
-	/* The start of this header went out: nothing can go in front of it any more. */
+	/* The start of this header went out: nothing can be held from it any more. */
 	if (f->shlen > 0)
 		f->scut = true;
 }
 
-/*
- * A whole server header sits in shdr (its first sheld bytes held back from
- * earlier reads). Puts waiting errors in front of it, or drops it when our
- * error replaces it. *drop: the header is not to be sent.
- */
-static bool server_header(struct gframe *f, bool *drop)
+/* Does the ErrorResponse body b name a marker, or is it the server's word on a spoiled message? */
+static bool error_marker(const uint8_t *b, size_t n, uint64_t *id)
 {
-	uint8_t type = f->shdr[0];
-	struct gframe_error *e = f->errors;
-	bool sent = false;
+	static const char mk[] = GFRAME_MARKER;
+	const uint8_t *at = memmem(b, n, mk, sizeof(mk) - 1);
+	uint64_t v = 0;
+	size_t i;
 
-	*drop = false;
-	if (f->scut) {
-		/* Its first bytes went out before an error waited: it can only pass. */
-		f->scut = false;
-		server_note(f, type);
-		return true;
-	}
-	if (type == 'E' && e && e->replace && e->sync == f->zs + 1 && !f->serr) {
-		/* The server's complaint about the bytes we spoiled: ours says why. */
-		f->errors = e->next;
-		sent = to_client(f, e->msg, e->len);
-		free(e);
-		if (!sent)
-			return false;
-		f->serr = true;
-		f->sdrop = f->sleft > 0;
-		*drop = true;
-		return true;
-	}
-	if (type == 'Z') {
-		/* Every error of this batch goes now; the first one shows unless the server erred.
+	if (at == NULL) {
+		/*
+		 * A protocol violation: PostgreSQL's word on a message we spoiled
+		 * ("invalid message format" for bytes left over, or a FunctionCall
+		 * whose arguments no longer add up).
 		 */
-		while ((e = f->errors) != NULL && e->sync <= f->zs + 1) {
-			f->errors = e->next;
-			if (!f->serr && !sent && e->sync == f->zs + 1) {
-				sent = true;
-				if (!to_client(f, e->msg, e->len)) {
-					free(e);
-					return false;
-				}
-			}
-			free(e);
-		}
+		*id = 0;
+		return memmem(b, n, "C08P01", 7) != NULL;
 	}
-	server_note(f, type);
-	return true;
+	i = (size_t)(at - b) + sizeof(mk) - 1;
+	if (i >= n || b[i] < '0' || b[i] > '9')
+		return false;
+	for (; i < n && b[i] >= '0' && b[i] <= '9' && v < UINT64_MAX / 10; i++)
+		v = v * 10 + (uint64_t)(b[i] - '0');
+	*id = v;
+	return v != 0;
+}
+
+/*
+ * A whole server ErrorResponse was held: if it answers one of our markers
+ * (or a spoiled statement), our error goes in its place, and a marker's
+ * older errors are dead (the server skipped their markers); else it goes as
+ * it came.
+ */
+static bool server_error(struct gframe *f)
+{
+	struct gframe_error *e, *rest, *old;
+	uint64_t id;
+	bool ok;
+
+	if (!error_marker(f->ebuf + 5, f->elen - 5, &id))
+		return to_client(f, f->ebuf, f->elen);
+	for (e = f->errors; e && e->marker != id; e = e->next)
+		;
+	if (e == NULL) /* a marker we no longer know, or a client's own 08P01 */
+		return to_client(f, f->ebuf, f->elen);
+	ok = to_client(f, e->msg, e->len);
+	if (id == 0) {
+		/* A protocol violation names no marker: take only the oldest spoiled statement. */
+		struct gframe_error **pp = &f->errors;
+
+		while (*pp != e)
+			pp = &(*pp)->next;
+		*pp = e->next;
+		free(e);
+		return ok;
+	}
+	/* The server answers in order: the older markers were skipped. */
+	rest = e->next;
+	while ((old = f->errors) != rest) {
+		f->errors = old->next;
+		free(old);
+	}
+	return ok;
+}
+
+/* The held ErrorResponse is whole: judge it, then let it go. */
+static bool server_error_done(struct gframe *f)
+{
+	bool ok = server_error(f);
+
+	f->ehold = false;
+	free(f->ebuf);
+	f->ebuf = NULL;
+	f->elen = 0;
+	return ok;
 }
 
 bool gframe_server(struct gframe *f, const uint8_t *p, size_t n)
@@ -693,55 +782,79 @@ bool gframe_server(struct gframe *f, const uint8_t *p, size_t n)
 	while (i < n) {
 		size_t take, start;
 		uint32_t mlen;
-		bool drop;
 
 		if (f->sleft > 0) {
 			take = f->sleft < n - i ? f->sleft : n - i;
-			if (f->sdrop) {
-				if (!to_client(f, p + emit, i - emit))
-					return false;
+			if (f->ehold) {
+				memcpy(f->ebuf + f->elen, p + i, take);
+				f->elen += take;
 				emit = i + take;
 			}
 			f->sleft -= (uint32_t)take;
 			i += take;
-			if (f->sleft == 0)
-				f->sdrop = false;
+			if (f->sleft == 0 && f->ehold && !server_error_done(f))
+				return false;
 			continue;
 		}
-		/* A header: keep a partial one back, so that an error can still go before it. */
+		/* A header. Only an ErrorResponse may be held (and replaced); the rest passes. */
 		start = i;
 		take = header_take(f->shdr, &f->shlen, p, n, i);
 		i += take;
-		if (f->shlen < 5) {
-			if (f->scut) /* its first bytes went out already: these follow them */
+		if (f->scut || f->shdr[0] != 'E' || f->errors == NULL) {
+			if (f->shlen < 5) {
+				f->scut = true; /* its first bytes go now */
 				break;
-			if (!to_client(f, p + emit, start - emit))
-				return false;
+			}
+			f->shlen = 0;
+			f->scut = false;
+			mlen = proto_get_u32(f->shdr + 1);
+			if (mlen < 4) {
+				f->sblind = true;
+				server_scan(f, p + i, n - i);
+				break;
+			}
+			f->sleft = mlen - 4;
+			if (f->shdr[0] == 'Z')
+				server_ready(f);
+			if (!gframe_busy(f)) {
+				/* Nothing waits any more: the rest of this read needs no holding. */
+				server_scan(f, p + i, n - i);
+				break;
+			}
+			continue;
+		}
+		/* An ErrorResponse while errors wait: hold it whole (or as much of its header as came). */
+		if (!to_client(f, p + emit, start - emit))
+			return false;
+		emit = i;
+		if (f->shlen < 5) {
 			f->sheld = f->shlen;
-			emit = n;
 			break;
 		}
 		f->shlen = 0;
-		mlen = proto_get_u32(f->shdr + 1);
-		if (mlen < 4) {
-			f->sblind = true;
-			mlen = 4;
-		}
-		f->sleft = mlen - 4;
-		if (!to_client(f, p + emit, start - emit))
-			return false;
-		emit = start;
-		if (!server_header(f, &drop))
-			return false;
-		if (drop)
-			emit = i;
-		else if (!to_client(f, f->shdr, f->sheld))
-			return false;
 		f->sheld = 0;
-		if (f->sblind) {
-			server_scan(f, p + i, n - i);
-			break;
+		mlen = proto_get_u32(f->shdr + 1);
+		if (mlen < 4 || mlen - 4 > GFRAME_ERR_MAX) {
+			/* Not ours (ours are small): let it go as it is. */
+			if (!to_client(f, f->shdr, 5))
+				return false;
+			f->sblind = mlen < 4;
+			f->sleft = mlen >= 4 ? mlen - 4 : 0;
+			if (f->sblind) {
+				server_scan(f, p + i, n - i);
+				break;
+			}
+			continue;
 		}
+		f->ebuf = malloc(5 + (size_t)mlen - 4);
+		if (f->ebuf == NULL)
+			return false;
+		memcpy(f->ebuf, f->shdr, 5);
+		f->elen = 5;
+		f->sleft = mlen - 4;
+		f->ehold = true;
+		if (f->sleft == 0 && !server_error_done(f))
+			return false;
 	}
 	return to_client(f, p + emit, n - emit);
 }

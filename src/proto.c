@@ -269,3 +269,38 @@ bool proto_is_utf8(const uint8_t *p, size_t n)
 	}
 	return true;
 }
+
+bool proto_bind_param(const uint8_t *body, size_t len, int param, uint16_t *fmt,
+		      const uint8_t **v, uint32_t *vlen)
+{
+	struct rd r;
+	const char *portal, *stmt;
+	size_t pl, sl;
+	uint16_t nfmt, nparams;
+
+	rd_init(&r, body, len);
+	*fmt = 0;
+	if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &stmt, &sl) || !rd_u16(&r, &nfmt))
+		return false;
+	for (uint16_t i = 0; i < nfmt; i++) {
+		uint16_t f;
+
+		if (!rd_u16(&r, &f))
+			return false;
+		/* One format code applies to every parameter; else one each. */
+		if (nfmt == 1 || i + 1 == param)
+			*fmt = f;
+	}
+	if (!rd_u16(&r, &nparams) || param < 1 || param > nparams)
+		return false;
+	for (int i = 1; i <= param; i++) {
+		if (!rd_u32(&r, vlen))
+			return false;
+		*v = NULL;
+		if (*vlen == 0xffffffffu)
+			continue;
+		if (!rd_bytes(&r, *vlen, v))
+			return false;
+	}
+	return true;
+}

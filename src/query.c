@@ -49,6 +49,9 @@ struct acc {
 	bool conflict;    /* two different tenants (or parameters) */
 	bool unknown;     /* the key gets a value we cannot know */
 	bool invalid;     /* PostgreSQL would refuse what libpg_query accepted */
+	int key_param;    /* set_config($n, ...): see struct query_tenant */
+	int key_value_param;
+	char key_value[STARTUP_MAX_TENANT_LEN + 1];
 };
 
 /* A constant (or parameter) found where a tenant may be. */
@@ -292,7 +295,33 @@ static void check_set_config(struct acc *a, const PgQuery__FuncCall *f)
 	 */
 	if (f->n_args != 3 || f->agg_star || f->func_variadic)
 		return;
+	for (size_t i = 0; i < f->n_args; i++) {
+		if (f->args[i] && f->args[i]->node_case == PG_QUERY__NODE__NODE_NAMED_ARG_EXPR)
+			return;
+	}
 	node_value(f->args[0], &name);
+	/* A key that is not a constant may be ours: only the server would know. */
+	if (name.kind == VAL_OTHER) {
+		a->unknown = true;
+		return;
+	}
+	if (name.kind == VAL_PARAM) {
+		/* Named at Bind: remember where its value comes from (one such call only). */
+		node_value(f->args[1], &v);
+		if (a->key_param != 0 || v.kind == VAL_OTHER ||
+		    (v.kind == VAL_TEXT && v.len > STARTUP_MAX_TENANT_LEN)) {
+			a->unknown = true;
+			return;
+		}
+		a->key_param = name.param;
+		if (v.kind == VAL_PARAM) {
+			a->key_value_param = v.param;
+		} else if (v.kind == VAL_TEXT) {
+			memcpy(a->key_value, v.s, v.len);
+			a->key_value[v.len] = '\0';
+		}
+		return;
+	}
 	if (name.kind != VAL_TEXT || !mem_eq_ci(name.s, name.len, a->rule->key, a->keylen))
 		return;
 	node_value(f->args[1], &v);
@@ -310,7 +339,7 @@ static void check_set_config(struct acc *a, const PgQuery__FuncCall *f)
 	}
 }
 
-/* A DO block runs code we do not parse: if it names the key, assume the worst. */
+/* A DO block runs code we do not parse: if it names the key or set_config, assume the worst. */
 static void check_do(struct acc *a, const PgQuery__DoStmt *d)
 {
 	for (size_t i = 0; i < d->n_args; i++) {
@@ -320,7 +349,8 @@ static void check_do(struct acc *a, const PgQuery__DoStmt *d)
 		if (!n || n->node_case != PG_QUERY__NODE__NODE_DEF_ELEM || !n->def_elem)
 			continue;
 		body = node_string(n->def_elem->arg);
-		if (body && query_mentions(body, strlen(body), a->rule->key, a->keylen))
+		if (body && (query_mentions(body, strlen(body), a->rule->key, a->keylen) ||
+			     query_mentions(body, strlen(body), "set_config", 10)))
 			a->unknown = true;
 	}
 }
@@ -889,6 +919,9 @@ static void finish(const struct acc *a, size_t nstmts, bool all_local, struct qu
 	if (q->kind != QUERY_LOCAL)
 		q->nlocal = 0;
 	q->nstmts = nstmts;
+	q->key_param = a->key_param;
+	q->key_value_param = a->key_value_param;
+	memcpy(q->key_value, a->key_value, sizeof(q->key_value));
 }
 
 /* Parses buf (NUL-terminated, n bytes) and fills q; scan may be NULL. */
@@ -978,6 +1011,9 @@ void query_find_tenant(const char *sql, size_t len, const struct query_rule *rul
 	q->param = 0;
 	q->nstmts = 0;
 	q->nlocal = 0;
+	q->key_param = 0;
+	q->key_value_param = 0;
+	q->key_value[0] = '\0';
 	/* PostgreSQL reads the string up to its NUL; libpg_query needs one. */
 	if (n >= sizeof(small)) {
 		buf = malloc(n + 1);

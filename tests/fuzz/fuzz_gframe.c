@@ -121,7 +121,7 @@ static bool o_client(void *ctx, const uint8_t *p, size_t n)
 
 static bool o_wants(void *ctx, uint8_t type)
 {
-	return type == 'Q' || type == 'P';
+	return type == 'Q' || type == 'P' || type == 'F';
 }
 
 static struct gframe_error *err_msg(const char *code)
@@ -142,7 +142,7 @@ static enum gframe_verdict o_inspect(void *ctx, const uint8_t *m, size_t len,
 	struct owner *o = ctx;
 
 	CHECK(len >= 5 && proto_get_u32(m + 1) + 1 == len);
-	CHECK(m[0] == 'Q' || m[0] == 'P');
+	CHECK(m[0] == 'Q' || m[0] == 'P' || m[0] == 'F');
 	if (!holds(m, len, SWITCH))
 		return GFRAME_PASS;
 	o->refused++;
@@ -184,16 +184,26 @@ static void gen_sql(struct src *s, struct buf *sql, bool *has_key)
 }
 
 /* The client stream; *dirty: something in it holds the key (may be refused or spoiled). */
-static void gen_stream(struct src *s, struct buf *in, bool *dirty)
+/*
+ * The client stream; *dirty: something in it holds the key (may be refused
+ * or spoiled); *drift: a Query or FunctionCall follows extended messages
+ * without a Sync between (the server may skip it, and then the framer's
+ * ReadyForQuery count runs ahead: a dead error then waits longer).
+ */
+static void gen_stream(struct src *s, struct buf *in, bool *dirty, bool *drift)
 {
 	unsigned nmsgs = 1 + next(s) % 24;
+	bool open = false;
 
-	*dirty = false;
+	*dirty = *drift = false;
 	for (unsigned k = 0; k < nmsgs && s->n > 0; k++) {
 		struct buf body = {0};
 		bool key = false;
+		uint8_t what = next(s) % 9;
 
-		switch (next(s) % 6) {
+		if ((what == 0 || what == 6) && open)
+			*drift = true;
+		switch (what) {
 		case 0: /* simple Query */
 			gen_sql(s, &body, &key);
 			put(&body, "", 1);
@@ -208,6 +218,7 @@ static void gen_stream(struct src *s, struct buf *in, bool *dirty)
 			put_msg(in, 'D', "P", 2);
 			put_msg(in, 'E', "\0\0\0\0\0", 5);
 			put_msg(in, 'S', NULL, 0);
+			open = false;
 			break;
 		case 2: { /* CopyData with anything, even the switch: never looked at */
 			size_t n = next(s) & 0x7f;
@@ -221,36 +232,136 @@ static void gen_stream(struct src *s, struct buf *in, bool *dirty)
 		}
 		case 3:
 			put_msg(in, 'C', "Ss1", 4);
+			open = true;
 			break;
 		case 4:
 			put_msg(in, 'S', NULL, 0);
+			open = false;
 			break;
-		default:
+		case 5:
 			put_msg(in, 'H', NULL, 0);
+			open = true;
+			break;
+		case 6: /* FunctionCall: its argument bytes may hold the switch */
+			put(&body, "\0\0\x08\x1e\0\0\0\x01\0\0\0\x40", 12);
+			gen_sql(s, &body, &key);
+			put(&body, "\0\0", 2);
+			put_msg(in, 'F', body.p, body.len);
+			break;
+		case 7: /* a Describe of a statement, alone */
+			put_msg(in, 'D', "Ss1", 4);
+			open = true;
+			break;
+		default: /* CopyFail and CopyDone outside COPY: ignored by the server, passed by us */
+			gen_sql(s, &body, &key);
+			key = false;
+			put(&body, "", 1);
+			put_msg(in, 'f', body.p, body.len);
+			put_msg(in, 'c', NULL, 0);
 			break;
 		}
 		*dirty |= key;
 		free(body.p);
 	}
+	/* Every batch ends, as a client's does before it waits for the answers. */
+	put_msg(in, 'S', NULL, 0);
 }
 
-/* The server's answers: a ReadyForQuery for every Query and Sync, errors now and then. */
+static void put_error(struct buf *out, const char *code, const char *msg)
+{
+	struct buf body = {0};
+
+	put(&body, "SERROR\0C", 8);
+	put(&body, code, strlen(code) + 1);
+	put(&body, "M", 1);
+	put(&body, msg, strlen(msg) + 1);
+	put(&body, "", 1);
+	put_msg(out, 'E', body.p, body.len);
+	free(body.p);
+}
+
+/* A Parse body PostgreSQL reads to its end: name, text, parameter types, nothing after. */
+static bool parse_well_formed(const uint8_t *b, size_t n)
+{
+	size_t name = strnlen((const char *)b, n), sql, at;
+
+	if (name + 1 > n)
+		return false;
+	sql = strnlen((const char *)b + name + 1, n - name - 1);
+	at = name + 1 + sql + 1;
+	if (at + 2 > n)
+		return false;
+	return at + 2 + 4 * (size_t)((b[at] << 8) | b[at + 1]) == n;
+}
+
+/*
+ * A server that answers as PostgreSQL does, as far as the framer can tell:
+ * after an error in an extended batch it skips every message up to Sync
+ * (Query and FunctionCall too); a Query or Parse whose text ends before its
+ * message does is "invalid message format"; a marker fails with its name;
+ * anything else may fail now and then.
+ */
 static void gen_answers(struct src *s, const struct buf *in, struct buf *out)
 {
+	bool skipping = false;
 	size_t i = 0;
 
 	while (i + 5 <= in->len) {
 		uint8_t t = in->p[i];
 		uint32_t len = proto_get_u32(in->p + i + 1);
+		const uint8_t *body = in->p + i + 5;
+		size_t blen = len - 4;
+		bool spoiled = false, marker = memmem(body, blen, GFRAME_MARKER, 24) != NULL;
 
-		if (t == 'Q' || t == 'S') {
+		i += 1 + (size_t)len;
+		if (t == 'Q')
+			spoiled = strnlen((const char *)body, blen) + 1 != blen;
+		else if (t == 'P')
+			spoiled = !parse_well_formed(body, blen);
+		if (t == 'S') {
+			skipping = false;
+			put_msg(out, 'Z', "I", 1);
+			continue;
+		}
+		if (skipping)
+			continue;
+		if (t == 'F') {
 			if (next(s) % 5 == 0)
-				put_msg(out, 'E', "SERROR\0\0", 8);
+				put_error(out, "XX000", "some error");
+			else
+				put_msg(out, 'V', "\xff\xff\xff\xff", 4);
+			put_msg(out, 'Z', "I", 1);
+			continue;
+		}
+		if (t == 'Q') {
+			if (spoiled)
+				put_error(out, "08P01", "invalid message format");
+			else if (marker)
+				put_error(out, "42703", (const char *)body);
+			else if (next(s) % 5 == 0)
+				put_error(out, "XX000", "some error");
 			else
 				put_msg(out, 'C', "SELECT 1", 9);
 			put_msg(out, 'Z', "I", 1);
+			continue;
 		}
-		i += 1 + (size_t)len;
+		if (t == 'f' || t == 'c') /* outside COPY, PostgreSQL ignores them */
+			continue;
+		if (t == 'P' || t == 'B' || t == 'D' || t == 'E' || t == 'C') {
+			if (t == 'P' && spoiled) {
+				put_error(out, "08P01", "invalid message format");
+				skipping = true;
+			} else if (marker) {
+				put_error(out, "34000", (const char *)body + 1);
+				skipping = true;
+			} else if (next(s) % 7 == 0) {
+				put_error(out, "XX000", "some error");
+				skipping = true;
+			} else {
+				put_msg(out, t == 'P' ? '1' : t == 'B' ? '2' : t == 'C' ? '3' : 'n', NULL,
+					0);
+			}
+		}
 	}
 }
 
@@ -312,12 +423,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct gframe f[2];
 	uint8_t cuts[64];
 	size_t ncuts;
-	bool dirty;
+	bool dirty, drift;
 
 	ncuts = next(&s) % sizeof(cuts);
 	for (size_t i = 0; i < ncuts; i++)
 		cuts[i] = next(&s);
-	gen_stream(&s, &in, &dirty);
+	gen_stream(&s, &in, &dirty, &drift);
 	for (int k = 0; k < 2; k++)
 		gframe_init(&f[k], &ops, &o[k], KEY, MAX_HOLD, NULL, 0);
 	feed(&f[0], false, &in, NULL, 0);
@@ -337,8 +448,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	feed(&f[0], true, &ans, NULL, 0);
 	feed(&f[1], true, &ans, cuts, ncuts);
 	CHECK(same(&cl[0], cl[1].p, cl[1].len));
-	/* Every error has met its ReadyForQuery. */
-	CHECK(f[0].errors == NULL && f[1].errors == NULL);
+	/* No marker reaches the client: each was replaced, or skipped by the server. */
+	CHECK(cl[0].len == 0 || !holds(cl[0].p, cl[0].len, GFRAME_MARKER));
+	/* Every error has met its marker or its batch's ReadyForQuery. */
+	if (!drift)
+		CHECK(f[0].errors == NULL && f[1].errors == NULL);
 	if (o[0].refused == 0 && o[0].overlong == 0)
 		CHECK(same(&cl[0], ans.p, ans.len));
 

@@ -177,7 +177,22 @@ static void test_gframe_pass_through_any_cut(void **state)
 	free(in.p);
 }
 
-static void test_gframe_refused_query_becomes_sync(void **state)
+/* The server's ErrorResponse with this SQLSTATE and message. */
+static void put_server_error(struct buf *b, const char *code, const char *msg)
+{
+	struct buf body = {0};
+
+	put(&body, "SERROR", 7);
+	put(&body, "C", 1);
+	put(&body, code, strlen(code) + 1);
+	put(&body, "M", 1);
+	put(&body, msg, strlen(msg) + 1);
+	put(&body, "", 1);
+	put_msg(b, 'E', body.p, body.len);
+	free(body.p);
+}
+
+static void test_gframe_refused_query_becomes_marker(void **state)
 {
 	struct buf in = {0}, want = {0};
 	struct owner o;
@@ -186,7 +201,7 @@ static void test_gframe_refused_query_becomes_sync(void **state)
 	put_query(&in, "set app.tenant_id = '42'");
 	put_query(&in, "select 2");
 	put_query(&want, "select 1");
-	put(&want, SYNC, 5);
+	put_query(&want, "SELECT " GFRAME_MARKER "1");
 	put_query(&want, "select 2");
 	for (size_t cut = 1; cut <= in.len; cut++) {
 		size_t cuts[] = {cut, 0};
@@ -201,7 +216,8 @@ static void test_gframe_refused_query_becomes_sync(void **state)
 	free(want.p);
 }
 
-static void test_gframe_refused_parse_drops_batch(void **state)
+/* A refused Parse becomes a Describe of a portal that does not exist; the server skips the rest. */
+static void test_gframe_refused_parse_becomes_marker(void **state)
 {
 	struct buf in = {0}, want = {0};
 	struct owner o;
@@ -212,6 +228,9 @@ static void test_gframe_refused_parse_drops_batch(void **state)
 	put_msg(&in, 'E', "\0\0\0\0\0", 5);
 	put(&in, SYNC, 5);
 	put_query(&in, "select 3");
+	put_msg(&want, 'D', "P" GFRAME_MARKER "1", 2 + strlen(GFRAME_MARKER "1"));
+	put_msg(&want, 'B', "\0\0\0\0\0\0\0\0", 8);
+	put_msg(&want, 'E', "\0\0\0\0\0", 5);
 	put(&want, SYNC, 5);
 	put_query(&want, "select 3");
 	run(&o, 1000, &in, cuts);
@@ -295,8 +314,8 @@ static void test_gframe_budget(void **state)
 	free(in.p);
 }
 
-/* Server side: our error goes before its ReadyForQuery, or replaces the server's. */
-static void test_gframe_server_places_errors(void **state)
+/* Server side: the server's error for a marker or a spoiled statement is replaced by ours. */
+static void test_gframe_server_replaces_marker_errors(void **state)
 {
 	struct buf in = {0}, ans = {0}, want = {0};
 	struct owner o;
@@ -308,8 +327,9 @@ static void test_gframe_server_places_errors(void **state)
 	put_long_query(&in, 3000, "; set app.tenant_id = '5'");
 	put_msg(&ans, 'C', "SELECT 1", 9);
 	put_msg(&ans, 'Z', "I", 1);
-	put_msg(&ans, 'Z', "I", 1); /* the Sync in place of the refused SET */
-	put_msg(&ans, 'E', "invalid message format", 23);
+	put_server_error(&ans, "42703", "column \"" GFRAME_MARKER "1\" does not exist");
+	put_msg(&ans, 'Z', "I", 1);
+	put_server_error(&ans, "08P01", "invalid message format");
 	put_msg(&ans, 'Z', "I", 1);
 	put_msg(&want, 'C', "SELECT 1", 9);
 	put_msg(&want, 'Z', "I", 1);
@@ -318,7 +338,7 @@ static void test_gframe_server_places_errors(void **state)
 	put(&want, e54->msg, e54->len);
 	put_msg(&want, 'Z', "I", 1);
 	for (size_t cut = 1; cut <= ans.len; cut++) {
-		size_t cuts[] = {cut, cut, cut, cut, cut, cut, cut, cut, cut, cut, 0};
+		size_t cuts[] = {cut, cut, cut, cut, cut, cut, cut, cut, cut, cut, cut, cut, 0};
 
 		memset(&o, 0, sizeof(o));
 		gframe_init(&f, &ops, &o, KEY, 1000, NULL, 0);
@@ -336,6 +356,36 @@ static void test_gframe_server_places_errors(void **state)
 	free(in.p);
 	free(ans.p);
 	free(want.p);
+}
+
+/* An earlier error in the batch: the server skips the marker; its error is dropped, theirs shows. */
+static void test_gframe_server_skipped_marker(void **state)
+{
+	struct buf in = {0}, ans = {0};
+	struct owner o = {0};
+	struct gframe f;
+
+	put_msg(&in, 'P', "\0selec bad\0\0", 13);
+	put_msg(&in, 'P', "\0set app.tenant_id = '42'\0\0", 28);
+	put(&in, SYNC, 5);
+	put_query(&in, "set app.tenant_id = '42'");
+	put_server_error(&ans, "42601", "syntax error at or near \"selec\"");
+	put_msg(&ans, 'Z', "I", 1);
+	put_server_error(&ans, "42703", "column \"" GFRAME_MARKER "2\" does not exist");
+	put_msg(&ans, 'Z', "I", 1);
+	gframe_init(&f, &ops, &o, KEY, 1000, NULL, 0);
+	assert_true(gframe_client(&f, in.p, in.len));
+	assert_true(gframe_server(&f, ans.p, ans.len));
+	/* The syntax error as it came, then our error for the Query's marker. */
+	assert_non_null(memmem(o.cl.p, o.cl.len, "42601", 5));
+	assert_null(memmem(o.cl.p, o.cl.len, GFRAME_MARKER, strlen(GFRAME_MARKER)));
+	assert_non_null(memmem(o.cl.p, o.cl.len, "42501", 5));
+	assert_false(gframe_busy(&f));
+	gframe_free(&f);
+	free(o.sv.p);
+	free(o.cl.p);
+	free(in.p);
+	free(ans.p);
 }
 
 /* The pre-filter finds its patterns however the text is cut, at the same byte. */
@@ -367,14 +417,15 @@ static void test_gframe_scan_cuts(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	        cmocka_unit_test(test_gframe_pass_through_any_cut),
-	        cmocka_unit_test(test_gframe_refused_query_becomes_sync),
-	        cmocka_unit_test(test_gframe_refused_parse_drops_batch),
-	        cmocka_unit_test(test_gframe_long_statement_spoiled),
-	        cmocka_unit_test(test_gframe_long_statement_streams),
-	        cmocka_unit_test(test_gframe_budget),
-	        cmocka_unit_test(test_gframe_server_places_errors),
-	        cmocka_unit_test(test_gframe_scan_cuts),
+		cmocka_unit_test(test_gframe_pass_through_any_cut),
+		cmocka_unit_test(test_gframe_refused_query_becomes_marker),
+		cmocka_unit_test(test_gframe_refused_parse_becomes_marker),
+		cmocka_unit_test(test_gframe_long_statement_spoiled),
+		cmocka_unit_test(test_gframe_long_statement_streams),
+		cmocka_unit_test(test_gframe_budget),
+		cmocka_unit_test(test_gframe_server_replaces_marker_errors),
+		cmocka_unit_test(test_gframe_server_skipped_marker),
+		cmocka_unit_test(test_gframe_scan_cuts),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

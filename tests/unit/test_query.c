@@ -358,9 +358,36 @@ static void test_query_set_config_not_the_key(void **state)
 	          QUERY_OTHER);
 	want_kind("SELECT set_config('app.tenant_id', '', false)", &KEY_ONLY, QUERY_OTHER);
 	want_kind("SELECT set_config('app.tenant_id', NULL, false)", &KEY_ONLY, QUERY_OTHER);
-	/* The setting's name must be a constant to be recognised. */
+	/* A name from a parameter: not a tenant now, but Bind may make it the key. */
 	want_kind("SELECT set_config($1, 'x', false)", &KEY_ONLY, QUERY_OTHER);
 	want_kind("SELECT current_setting('app.tenant_id')", &KEY_ONLY, QUERY_OTHER);
+}
+
+/* A name the router cannot read may be the key: UNKNOWN; one from a parameter is kept. */
+static void test_query_set_config_name_not_constant(void **state)
+{
+	struct query_tenant q;
+
+	(void)state;
+	want_kind("SELECT set_config(k, '42', false) FROM (SELECT 'app.tenant_id' k) s",
+	          &KEY_ONLY, QUERY_UNKNOWN);
+	want_kind("SELECT set_config('app.tenant_' || 'id', '42', false)", &KEY_ONLY,
+	          QUERY_UNKNOWN);
+	want_kind("SELECT set_config(E'app.tenant\\x5fid', '42', false)", &KEY_ONLY,
+	          QUERY_TENANT);
+	want_kind("SELECT set_config($1, $2, false), set_config($3, 'y', false)", &KEY_ONLY,
+	          QUERY_UNKNOWN);
+	want_kind("DO $$BEGIN PERFORM set_config('app.tenant_' || 'id', '4', false); END$$",
+	          &KEY_ONLY, QUERY_UNKNOWN);
+	find("SELECT set_config($1, 'x', false)", &KEY_ONLY, &q);
+	assert_int_equal(q.key_param, 1);
+	assert_int_equal(q.key_value_param, 0);
+	assert_string_equal(q.key_value, "x");
+	find("SELECT set_config($2, $1, false)", &KEY_ONLY, &q);
+	assert_int_equal(q.key_param, 2);
+	assert_int_equal(q.key_value_param, 1);
+	find("SELECT set_config('work_mem', $1, false)", &KEY_ONLY, &q);
+	assert_int_equal(q.key_param, 0);
 }
 
 /* ---- tenant_column ------------------------------------------------------- */
@@ -900,6 +927,7 @@ int main(void)
 	        cmocka_unit_test(test_query_set_config_param),
 	        cmocka_unit_test(test_query_set_config_expression_unknown),
 	        cmocka_unit_test(test_query_set_config_not_the_key),
+	        cmocka_unit_test(test_query_set_config_name_not_constant),
 	        cmocka_unit_test(test_query_column_where),
 	        cmocka_unit_test(test_query_column_and_chain),
 	        cmocka_unit_test(test_query_column_or_not_ignored),
