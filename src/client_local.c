@@ -420,6 +420,8 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 		/* A batch not ended by a Sync goes first, as the server would have run it. */
 		if (!batch_to_server(s))
 			return;
+		lc->qoff = lc->held.len;
+		lc->qlen = total;
 		if (!client_gbuf_add(&lc->held, msg, total)) {
 			client_refuse(s, "54000", "Send smaller messages.", "message too long");
 			return;
@@ -768,8 +770,10 @@ static bool batch_to_server(struct session *s)
 		}
 		lc->nreplay++;
 	}
-	memmove(lc->held.p, lc->held.p + b->done, lc->held.len - b->done);
-	lc->held.len -= b->done;
+	if (b->done > 0) {
+		memmove(lc->held.p, lc->held.p + b->done, lc->held.len - b->done);
+		lc->held.len -= b->done;
+	}
 	batch_forget(b);
 	return true;
 }
@@ -1034,6 +1038,36 @@ static bool server_auth_request(struct session *s, const uint8_t *body, size_t l
 	}
 }
 
+/*
+ * The held messages go through the guard, as on any spliced session: a
+ * switch pipelined behind the routing statement, or in its batch, is
+ * refused in its place, and the guard learns the statements of the routing
+ * batch that take the tenant from a parameter. A routing simple Query
+ * alone goes around it: it was parsed whole to route (the guard would
+ * re-judge it the same way, but only up to guard_max_statement). The
+ * framer has seen no byte before this, and the replay and its answers go
+ * around it, so its counts of Syncs and ReadyForQuery start together here.
+ */
+static void held_through_guard(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	const uint8_t *p = lc->held.p;
+	size_t end = lc->qlen ? lc->qoff : lc->held.len;
+
+	if (end > 0)
+		guard_client_bytes(s, p, end);
+	if (s->closed || s->state == CLIENT_CLOSING || lc->qlen == 0)
+		return;
+	if (client_send_copy(s, &s->sv, p + lc->qoff, lc->qlen) < 0) {
+		client_close(s);
+		return;
+	}
+	guard_sent(s, p + lc->qoff, lc->qlen);
+	end = lc->qoff + lc->qlen;
+	if (end < lc->held.len)
+		guard_client_bytes(s, p + end, lc->held.len - end);
+}
+
 /* Logged in and replayed: the held messages go to the server, then we splice. */
 static void server_login_done(struct session *s)
 {
@@ -1053,21 +1087,11 @@ static void server_login_done(struct session *s)
 			client_out_put(s, buf, w.len);
 		}
 	}
-	/*
-	 * Everything the client sent from its routing statement on goes through
-	 * the guard, as on any spliced session: a switch pipelined behind the
-	 * routing statement, or in its batch, is refused in its place. The
-	 * routing statement itself passes (it names this cluster's tenant), and
-	 * the guard learns the statements of that batch that take the tenant
-	 * from a parameter. The framer has seen no byte either way before this:
-	 * the replay and its answers went around it, so its counts of Syncs and
-	 * ReadyForQuery start together here.
-	 */
-	if (lc->held.len) {
-		if (s->g.on)
-			guard_client_bytes(s, lc->held.p, lc->held.len);
-		else if (client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0)
-			client_close(s);
+	if (s->g.on) {
+		held_through_guard(s);
+	} else if (lc->held.len && client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0) {
+		client_close(s);
+		return;
 	}
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;

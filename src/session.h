@@ -99,6 +99,8 @@ struct local {
 	size_t cin_off;
 	struct gbuf held;   /* client messages for the server, in order */
 	struct xbatch batch; /* the extended-protocol batch in held */
+	size_t qoff, qlen;   /* in held: the routing Query, judged whole already (it may be
+				longer than the guard reads) */
 	struct gbuf replay; /* statements answered here, to run on the server first */
 	unsigned nreplay, replay_left;
 	bool server_ready; /* the server's first ReadyForQuery came */

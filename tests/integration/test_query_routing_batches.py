@@ -355,3 +355,56 @@ def test_statement_prepared_in_the_routing_batch_stays_guarded(qt, clusters):
         assert types(msgs) == ["E", "Z"]
         assert_guard_error(msgs)
         after_check(r, clusters)
+
+
+def test_long_routing_query_runs(qt, clusters):
+    """A routing Query longer than guard_max_statement (1 MB) that mentions the key: it was
+    read whole to route, so it runs (the guard alone would refuse it with 54000)."""
+    pad = "x" * (1536 * 1024)
+    with open_router(qt)[0] as r:
+        r.send(rawpg.query_message(f"SET app.tenant_id = '0'; SELECT length('{pad}')")
+               + rawpg.query_message("SET app.tenant_id = '42'"))
+        first = until_ready(r)
+        assert types(first) == ["C", "T", "D", "C", "Z"], types(first)
+        assert rawpg.data_row(first[2][1]) == [str(len(pad))]
+        second = until_ready(r)
+        assert types(second) == ["E", "Z"]
+        assert_guard_error(second)
+        after_check(r, clusters)
+
+
+def test_many_sets_in_one_batch(qt, clusters):
+    """More Parses in one batch than the router used to track (16)."""
+    with open_router(qt)[0] as r:
+        sqls = [f"SET application_name = 'n{i}'" for i in range(40)]
+        r.send(set_batch(*sqls))
+        assert types(until_ready(r)) == ["1", "2", "C"] * 40 + ["Z"]
+        route(r)
+        assert show(r, "application_name") == "n39"
+
+
+def test_flush_with_a_statement_the_router_cannot_answer_waits_for_sync(qt, clusters):
+    """Parse + Describe of set_config($1) before the tenant: only the server can describe it,
+    and only the Bind names the tenant, so the router holds the batch until its Sync."""
+    sql = "SELECT set_config('app.tenant_id', $1, false)"
+    with open_router(qt)[0] as r:
+        r.send(rawpg.parse_message(sql) + rawpg.describe_message("S") + rawpg.flush_message())
+        nothing_pending(r)
+        r.send(rawpg.bind_message(["0"]) + rawpg.execute_message() + rawpg.sync_message())
+        assert types(until_ready(r)) == ["1", "t", "T", "2", "D", "C", "Z"]
+        after_check(r, clusters)
+
+
+def test_guard_off_pipelined_switch_runs(make_router, clusters):
+    """guard = off: everything after the routing statement is forwarded, as before."""
+    r = make_router(overrides={
+        "router": {"tenant_sources": "options, parameter, query", "guard": "off"},
+        "auth": {"auth_type": "trust"},
+        "pins": dict(PINS)})
+    with open_router(r)[0] as c:
+        c.send(rawpg.query_message("SET app.tenant_id = '0'")
+               + set_batch("SET app.tenant_id = '42'"))
+        assert types(until_ready(c)) == ["C", "Z"]
+        assert types(until_ready(c)) == ["1", "2", "C", "Z"]
+        assert show(c, "app.tenant_id") == "42"
+        assert server_port(c) == clusters["a"].port
