@@ -52,6 +52,7 @@ void local_free(struct local *lc)
 	OPENSSL_cleanse(&lc->sc, sizeof(lc->sc));
 	free(lc->cin.p);
 	free(lc->held.p);
+	free(lc->batch.v);
 	free(lc->replay.p);
 	free(lc);
 }
@@ -191,6 +192,33 @@ static void auth_query_done(void *arg, bool ok, const char *secret, const char *
 	local_challenge(s);
 }
 
+/*
+ * NegotiateProtocolVersion, where PostgreSQL sends it (ProcessStartupPacket,
+ * before authentication): for a minor version above ours or any _pq_
+ * option. We answer this login ourselves and speak 3.0 (our BackendKeyData
+ * has a 4-byte key), and know no protocol option, so all are listed.
+ */
+static void send_negotiate(struct session *s, const struct startup *st)
+{
+	uint8_t buf[PROTO_MAX_STARTUP_LEN + 8];
+	uint32_t n = 0;
+	struct wbuf w;
+
+	for (size_t i = 0; i < st->nparams; i++)
+		n += strncmp(st->params[i].key, "_pq_.", 5) == 0;
+	if (st->minor == 0 && n == 0)
+		return;
+	wb_init(&w, buf, sizeof(buf));
+	wb_u32(&w, (uint32_t)PROTO_V3_MAJOR << 16);
+	wb_u32(&w, n);
+	for (size_t i = 0; i < st->nparams; i++) {
+		if (strncmp(st->params[i].key, "_pq_.", 5) == 0)
+			wb_cstr(&w, st->params[i].key);
+	}
+	if (!w.failed)
+		client_send_msg(s, 'v', buf, w.len);
+}
+
 void local_start(struct session *s, const struct startup *st, size_t len)
 {
 	struct login *L = s->login;
@@ -203,7 +231,9 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 		return;
 	}
 	L->lc = lc;
+	lc->batch.bad.kind = QUERY_OTHER;
 	client_set_state(s, CLIENT_LOCAL_AUTH);
+	send_negotiate(s, st);
 	if (u == NULL || u->vlen == 0 || u->vlen >= sizeof(lc->user)) {
 		client_refuse(s, "28000", "Give a user name.",
 			      "no valid PostgreSQL user name in the startup packet");
@@ -318,6 +348,7 @@ static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body,
 }
 
 static void route_query(struct session *s, const char *tenant, size_t tlen);
+static bool batch_to_server(struct session *s);
 
 /* Appends a simple Query message with this text to g. */
 static bool gbuf_add_query(struct gbuf *g, const char *sql, size_t n)
@@ -386,6 +417,11 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 		return;
 	}
 	if (q.kind == QUERY_TENANT) {
+		/* A batch not ended by a Sync goes first, as the server would have run it. */
+		if (!batch_to_server(s))
+			return;
+		lc->qoff = lc->held.len;
+		lc->qlen = total;
 		if (!client_gbuf_add(&lc->held, msg, total)) {
 			client_refuse(s, "54000", "Send smaller messages.", "message too long");
 			return;
@@ -412,15 +448,6 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	send_ready(s, lc->txn);
 }
 
-
-static struct xstmt *xstmt_find(struct xstmt *v, size_t n, const char *name)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(v[i].name, name) == 0)
-			return &v[i];
-	}
-	return NULL;
-}
 
 /*
  * The text of parameter $param of a Bind body. Text format as is; binary
@@ -490,166 +517,215 @@ bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, c
 	return false;
 }
 
-/* Sync after an extended-protocol batch before the tenant is known. */
-static void no_tenant_sync(struct session *s)
+/* The latest of the first n Parses of a batch that named statement name, or NULL. */
+static struct xstmt *xstmt_find(struct xstmt *v, size_t n, const char *name)
+{
+	while (n-- > 0) {
+		if (strcmp(v[n].name, name) == 0)
+			return &v[n];
+	}
+	return NULL;
+}
+
+/* Forgets what was learnt about the batch (its messages stay in held). */
+static void batch_forget(struct xbatch *b)
+{
+	free(b->v);
+	memset(b, 0, sizeof(*b));
+	b->bad.kind = QUERY_OTHER;
+}
+
+/* The batch ended with its Sync: nothing of it is held any more. */
+static void batch_reset(struct local *lc)
+{
+	batch_forget(&lc->batch);
+	lc->held.len = 0;
+}
+
+/* A new entry for a Parse, or NULL when the batch has too many or memory ran out. */
+static struct xstmt *batch_new_stmt(struct xbatch *b)
+{
+	if (b->nv == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 8;
+		struct xstmt *v;
+
+		if (b->cap >= BATCH_STMTS_MAX)
+			return NULL;
+		if (cap > BATCH_STMTS_MAX)
+			cap = BATCH_STMTS_MAX;
+		v = realloc(b->v, cap * sizeof(*v));
+		if (v == NULL)
+			return NULL;
+		b->v = v;
+		b->cap = cap;
+	}
+	memset(&b->v[b->nv], 0, sizeof(b->v[0]));
+	return &b->v[b->nv++];
+}
+
+/* The batch names this tenant; naming two is a conflict. */
+static void batch_tenant(struct xbatch *b, const char *tenant, size_t len)
+{
+	if (b->found && (b->tlen != len || memcmp(b->tenant, tenant, len) != 0))
+		b->conflict = true;
+	memcpy(b->tenant, tenant, len);
+	b->tenant[len] = '\0';
+	b->tlen = len;
+	b->found = true;
+}
+
+/*
+ * A Parse of the batch (at offset at of held). Each Parse gets its own entry,
+ * even when it replaces the unnamed statement: a Bind binds the statement
+ * parsed last before it, and each Execute replays its own SQL.
+ */
+static void batch_parse(struct session *s, struct xbatch *b, size_t at, size_t total)
 {
 	struct local *lc = s->login->lc;
-	struct xstmt *v = calloc(BATCH_STMTS, sizeof(*v));
-	size_t nv = 0, off = 0;
+	const uint8_t *m = lc->held.p + at;
+	const char *name, *sql;
+	size_t nl, ql;
 	struct query_rule rule;
-	char tenant[STARTUP_MAX_TENANT_LEN + 1];
-	size_t tlen = 0;
-	bool found = false, conflict = false, local = true;
-	struct query_tenant bad = {.kind = QUERY_OTHER};
-	struct xstmt *cur = NULL;
+	struct xstmt *st;
+	struct rd r;
 
-	if (v == NULL) {
-		client_close(s);
+	rd_init(&r, m + 5, total - 5);
+	if (!rd_cstr(&r, &name, &nl) || !rd_cstr(&r, &sql, &ql) || nl >= sizeof(st->name) ||
+	    (st = batch_new_stmt(b)) == NULL) {
+		b->notlocal = true;
 		return;
 	}
+	memcpy(st->name, name, nl + 1);
+	st->off = at;
+	st->total = total;
+	st->sqloff = (size_t)((const uint8_t *)sql - lc->held.p);
+	st->sqllen = ql;
+	if (rd_u16(&r, &st->ntypes)) {
+		for (uint16_t i = 0; i < st->ntypes && i < ARRAY_SIZE(st->types); i++) {
+			if (!rd_u32(&r, &st->types[i]))
+				break;
+		}
+	}
 	local_rule(s->rt->cfg, &rule);
-	/* First pass: the tenant, if a Parse or a Bind names one. */
+	query_find_tenant(sql, ql, &rule, &st->q);
+	if (st->q.kind == QUERY_OTHER && st->q.nstmts == 0) {
+		st->empty = true;
+		return;
+	}
+	if (st->q.kind == QUERY_TENANT)
+		batch_tenant(b, st->q.tenant, st->q.tenant_len);
+	if (st->q.kind != QUERY_LOCAL || st->q.nlocal != 1) {
+		b->notlocal = true;
+		if (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT)
+			b->bad = st->q;
+	}
+}
+
+/* A Bind of the batch: the tenant, when its statement takes it from a parameter. */
+static void batch_bind(struct xbatch *b, const uint8_t *m, size_t total)
+{
+	const uint8_t *body = m + 5;
+	size_t blen = total - 5;
+	const char *portal, *name;
+	size_t pl, nl, vl;
+	char val[STARTUP_MAX_TENANT_LEN + 1];
+	struct xstmt *st;
+	struct rd r;
+
+	rd_init(&r, body, blen);
+	if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &name, &nl))
+		return;
+	st = xstmt_find(b->v, b->nv, name);
+	/* A $n tenant place, alone or next to a literal (which it must match). */
+	if (st == NULL || st->q.param == 0 ||
+	    (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT))
+		return;
+	if (!local_bind_param(body, blen, st, val, sizeof(val), &vl)) {
+		b->bad.kind = QUERY_UNKNOWN;
+		return;
+	}
+	batch_tenant(b, val, vl);
+}
+
+/* Looks at the batch's messages not seen yet: does a Parse or a Bind name the tenant? */
+static void batch_scan(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	struct xbatch *b = &lc->batch;
+
+	while (b->scanned < lc->held.len) {
+		size_t at = b->scanned;
+		const uint8_t *m = lc->held.p + at;
+		size_t total = 1 + proto_get_u32(m + 1);
+
+		b->scanned += total;
+		if (m[0] == 'P')
+			batch_parse(s, b, at, total);
+		else if (m[0] == 'B')
+			batch_bind(b, m, total);
+	}
+}
+
+/*
+ * Answers the batch's messages not answered yet, as PostgreSQL would for a
+ * batch of SET/RESET/BEGIN/...: only when every statement in it is one.
+ * False when the session was refused.
+ */
+static bool batch_answer(struct session *s)
+{
+	static const uint8_t noparams[2] = {0, 0};
+	struct local *lc = s->login->lc;
+	struct xbatch *b = &lc->batch;
+	size_t off = b->done;
+
 	while (off < lc->held.len) {
 		const uint8_t *m = lc->held.p + off;
 		size_t total = 1 + proto_get_u32(m + 1);
-		const uint8_t *body = m + 5;
-		size_t blen = total - 5;
+		const char *portal, *name;
+		size_t pl, nl;
+		struct xstmt *st;
 		struct rd r;
 
 		off += total;
-		rd_init(&r, body, blen);
-		if (m[0] == 'P') {
-			const char *name, *sql;
-			size_t nl, ql;
-			struct xstmt *st;
-
-			if (!rd_cstr(&r, &name, &nl) || !rd_cstr(&r, &sql, &ql) || nl >= 64) {
-				local = false;
-				continue;
-			}
-			st = xstmt_find(v, nv, name);
-			if (st == NULL && nv < BATCH_STMTS)
-				st = &v[nv++];
-			if (st == NULL) {
-				local = false;
-				continue;
-			}
-			memset(st, 0, sizeof(*st));
-			memcpy(st->name, name, nl + 1);
-			st->sql = sql;
-			st->sqllen = ql;
-			if (rd_u16(&r, &st->ntypes)) {
-				for (uint16_t i = 0; i < st->ntypes && i < ARRAY_SIZE(st->types); i++) {
-					if (!rd_u32(&r, &st->types[i]))
-						break;
-				}
-			}
-			query_find_tenant(sql, ql, &rule, &st->q);
-			if (st->q.kind == QUERY_OTHER && st->q.nstmts == 0) {
-				st->empty = true;
-				continue;
-			}
-			if (st->q.kind == QUERY_TENANT) {
-				if (found && (tlen != st->q.tenant_len ||
-					      memcmp(tenant, st->q.tenant, tlen) != 0))
-					conflict = true;
-				memcpy(tenant, st->q.tenant, st->q.tenant_len + 1);
-				tlen = st->q.tenant_len;
-				found = true;
-			}
-			if (st->q.kind != QUERY_LOCAL || st->q.nlocal != 1) {
-				local = false;
-				if (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT)
-					bad = st->q;
-			}
-		} else if (m[0] == 'B') {
-			const char *portal, *name;
-			size_t pl, nl;
-			char val[STARTUP_MAX_TENANT_LEN + 1];
-			size_t vl;
-			struct xstmt *st;
-
-			if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &name, &nl))
-				continue;
-			st = xstmt_find(v, nv, name);
-			/* A $n tenant place, alone or next to a literal (which it must match). */
-			if (st == NULL || st->q.param == 0 ||
-			    (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT))
-				continue;
-			if (!local_bind_param(body, blen, st, val, sizeof(val), &vl)) {
-				bad.kind = QUERY_UNKNOWN;
-				continue;
-			}
-			if (found && (tlen != vl || memcmp(tenant, val, vl) != 0))
-				conflict = true;
-			memcpy(tenant, val, vl + 1);
-			tlen = vl;
-			found = true;
-		}
-	}
-	if (conflict) {
-		bad.kind = QUERY_CONFLICT;
-		found = false;
-	}
-	if (found) {
-		free(v);
-		route_query(s, tenant, tlen);
-		return;
-	}
-	/* Second pass: answer it ourselves, or refuse it as a whole. */
-	off = 0;
-	while (off < lc->held.len) {
-		const uint8_t *m = lc->held.p + off;
-		size_t total = 1 + proto_get_u32(m + 1);
-
-		off += total;
-		if (!local) {
-			if (m[0] == 'S') {
-				no_tenant_error(s, &bad);
-				send_ready(s, lc->txn);
-			}
-			continue;
-		}
 		switch (m[0]) {
 		case 'P':
+			b->parsed++;
 			client_send_msg(s, '1', NULL, 0);
 			break;
-		case 'B': {
-			const char *portal, *name;
-			size_t pl, nl;
-			struct rd r;
-
+		case 'B':
 			rd_init(&r, m + 5, total - 5);
-			cur = rd_cstr(&r, &portal, &pl) && rd_cstr(&r, &name, &nl)
-				      ? xstmt_find(v, nv, name)
-				      : NULL;
+			st = rd_cstr(&r, &portal, &pl) && rd_cstr(&r, &name, &nl)
+				     ? xstmt_find(b->v, b->parsed, name)
+				     : NULL;
+			b->cur = st ? (size_t)(st - b->v) + 1 : 0;
 			client_send_msg(s, '2', NULL, 0);
 			break;
-		}
-		case 'D': {
-			static const uint8_t noparams[2] = {0, 0};
-
+		case 'D':
 			if (total > 5 && m[5] == 'S')
 				client_send_msg(s, 't', noparams, sizeof(noparams));
 			client_send_msg(s, 'n', NULL, 0);
 			break;
-		}
 		case 'E':
-			if (cur == NULL || cur->empty) {
+			st = b->cur ? &b->v[b->cur - 1] : NULL;
+			if (st == NULL || st->empty) {
 				client_send_msg(s, 'I', NULL, 0);
 				break;
 			}
-			client_send_msg(s, 'C', (const uint8_t *)cur->q.local[0].tag,
-				 strlen(cur->q.local[0].tag) + 1);
-			if (cur->q.local[0].txn)
-				lc->txn = cur->q.local[0].txn;
-			if (!gbuf_add_query(&lc->replay, cur->sql, cur->sqllen)) {
-				free(v);
+			client_send_msg(s, 'C', (const uint8_t *)st->q.local[0].tag,
+					strlen(st->q.local[0].tag) + 1);
+			if (!gbuf_add_query(&lc->replay, (const char *)lc->held.p + st->sqloff,
+					    st->sqllen)) {
 				client_refuse(s, "54000", "Name the tenant sooner.",
 					      "too many statements before the tenant");
-				return;
+				return false;
 			}
 			lc->nreplay++;
+			if (st->q.local[0].txn) {
+				/* BEGIN/COMMIT/ROLLBACK: the implicit transaction ends here. */
+				lc->txn = st->q.local[0].txn;
+				b->replay_mark = lc->replay.len;
+				b->nreplay_mark = lc->nreplay;
+			}
 			break;
 		case 'C':
 			client_send_msg(s, '3', NULL, 0);
@@ -661,8 +737,94 @@ static void no_tenant_sync(struct session *s)
 			break;
 		}
 	}
-	free(v);
-	lc->held.len = 0;
+	b->done = off;
+	return true;
+}
+
+/*
+ * The batch names the tenant: what we have not answered goes to the server.
+ * Statements answered at a Flush are unknown there, and the rest of the
+ * batch may bind them: each is parsed there first, with a Sync of its own
+ * (answered to the replay), after the replayed Queries, since a Query
+ * drops the unnamed statement. False when the session was refused.
+ */
+static bool batch_to_server(struct session *s)
+{
+	static const uint8_t sync[5] = {'S', 0, 0, 0, 4};
+	struct local *lc = s->login->lc;
+	struct xbatch *b = &lc->batch;
+
+	for (size_t i = 0; i < b->parsed; i++) {
+		const struct xstmt *st = &b->v[i];
+		bool replaced = false;
+
+		for (size_t j = i + 1; j < b->parsed && !replaced; j++)
+			replaced = strcmp(b->v[j].name, st->name) == 0;
+		if (replaced)
+			continue;
+		if (!client_gbuf_add(&lc->replay, lc->held.p + st->off, st->total) ||
+		    !client_gbuf_add(&lc->replay, sync, sizeof(sync))) {
+			client_refuse(s, "54000", "Name the tenant sooner.",
+				      "too many statements before the tenant");
+			return false;
+		}
+		lc->nreplay++;
+	}
+	if (b->done > 0) {
+		memmove(lc->held.p, lc->held.p + b->done, lc->held.len - b->done);
+		lc->held.len -= b->done;
+	}
+	batch_forget(b);
+	return true;
+}
+
+/* A Flush or a Sync of an extended-protocol batch before the tenant is known. */
+static void no_tenant_batch(struct session *s, bool sync)
+{
+	struct local *lc = s->login->lc;
+	struct xbatch *b = &lc->batch;
+	char tenant[STARTUP_MAX_TENANT_LEN + 1];
+	size_t tlen;
+
+	batch_scan(s);
+	if (b->found && !b->conflict) {
+		/* Routed on a Flush too: the server answers it at once. */
+		tlen = b->tlen;
+		memcpy(tenant, b->tenant, tlen + 1);
+		if (batch_to_server(s))
+			route_query(s, tenant, tlen);
+		return;
+	}
+	if (!sync) {
+		/*
+		 * PostgreSQL answers a Flush with what it has done so far. So do
+		 * we, when all of it is ours to answer; any other batch waits for
+		 * its Sync (a Bind may still name the tenant).
+		 */
+		if (!b->notlocal)
+			(void)batch_answer(s);
+		return;
+	}
+	if (b->notlocal || b->conflict) {
+		struct query_tenant bad = b->bad;
+
+		if (b->conflict)
+			bad.kind = QUERY_CONFLICT;
+		/*
+		 * The error ends the batch's implicit transaction, and with it the
+		 * SETs answered at a Flush since it began. In a transaction block
+		 * they stay, to be undone by its ROLLBACK.
+		 */
+		if (lc->txn == 'I') {
+			lc->replay.len = b->replay_mark;
+			lc->nreplay = b->nreplay_mark;
+		}
+		no_tenant_error(s, &bad);
+		send_ready(s, lc->txn);
+	} else if (!batch_answer(s)) {
+		return;
+	}
+	batch_reset(lc);
 }
 
 /* One whole client message while we wait for the tenant. */
@@ -681,12 +843,16 @@ static void no_tenant_msg(struct session *s, const uint8_t *msg, size_t total)
 	case 'C':
 	case 'H':
 	case 'S':
+		if (lc->held.len == 0) {
+			lc->batch.replay_mark = lc->replay.len;
+			lc->batch.nreplay_mark = lc->nreplay;
+		}
 		if (!client_gbuf_add(&lc->held, msg, total)) {
 			client_refuse(s, "54000", "Send smaller batches.", "batch too long");
 			return;
 		}
-		if (msg[0] == 'S')
-			no_tenant_sync(s);
+		if (msg[0] == 'S' || msg[0] == 'H')
+			no_tenant_batch(s, msg[0] == 'S');
 		break;
 	case 'X':
 		client_drain(s, &s->cl);
@@ -872,6 +1038,36 @@ static bool server_auth_request(struct session *s, const uint8_t *body, size_t l
 	}
 }
 
+/*
+ * The held messages go through the guard, as on any spliced session: a
+ * switch pipelined behind the routing statement, or in its batch, is
+ * refused in its place, and the guard learns the statements of the routing
+ * batch that take the tenant from a parameter. A routing simple Query
+ * alone goes around it: it was parsed whole to route (the guard would
+ * re-judge it the same way, but only up to guard_max_statement). The
+ * framer has seen no byte before this, and the replay and its answers go
+ * around it, so its counts of Syncs and ReadyForQuery start together here.
+ */
+static void held_through_guard(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	const uint8_t *p = lc->held.p;
+	size_t end = lc->qlen ? lc->qoff : lc->held.len;
+
+	if (end > 0)
+		guard_client_bytes(s, p, end);
+	if (s->closed || s->state == CLIENT_CLOSING || lc->qlen == 0)
+		return;
+	if (client_send_copy(s, &s->sv, p + lc->qoff, lc->qlen) < 0) {
+		client_close(s);
+		return;
+	}
+	guard_sent(s, p + lc->qoff, lc->qlen);
+	end = lc->qoff + lc->qlen;
+	if (end < lc->held.len)
+		guard_client_bytes(s, p + end, lc->held.len - end);
+}
+
 /* Logged in and replayed: the held messages go to the server, then we splice. */
 static void server_login_done(struct session *s)
 {
@@ -891,11 +1087,14 @@ static void server_login_done(struct session *s)
 			client_out_put(s, buf, w.len);
 		}
 	}
-	if (lc->held.len && client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0) {
+	if (s->g.on) {
+		held_through_guard(s);
+	} else if (lc->held.len && client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0) {
 		client_close(s);
 		return;
 	}
-	guard_sent(s, lc->held.p, lc->held.len);
+	if (s->closed || s->state == CLIENT_CLOSING)
+		return;
 	L->ready = true;
 }
 
@@ -973,7 +1172,7 @@ static void route_query(struct session *s, const char *tenant, size_t tlen)
 	struct tenant t;
 	const char *why = NULL;
 
-	/* Whatever the client sent after this goes to the server after it. */
+	/* Whatever the client sent after this goes to the server after it, through the guard. */
 	if (!client_gbuf_add(&lc->held, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off)) {
 		client_refuse(s, "54000", "Send smaller messages.", "message too long");
 		return;

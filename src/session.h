@@ -49,6 +49,41 @@ struct gbuf {
 
 enum local_phase { LP_SECRET, LP_SASL_FIRST, LP_SASL_FINAL, LP_MD5, LP_DONE };
 
+/* Parses one extended-protocol batch before the tenant may hold (more: the batch fails). */
+#define BATCH_STMTS_MAX 4096
+
+/* What we learnt about one Parse of an extended-protocol batch. */
+struct xstmt {
+	char name[64];
+	struct query_tenant q;
+	bool empty;
+	size_t off, total; /* the Parse message: held.p + off (offsets: held moves as it grows) */
+	size_t sqloff;	   /* its SQL text: held.p + sqloff */
+	size_t sqllen;
+	uint16_t ntypes;
+	uint32_t types[8];
+};
+
+/*
+ * The extended-protocol batch held before the tenant is known (its messages
+ * since the last Sync are in local.held). A Flush answers what it can, so
+ * the batch is looked at in steps: what has been read, what answered.
+ */
+struct xbatch {
+	struct xstmt *v; /* owned: one per Parse of the batch, in order */
+	size_t nv, cap;
+	size_t scanned;	    /* held bytes looked at for the tenant */
+	size_t done;	    /* held bytes answered already (at a Flush) */
+	size_t parsed;	    /* Parses answered already: v[parsed] is the next one */
+	size_t cur;	    /* 1 + v index of the statement of the last Bind answered; 0: none */
+	bool found, conflict, notlocal;
+	struct query_tenant bad; /* why the batch cannot be answered, when it cannot */
+	char tenant[STARTUP_MAX_TENANT_LEN + 1];
+	size_t tlen;
+	size_t replay_mark; /* replay.len (and nreplay) where the batch's implicit transaction */
+	unsigned nreplay_mark; /* began: its SETs go if it fails */
+};
+
 /* The router's own side of a login for tenant source query (see local_start). */
 struct local {
 	enum local_phase phase;
@@ -63,6 +98,9 @@ struct local {
 	struct gbuf cin;	/* client bytes not handled yet */
 	size_t cin_off;
 	struct gbuf held;   /* client messages for the server, in order */
+	struct xbatch batch; /* the extended-protocol batch in held */
+	size_t qoff, qlen;   /* in held: the routing Query, judged whole already (it may be
+				longer than the guard reads) */
 	struct gbuf replay; /* statements answered here, to run on the server first */
 	unsigned nreplay, replay_left;
 	bool server_ready; /* the server's first ReadyForQuery came */
@@ -160,19 +198,6 @@ struct session {
 	char peer[INET6_ADDRSTRLEN + 8];
 	struct cancel_entry ce;
 	struct guard g;
-};
-
-#define BATCH_STMTS 16
-
-/* What we learnt about one Parse of an extended-protocol batch. */
-struct xstmt {
-	char name[64];
-	struct query_tenant q;
-	bool empty;
-	const char *sql; /* points into held */
-	size_t sqllen;
-	uint16_t ntypes;
-	uint32_t types[8];
 };
 
 /* client.c: the session's plumbing. */
