@@ -414,3 +414,19 @@ def test_guard_server_check_routes_to_guarded_host(pg, routers, server):
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == pg[server].port
         assert tenant_of(conn) == TENANT
     assert "lacks the tenant_guard" not in r.log_text()
+
+
+@pytest.mark.parametrize("server", ["shared", "session"])
+def test_parallel_workers_copy_the_tenant(pg, server):
+    """Parallel workers restore the leader's settings, which passed the check there."""
+    with direct(pg[server]) as conn:
+        if server == "session":
+            conn.execute(f"SET app.tenant_id = '{sign('t2')}'")
+        want = tenant_of(conn)
+        conn.execute("SET force_parallel_mode = on")
+        conn.execute("SET parallel_setup_cost = 0")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT current_setting('app.tenant_id')").fetchall())
+        assert "Workers Launched: 1" in plan, plan
+        # Under force_parallel_mode the worker evaluates it and returns the row.
+        assert tenant_of(conn) == want
