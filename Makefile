@@ -3,6 +3,7 @@
 #   make              build build/tenant-router
 #   make test         install what is missing, build, run every test
 #   make test SAN=1   the same under ASan + UBSan (objects in build/san)
+#   make pgext        the tenant_guard PostgreSQL library, build/pgext/tenant_guard.so (PGXS)
 #   make demo         two local PostgreSQL clusters and the router in front
 #   make install      PREFIX=/usr/local DESTDIR=
 
@@ -42,7 +43,8 @@ IO_OBJ    := $(IO:%=$(BUILD)/obj/%.o)
 UNITS     := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNITS:%=$(BUILD)/tests/%)
 
-.PHONY: all deps test unit integration fuzz demo install clean lint format format-check check-headers bench
+.PHONY: all deps test unit integration fuzz demo install clean lint format format-check check-headers bench \
+	pgext
 
 all: $(BIN)
 
@@ -59,6 +61,16 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(PURE_OBJ) $(BUILD)/obj/config.o $(B
 	$(CC) $(ALLCF) $(shell pkg-config --cflags cmocka) $^ -o $@ $(ALLLD) $(PKGLIBS) \
 		$(shell pkg-config --libs cmocka) -lm
 
+# The server library is PostgreSQL's code, not ours: PGXS compiles it with the server's own
+# flags (plus -Werror, see src/pgext/Makefile), never with SAN (it runs inside postgres). A VPATH
+# build keeps src/pgext clean; with_llvm=no skips the JIT bitcode only `make install` would use.
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+
+pgext:
+	@mkdir -p build/pgext
+	@$(MAKE) --no-print-directory -C build/pgext -f $(CURDIR)/src/pgext/Makefile \
+		PG_CONFIG=$(PG_CONFIG) with_llvm=no
+
 # Installs the Debian packages that are missing (sudo only when not root).
 deps:
 	@.ci/install-deps
@@ -66,7 +78,7 @@ deps:
 unit: $(UNIT_BINS)
 
 test: deps
-	@$(MAKE) --no-print-directory all unit SAN=$(SAN)
+	@$(MAKE) --no-print-directory all unit pgext SAN=$(SAN)
 	@SAN=$(SAN) BUILD=$(BUILD) tests/run.sh
 
 fuzz:

@@ -68,6 +68,7 @@ struct config {
 	enum guard_mode guard;
 	size_t guard_max_statement; /* the longest statement the guard holds to read */
 	size_t guard_max_held;	    /* what all sessions' guards may hold together */
+	bool guard_server_check;    /* hosts must run the tenant_guard server library */
 
 	/* [auth]: clients the router authenticates itself (tenant source query). */
 	enum auth_type auth_type;

@@ -4,7 +4,8 @@
  * Each checker keeps a persistent connection and probes it every interval,
  * driven by the event loop (PQconnectStart/PQconnectPoll and PQsendQuery on
  * a uv_poll_t): pg_is_in_recovery(), a primary's timeline (from
- * pg_walfile_name(pg_current_wal_lsn())) and the system identifier, in one
+ * pg_walfile_name(pg_current_wal_lsn())), the system identifier and, for
+ * guard_server_check, the tenant_guard library's tenant_guard.key, in one
  * round trip. A host is down after fail_after consecutive failures (at
  * start-up, the first failure already counts as down: nothing is known yet)
  * and up again on the first success.
@@ -14,7 +15,9 @@
  * has shown for the same system identifier since the router started is a
  * stale old primary and is never the writer, even alone. Two or more
  * primaries left (the same timeline, or different system identifiers) leave
- * the cluster without a writer until all but one are gone.
+ * the cluster without a writer until all but one are gone. With
+ * guard_server_check on, a host that lacks tenant_guard (or guards another
+ * setting than tenant_key) is never the writer either.
  *
  * Checkers are keyed by (cluster, host, port): a reload that keeps a host
  * keeps its checker and its state, so routing never blinks.

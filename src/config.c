@@ -536,6 +536,14 @@ static void router_key(struct loader *L, const char *key, const char *value)
 			c->guard = GUARD_OFF;
 		else
 			problem(L, L->line, "[router] guard: \"%s\" is not on, strict or off", value);
+	} else if (strcmp(key, "guard_server_check") == 0) {
+		if (strcmp(value, "on") == 0)
+			c->guard_server_check = true;
+		else if (strcmp(value, "off") == 0)
+			c->guard_server_check = false;
+		else
+			problem(L, L->line, "[router] guard_server_check: \"%s\" is not on or off",
+				value);
 	} else if (strcmp(key, "guard_max_statement") == 0 || strcmp(key, "guard_max_held") == 0) {
 		uint64_t v;
 		bool stmt = key[10] == 's';

@@ -19,6 +19,10 @@
  * a primary behind the highest timeline seen in its database is an old
  * primary restarted after a promotion and is never chosen, and two primaries
  * that nothing ranks leave the cluster without a writer until one goes.
+ * With guard_server_check on, the same probe reads which setting the
+ * tenant_guard server library guards; a host without it (or guarding another
+ * name than tenant_key) stays up but is never chosen, so sessions get 57P03
+ * rather than a server that lets SQL change the tenant.
  *
  * This module logs transitions (down with reason, up again, writer choice),
  * not each probe.
@@ -31,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <libpq-fe.h>
 #include <uv.h>
@@ -90,6 +95,9 @@ struct checker {
 	bool result_recovery;
 	uint32_t result_tli;
 	uint64_t result_sysid;
+	/* guard_server_check: why the last good check found the host unguarded ("": it is not). */
+	char result_unguarded[160];
+	char unguarded[160]; /* under the lock */
 	/*
 	 * The highest timeline this host has shown as a primary of database
 	 * seen_sysid, kept while it is down and across reloads: it is what
@@ -161,6 +169,8 @@ struct health {
 	uint64_t interval_ms, timeout_ms;
 	uint32_t fail_after;
 	char *conninfo; /* owned */
+	bool guard_check;     /* guard_server_check */
+	char tenant_key[128]; /* what tenant_guard.key must say */
 	size_t first_pending;
 	health_ready_fn ready;
 	void *ready_arg;
@@ -273,7 +283,7 @@ static struct cluster_map *map_find(struct health *h, const char *cluster)
 /* Up, not in recovery, with an address to connect to: it could take writes. */
 static bool is_primary(const struct checker *ck)
 {
-	return ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr;
+	return ck->state == HEALTH_UP && !ck->in_recovery && ck->have_addr && !ck->unguarded[0];
 }
 
 /* The highest timeline any host of m has shown as a primary of database sysid. */
@@ -442,6 +452,14 @@ static void succeed(struct checker *ck)
 
 	if (tli)
 		snprintf(tl, sizeof(tl), " timeline=%u", tli);
+	/* Once per change, not per probe: the reason stays in health_writer()'s answer. */
+	if (ck->result_unguarded[0] && strcmp(ck->result_unguarded, ck->unguarded) != 0)
+		log_error("health: %s; no sessions are sent to it cluster=%s", ck->result_unguarded,
+			  ck->cluster);
+	else if (!ck->result_unguarded[0] && ck->unguarded[0])
+		log_info("health: host %s:%u is usable again (%s) cluster=%s", ck->host, ck->port,
+			 h->guard_check ? "tenant_guard is loaded" : "guard_server_check = off",
+			 ck->cluster);
 	if (ck->state != HEALTH_UP)
 		log_info("health: host up cluster=%s host=%s:%u role=%s%s", ck->cluster, ck->host,
 			 ck->port, role, tl);
@@ -456,6 +474,7 @@ static void succeed(struct checker *ck)
 	ck->in_recovery = ck->result_recovery;
 	ck->tli = tli;
 	ck->sysid = ck->result_sysid;
+	memcpy(ck->unguarded, ck->result_unguarded, sizeof(ck->unguarded));
 	/* Another system identifier is another database: its timelines start afresh. */
 	if (tli && ck->seen_sysid != ck->sysid) {
 		ck->seen_sysid = ck->sysid;
@@ -534,11 +553,16 @@ static void flush_and_watch(struct checker *ck)
  * during recovery, hence the CASE; a promotion between the two calls only
  * gives a standby a WAL file name, which read_probe() ignores. The system
  * identifier tells whether two hosts' timelines can be compared at all.
+ * The last column is what tenant_guard guards (guard_server_check); a
+ * placeholder that postgresql.conf or ALTER ROLE ... SET made without the
+ * library loaded has context "user", the library's own setting "sighup".
  */
 #define PROBE_SQL                                                              \
 	"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL " \
 	"ELSE pg_walfile_name(pg_current_wal_lsn()) END, "                     \
-	"(SELECT system_identifier FROM pg_control_system())"
+	"(SELECT system_identifier FROM pg_control_system()), "                \
+	"(SELECT setting FROM pg_settings WHERE name = 'tenant_guard.key' "    \
+	"AND context = 'sighup')"
 
 static void send_query(struct checker *ck)
 {
@@ -661,6 +685,18 @@ static const char *read_probe(struct checker *ck, const PGresult *res)
 	    errno != 0)
 		return "the probe returned no system identifier";
 	ck->result_sysid = v;
+	ck->result_unguarded[0] = '\0';
+	if (!ck->h->guard_check)
+		return NULL;
+	if (PQgetisnull(res, 0, 3))
+		snprintf(ck->result_unguarded, sizeof(ck->result_unguarded),
+			 "host %s:%u lacks the tenant_guard extension (guard_server_check = on)",
+			 ck->host, ck->port);
+	else if (strcasecmp(PQgetvalue(res, 0, 3), ck->h->tenant_key) != 0)
+		snprintf(ck->result_unguarded, sizeof(ck->result_unguarded),
+			 "host %s:%u has tenant_guard.key = %.40s, not tenant_key %.40s "
+			 "(guard_server_check = on)",
+			 ck->host, ck->port, PQgetvalue(res, 0, 3), ck->h->tenant_key);
 	return NULL;
 }
 
@@ -691,7 +727,7 @@ static void read_results(struct checker *ck)
 			return;
 		}
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-		    PQnfields(res) == 3) {
+		    PQnfields(res) == 4) {
 			const char *bad = read_probe(ck, res);
 
 			if (bad) {
@@ -1328,6 +1364,9 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 	h->interval_ms = cfg->health_interval_ms;
 	h->timeout_ms = cfg->health_timeout_ms;
 	h->fail_after = cfg->health_fail_after;
+	/* Both apply from each host's next check. */
+	h->guard_check = cfg->guard_server_check;
+	snprintf(h->tenant_key, sizeof(h->tenant_key), "%s", cfg->rule.key);
 	if (ready && h->first_pending > 0) {
 		h->ready = ready;
 		h->ready_arg = arg;
@@ -1353,7 +1392,7 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 		   size_t whylen)
 {
 	struct cluster_map *m = NULL;
-	const struct checker *stale = NULL;
+	const struct checker *stale = NULL, *unguarded = NULL;
 	size_t down = 0, standby = 0;
 	bool found = false;
 
@@ -1391,14 +1430,18 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 	for (size_t i = 0; i < m->n; i++) {
 		const struct checker *ck = m->hosts[i];
 
-		if (ck->behind)
+		if (ck->unguarded[0] && ck->state == HEALTH_UP && !ck->in_recovery)
+			unguarded = ck;
+		else if (ck->behind)
 			stale = ck;
 		else if (ck->state == HEALTH_UP)
 			standby++;
 		else
 			down++;
 	}
-	if (stale)
+	if (unguarded)
+		snprintf(why, whylen, "%s", unguarded->unguarded);
+	else if (stale)
 		snprintf(why, whylen,
 			 "host %s:%u is a stale primary (timeline %u, behind timeline %u of a "
 			 "promoted host)",

@@ -479,7 +479,8 @@ static void test_config_query_and_auth(void **state)
 	write_file("users.txt", "\"app\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n");
 	snprintf(text, sizeof(text),
 		 "[router]\ntenant_sources = options, query\ntenant_column = tenant_id\n"
-		 "guard = strict\n[auth]\nauth_type = md5\nauth_file = users.txt\n"
+		 "guard = strict\nguard_server_check = on\n[auth]\nauth_type = md5\n"
+		 "auth_file = users.txt\n"
 		 "auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1\n"
 		 "auth_cluster = b\nserver_passfile = pass\n%s",
 		 base);
@@ -489,6 +490,7 @@ static void test_config_query_and_auth(void **state)
 	assert_true(c->rule.sources & TENANT_SRC_QUERY);
 	assert_string_equal(c->tenant_column, "tenant_id");
 	assert_int_equal(c->guard, GUARD_STRICT);
+	assert_true(c->guard_server_check);
 	assert_int_equal(c->auth_type, AUTH_MD5);
 	assert_non_null(c->userlist);
 	assert_int_equal(c->auth_cluster, 1);
@@ -499,6 +501,7 @@ static void test_config_query_and_auth(void **state)
 	c = config_load(write_file("d.ini", base), err, sizeof(err));
 	assert_non_null(c);
 	assert_int_equal(c->guard, GUARD_ON);
+	assert_false(c->guard_server_check);
 	assert_int_equal(c->auth_type, AUTH_SCRAM);
 	assert_null(c->userlist);
 	config_unref(c);
@@ -516,6 +519,10 @@ static void test_config_query_and_auth(void **state)
 	assert_non_null(strstr(err, ":7: [auth] auth_cluster: unknown cluster \"zz\"\n"));
 	assert_non_null(strstr(err, "[auth]: tenant source \"query\" needs auth_file or "
 				    "auth_query"));
+
+	snprintf(text, sizeof(text), "[router]\nguard_server_check = yes\n%s", base);
+	assert_null(config_load(write_file("gsc.ini", text), err, sizeof(err)));
+	assert_non_null(strstr(err, ":2: [router] guard_server_check: \"yes\" is not on or off\n"));
 
 	/* A missing auth_file is named. */
 	snprintf(text, sizeof(text), "[router]\ntenant_sources = query\n[auth]\n"
