@@ -456,38 +456,13 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
 		      size_t cap, size_t *outlen)
 {
-	struct rd r;
-	const char *portal, *stmt;
-	size_t pl, sl;
-	uint16_t nfmt, nparams, fmt = 0;
-	const uint8_t *v = NULL;
-	uint32_t vlen = 0;
+	uint16_t fmt;
+	const uint8_t *v;
+	uint32_t vlen;
 	int param = st->q.param;
 
-	rd_init(&r, body, len);
-	if (!rd_cstr(&r, &portal, &pl) || !rd_cstr(&r, &stmt, &sl) || !rd_u16(&r, &nfmt))
-		return false;
-	for (uint16_t i = 0; i < nfmt; i++) {
-		uint16_t f;
-
-		if (!rd_u16(&r, &f))
-			return false;
-		if (nfmt == 1 || i + 1 == param)
-			fmt = f;
-	}
-	if (!rd_u16(&r, &nparams) || param < 1 || param > nparams)
-		return false;
-	for (int i = 1; i <= param; i++) {
-		if (!rd_u32(&r, &vlen))
-			return false;
-		if (vlen == 0xffffffffu) {
-			if (i == param)
-				return false; /* NULL: no tenant */
-			continue;
-		}
-		if (!rd_bytes(&r, vlen, &v))
-			return false;
-	}
+	if (!proto_bind_param(body, len, param, &fmt, &v, &vlen) || v == NULL)
+		return false; /* malformed, or NULL: no tenant */
 	if (fmt == 0) {
 		if (vlen == 0 || vlen >= cap || memchr(v, 0, vlen))
 			return false;
