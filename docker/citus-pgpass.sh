@@ -1,5 +1,5 @@
 #!/bin/sh
-# docker/citus-pgpass.sh - init script for every Citus node of docker/citus-compose.yml, mounted into
+# docker/citus-pgpass.sh - init script for every Citus node of docker/compose.yml, mounted into
 # /docker-entrypoint-initdb.d/ and run once, as user postgres, when the node's data dir is created.
 #
 # The nodes talk to each other with libpq, as the session's user, and every node requires
