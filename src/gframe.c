@@ -222,6 +222,13 @@ bool gscan_text(struct gscan *sc, const char *p, size_t n)
 {
 	gscan_reset(sc);
 	sc->word_only = false;
+	/*
+	 * Every way to fire needs the key's word or "set" (set_config holds it):
+	 * most statements have neither, and two searches tell.
+	 */
+	if (!query_mentions(p, n, sc->pat[PAT_WORD], sc->len[PAT_WORD]) &&
+	    !query_mentions(p, n, "set", 3))
+		return false;
 	return gscan_feed(sc, (const uint8_t *)p, n) != SIZE_MAX;
 }
 
