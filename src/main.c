@@ -823,18 +823,15 @@ static int federation_cmd(int argc, char **argv)
 
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		bool done = false, ok = true;
+		size_t k = 0;
+		bool ok = true;
 
 		if (v == NULL)
 			goto usage;
-		for (size_t k = 0; k < ARRAY_SIZE(single) && !done; k++) {
-			if (strcmp(a, single[k].flag) == 0) {
-				*(const char **)((char *)&o + single[k].off) = v;
-				done = true;
-			}
-		}
-		if (done)
-			;
+		while (k < ARRAY_SIZE(single) && strcmp(a, single[k].flag) != 0)
+			k++;
+		if (k < ARRAY_SIZE(single))
+			*(const char **)((char *)&o + single[k].off) = v;
 		else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)
 			path = v;
 		else if (strcmp(a, "--apply") == 0)
