@@ -12,7 +12,7 @@ DESTDIR ?=
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth gframe
+PURE    := proto startup ring pins route query auth gframe federation
 IO      := log config health client client_local client_guard splice cancel main sdnotify tls
 
 ifeq ($(SAN),1)

@@ -32,6 +32,9 @@ enum auth_type { AUTH_TRUST, AUTH_MD5, AUTH_SCRAM };
 #define CONFIG_MAX_CLUSTERS 1024
 #define CONFIG_MAX_HOSTS    16 /* per cluster */
 #define CONFIG_MAX_LISTEN   16
+#define CONFIG_MAX_ROUTES   256
+/* PostgreSQL keeps 63 bytes of a database name (NAMEDATALEN - 1). */
+#define CONFIG_MAX_DATABASE 63
 
 struct host_port {
 	char *host; /* owned; a name or an address, no brackets */
@@ -48,6 +51,20 @@ struct cluster_cfg {
 	SSL_CTX *tls_ctx;   /* owned; NULL when tls_mode is disable */
 	size_t nhosts;
 	struct host_port hosts[CONFIG_MAX_HOSTS];
+};
+
+/*
+ * [route.NAME]: clients asking for this database go to one place whatever
+ * their tenant (a federation database, an admin or analytics endpoint).
+ */
+struct route_cfg {
+	char *name;	       /* owned */
+	char *database;	       /* owned; compared exactly, as PostgreSQL does */
+	int cluster;	       /* index in clusters: that cluster's writer; -1: host */
+	struct host_port host; /* host.host owned; only when cluster < 0 */
+	/* TLS towards a host route: the [router] server_tls_* settings. */
+	enum tls_server_mode tls_mode;
+	SSL_CTX *tls_ctx; /* owned; NULL for cluster routes and when tls_mode is disable */
 };
 
 struct config {
@@ -103,6 +120,10 @@ struct config {
 	struct cluster_cfg *clusters; /* owned */
 	const char **cluster_names;   /* owned array, names borrowed from clusters */
 
+	/* [route.NAME], in file order. */
+	size_t nroutes;
+	struct route_cfg *routes; /* owned */
+
 	struct ring *ring; /* owned */
 	struct pins *pins; /* owned */
 	char *pins_file;   /* owned; resolved path or NULL */
@@ -121,6 +142,12 @@ void config_unref(struct config *c);
 
 /* Index of the cluster with this name, or -1. */
 int config_cluster_index(const struct config *c, const char *name);
+
+/*
+ * The static route for a client's database, or NULL. database is the one
+ * the server would use: the startup packet's, or the user name without one.
+ */
+const struct route_cfg *config_route_lookup(const struct config *c, const char *database);
 
 /* Parses "500ms", "5s", "1m", "1h" or bare seconds into milliseconds. */
 bool config_parse_duration(const char *s, uint64_t *ms);

@@ -172,6 +172,9 @@ void client_close(struct session *s)
 	cancel_unregister(s->rt->cancels, &s->ce);
 	client_log(s, LOG_DEBUG, "closed age=%llums",
 	     (unsigned long long)(uv_now(s->rt->loop) - s->started));
+	/* Its callback still runs (UV_EAI_CANCELED) and frees the session if last. */
+	if (s->login && s->login->resolving)
+		uv_cancel((uv_req_t *)&s->login->gai);
 	uv_close((uv_handle_t *)&s->timer, close_cb);
 	uv_close((uv_handle_t *)&s->cl.tcp, close_cb);
 	if (s->sv.inited)
@@ -450,6 +453,12 @@ static void timer_cb(uv_timer_t *t)
 	case CLIENT_ROUTING:
 		if (s->over_limit) {
 			refuse_over_limit(s);
+			break;
+		}
+		if (s->login && s->login->resolving) {
+			client_refuse(s, "08006", "Check name resolution on the router's host.",
+				      "route \"%s\": resolving %s took longer than the login timeout",
+				      s->route, s->login->target.host);
 			break;
 		}
 		client_refuse(s, "08006", "Send a startup packet promptly after connecting.",
@@ -976,6 +985,8 @@ static void server_ssl_answer(struct session *s, struct block *b, size_t n)
 			      s->cluster, tls_error(s->sv.tls));
 }
 
+static void connect_server(struct session *s);
+
 /* The tenant is known: its cluster, that cluster's writer, and a connection to it. */
 void client_connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
 			   size_t len)
@@ -987,7 +998,6 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 	struct tenant t = *tp;
 	char why[320];
 	size_t idx;
-	int rc;
 
 	idx = route_lookup(cfg->pins, cfg->ring, t.name, t.len, &L->pinned);
 	s->tenant = strdup(t.name);
@@ -1028,6 +1038,17 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 	L->extra_off = len;
 	client_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
 	     L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
+	connect_server(s);
+}
+
+/* L->target, sv_mode and sv_ctx are set: open the connection to the server. */
+static void connect_server(struct session *s)
+{
+	struct router *rt = s->rt;
+	const struct config *cfg = rt->cfg;
+	struct login *L = s->login;
+	int rc;
+
 	rc = uv_tcp_init(rt->loop, &s->sv.tcp);
 	if (rc < 0) {
 		client_refuse(s, "08006", "Retry.", "could not create a socket: %s",
@@ -1049,10 +1070,115 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 			      s->cluster, L->target.host, L->target.port, uv_strerror(rc));
 }
 
+/* A host route's name is resolved: connect to its first address. */
+static void route_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct session *s = req->data;
+	struct login *L = s->login;
+
+	L->resolving = false;
+	/* The request counted as a handle: the session may have closed meanwhile. */
+	if (--s->open_handles == 0) {
+		uv_freeaddrinfo(res);
+		session_free(s);
+		return;
+	}
+	if (s->closed || s->state != CLIENT_ROUTING) {
+		uv_freeaddrinfo(res);
+		return;
+	}
+	if (status < 0 || res == NULL) {
+		client_refuse(s, "08006", "Check the host of this [route.NAME] and name resolution.",
+			      "route \"%s\": could not resolve %s: %s", s->route, L->target.host,
+			      status < 0 ? uv_strerror(status) : "no address");
+		uv_freeaddrinfo(res);
+		return;
+	}
+	memcpy(&L->target.addr, res->ai_addr, res->ai_addrlen);
+	uv_freeaddrinfo(res);
+	client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host, L->target.port,
+		   s->route);
+	connect_server(s);
+}
+
+/*
+ * A [route.NAME] for the client's database: its cluster's writer, or its
+ * fixed host, whatever the tenant. The startup packet goes on unchanged.
+ */
+static void connect_route(struct session *s, const struct route_cfg *r, size_t len)
+{
+	struct router *rt = s->rt;
+	const struct config *cfg = rt->cfg;
+	struct login *L = s->login;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	char why[320], port[8];
+	int rc;
+
+	snprintf(s->route, sizeof(s->route), "%s", r->name);
+	L->pkt = L->in;
+	L->pktlen = len;
+	L->extra_off = len;
+	if (r->cluster >= 0) {
+		const struct cluster_cfg *cl = &cfg->clusters[r->cluster];
+
+		snprintf(s->cluster, sizeof(s->cluster), "%s", cl->name);
+		if (!health_writer(rt->health, s->cluster, &L->target, why, sizeof(why))) {
+			client_refuse(s, "57P03",
+				      "Retry once the cluster has a healthy coordinator.",
+				      "route \"%s\": cluster \"%s\" has no healthy coordinator (%s)",
+				      s->route, s->cluster, why);
+			return;
+		}
+		L->sv_mode = cl->tls_mode;
+		if (cl->tls_ctx)
+			L->sv_ctx = tls_ctx_ref(cl->tls_ctx);
+		client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
+			   L->target.port, s->route);
+		connect_server(s);
+		return;
+	}
+	snprintf(s->cluster, sizeof(s->cluster), "route:%s", r->name);
+	snprintf(L->target.host, sizeof(L->target.host), "%s", r->host.host);
+	L->target.port = r->host.port;
+	L->sv_mode = r->tls_mode;
+	if (r->tls_ctx)
+		L->sv_ctx = tls_ctx_ref(r->tls_ctx);
+	if (uv_ip4_addr(r->host.host, r->host.port, (struct sockaddr_in *)&L->target.addr) == 0 ||
+	    uv_ip6_addr(r->host.host, r->host.port, (struct sockaddr_in6 *)&L->target.addr) == 0) {
+		client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
+			   L->target.port, s->route);
+		connect_server(s);
+		return;
+	}
+	/* A name: resolved for each session on the thread pool, as libpq would. */
+	snprintf(port, sizeof(port), "%u", r->host.port);
+	L->gai.data = s;
+	rc = uv_getaddrinfo(rt->loop, &L->gai, route_gai_cb, r->host.host, port, &hints);
+	if (rc < 0) {
+		client_refuse(s, "08006", "Retry.", "route \"%s\": could not resolve %s: %s",
+			      s->route, r->host.host, uv_strerror(rc));
+		return;
+	}
+	L->resolving = true;
+	s->open_handles++;
+}
+
+/* The database the server will open: the startup packet's, else the user's name. */
+static const char *startup_database(const struct startup *st)
+{
+	const struct startup_param *p = startup_get(st, "database");
+
+	if (p == NULL || p->vlen == 0)
+		p = startup_get(st, "user");
+	return p ? p->val : NULL;
+}
+
 static void route(struct session *s, const struct startup *st, size_t len)
 {
 	struct router *rt = s->rt;
 	const struct config *cfg = rt->cfg;
+	const struct route_cfg *r;
+	const char *db;
 	struct tenant t;
 
 	client_set_state(s, CLIENT_ROUTING);
@@ -1064,6 +1190,12 @@ static void route(struct session *s, const struct startup *st, size_t len)
 	}
 	if (s->over_limit) {
 		refuse_over_limit(s);
+		return;
+	}
+	/* A static route wins over any tenant: its database is not a tenant's. */
+	db = cfg->nroutes ? startup_database(st) : NULL;
+	if (db && (r = config_route_lookup(cfg, db)) != NULL) {
+		connect_route(s, r, len);
 		return;
 	}
 	switch (startup_find_tenant(st, &cfg->rule, &t)) {

@@ -148,9 +148,25 @@ static void guard_refuse(struct session *s, const char *sqlstate, const char *hi
 static bool guard_allows(struct session *s, const char *tenant, size_t len)
 {
 	const struct config *cfg = s->rt->cfg;
-	size_t idx = route_lookup(cfg->pins, cfg->ring, tenant, len, NULL);
-	const char *owner = cfg->clusters[idx].name;
+	size_t idx;
+	const char *owner;
 
+	/*
+	 * A statically routed session belongs to no tenant, so no tenant is its
+	 * own: whatever guard = on or strict, it may not take one up. That keeps
+	 * row-level security keyed on the setting closed there as well.
+	 */
+	if (s->route[0]) {
+		guard_refuse(s, GUARD_SQLSTATE,
+			     "Connect with a tenant (and not to this route's database) for tenant "
+			     "work.",
+			     "this session was routed by [route.%s] and has no tenant; it cannot "
+			     "set \"%s\"",
+			     s->route, cfg->rule.key);
+		return false;
+	}
+	idx = route_lookup(cfg->pins, cfg->ring, tenant, len, NULL);
+	owner = cfg->clusters[idx].name;
 	if (strcmp(owner, s->cluster) != 0) {
 		guard_refuse(s, GUARD_SQLSTATE, NULL,
 			     "tenant \"%s\" belongs to cluster \"%s\"; this session is bound to "

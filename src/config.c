@@ -35,6 +35,7 @@
 /* inih (ini.c's MAX_SECTION) passes the handler only this much of a section name. */
 #define INIH_SECTION_KEPT ((size_t)49)
 #define CLUSTER_NAME_MAX  (INIH_SECTION_KEPT - sizeof("cluster.") + 1)
+#define ROUTE_NAME_MAX    (INIH_SECTION_KEPT - sizeof("route.") + 1)
 
 struct inline_pin {
 	char *tenant;  /* owned */
@@ -62,6 +63,15 @@ struct host_ref {
 	int first_line;
 };
 
+/* What validate() needs to know about a [route.NAME] besides its struct route_cfg. */
+struct route_ref {
+	int line;	    /* of the header */
+	char *cluster;	    /* owned; the cluster = value, checked once clusters are known */
+	int cluster_line;
+	int host_line;	    /* 0: no host = line */
+	int database_line;  /* 0: no database = line */
+};
+
 struct loader {
 	struct config *c;
 	const char *path;
@@ -72,6 +82,8 @@ struct loader {
 	size_t nheaders;
 	bool section_ok;    /* false: refused at its header, its keys are skipped */
 	size_t cur_cluster; /* index in c->clusters when in a [cluster.NAME] */
+	size_t cur_route;   /* index in c->routes when in a [route.NAME] */
+	struct route_ref *rrefs; /* parallel to c->routes */
 	bool after_key;	    /* the handler ran since the last header (see note_header) */
 	int skip_line;	    /* a line already refused by note_header(), or 0 */
 	struct host_ref *hrefs;
@@ -795,6 +807,40 @@ static void pins_key(struct loader *L, const char *key, const char *value)
 	L->npins++;
 }
 
+/*
+ * A [route.NAME] key. Where the route goes (cluster or host) is checked in
+ * validate(), once every cluster is known and both keys have been seen.
+ */
+static void route_key(struct loader *L, const char *section, const char *key, const char *value)
+{
+	struct route_cfg *r = &L->c->routes[L->cur_route];
+	struct route_ref *rr = &L->rrefs[L->cur_route];
+
+	if (strcmp(key, "database") == 0) {
+		rr->database_line = L->line;
+		if (*value == '\0' || strlen(value) > CONFIG_MAX_DATABASE) {
+			problem(L, L->line, "[%s] database: give a database name of 1 to %d bytes",
+				section, CONFIG_MAX_DATABASE);
+			return;
+		}
+		r->database = strdup(value);
+		if (r->database == NULL)
+			L->oom = true;
+	} else if (strcmp(key, "cluster") == 0) {
+		rr->cluster_line = L->line;
+		rr->cluster = strdup(value);
+		if (rr->cluster == NULL)
+			L->oom = true;
+	} else if (strcmp(key, "host") == 0) {
+		rr->host_line = L->line;
+		if (!config_parse_host_port(value, 5432, &r->host)) {
+			problem(L, L->line, "[%s] host: \"%s\" is not HOST:PORT", section, value);
+		}
+	} else {
+		problem(L, L->line, "[%s] %s: unknown setting", section, key);
+	}
+}
+
 /* The section a key line belongs to, "" before the first header. */
 static const char *cur_section(const struct loader *L)
 {
@@ -809,7 +855,31 @@ static bool is_known_section(const char *name)
 		if (strcmp(name, fixed[i]) == 0)
 			return true;
 	}
-	return strncmp(name, "cluster.", 8) == 0;
+	return strncmp(name, "cluster.", 8) == 0 || strncmp(name, "route.", 6) == 0;
+}
+
+/* A new [route.NAME] (name: after "route."); false when out of memory. */
+static bool add_route(struct loader *L, const char *name)
+{
+	struct config *c = L->c;
+	struct route_cfg *nr = realloc(c->routes, (c->nroutes + 1) * sizeof(*nr));
+	struct route_ref *rr;
+
+	if (nr == NULL)
+		return false;
+	c->routes = nr;
+	rr = realloc(L->rrefs, (c->nroutes + 1) * sizeof(*rr));
+	if (rr == NULL)
+		return false;
+	L->rrefs = rr;
+	L->rrefs[c->nroutes] = (struct route_ref){.line = L->line};
+	nr = &c->routes[c->nroutes];
+	*nr = (struct route_cfg){.cluster = -1};
+	nr->name = strdup(name);
+	if (nr->name == NULL)
+		return false;
+	L->cur_route = c->nroutes++;
+	return true;
 }
 
 /*
@@ -835,8 +905,8 @@ static void section_start(struct loader *L, char *name)
 	L->headers[L->nheaders++] = (struct header){name, L->line};
 	if (!is_known_section(name)) {
 		problem(L, L->line,
-			"[%s]: unknown section (sections are router, auth, health, ring, pins and "
-			"cluster.NAME)",
+			"[%s]: unknown section (sections are router, auth, health, ring, pins, "
+			"cluster.NAME and route.NAME)",
 			name);
 		return;
 	}
@@ -846,6 +916,27 @@ static void section_start(struct loader *L, char *name)
 				L->headers[i].line);
 			return;
 		}
+	}
+	if (strncmp(name, "route.", 6) == 0) {
+		cname = name + strlen("route.");
+		/* The same rules as cluster names: the name is in logs (by=route:NAME). */
+		if (!valid_cluster_name(cname) || strlen(cname) > ROUTE_NAME_MAX) {
+			problem(L, L->line,
+				"[%s]: route names are 1 to %zu letters, digits, '_' or '-'", name,
+				ROUTE_NAME_MAX);
+			return;
+		}
+		if (L->c->nroutes == CONFIG_MAX_ROUTES) {
+			problem(L, L->line, "[%s]: too many routes (at most %d)", name,
+				CONFIG_MAX_ROUTES);
+			return;
+		}
+		if (!add_route(L, cname)) {
+			L->oom = true;
+			return;
+		}
+		L->section_ok = true;
+		return;
 	}
 	if (strncmp(name, "cluster.", 8) != 0) {
 		L->section_ok = true;
@@ -926,6 +1017,8 @@ static int handler(void *user, const char *section, const char *key, const char 
 		problem(L, L->line, "[ring] %s: unknown setting", key);
 	else if (strncmp(sec, "cluster.", 8) == 0)
 		cluster_key(L, sec, key, value);
+	else if (strncmp(sec, "route.", 6) == 0)
+		route_key(L, sec, key, value);
 	else
 		pins_key(L, key, value);
 	/* We report our own problems; a 0 here would only add a vaguer one. */
@@ -1104,6 +1197,50 @@ static void validate_hosts(struct loader *L)
 	}
 }
 
+/*
+ * Each route goes to exactly one place, and a database has at most one
+ * route: two would leave which one wins to the order of the file.
+ */
+static void validate_routes(struct loader *L)
+{
+	struct config *c = L->c;
+
+	for (size_t i = 0; i < c->nroutes; i++) {
+		struct route_cfg *r = &c->routes[i];
+		struct route_ref *rr = &L->rrefs[i];
+
+		if (rr->database_line == 0)
+			problem(L, rr->line,
+				"[route.%s] database: missing (the database this route is for)",
+				r->name);
+		if (rr->cluster && rr->host_line)
+			problem(L, rr->host_line,
+				"[route.%s]: give cluster or host, not both (cluster at line %d)",
+				r->name, rr->cluster_line);
+		else if (rr->cluster == NULL && rr->host_line == 0)
+			problem(L, rr->line, "[route.%s]: give cluster = NAME or host = HOST:PORT",
+				r->name);
+		else if (rr->cluster) {
+			r->cluster = config_cluster_index(c, rr->cluster);
+			if (r->cluster < 0)
+				problem(L, rr->cluster_line, "[route.%s] cluster: unknown cluster \"%s\"",
+					r->name, rr->cluster);
+		}
+		if (r->database == NULL)
+			continue;
+		for (size_t j = 0; j < i; j++) {
+			if (c->routes[j].database && strcmp(c->routes[j].database, r->database) == 0) {
+				problem(L, rr->database_line,
+					"[route.%s] database: \"%s\" is also the database of "
+					"[route.%s] (line %d)",
+					r->name, r->database, c->routes[j].name,
+					L->rrefs[j].database_line);
+				break;
+			}
+		}
+	}
+}
+
 static void validate(struct loader *L)
 {
 	struct config *c = L->c;
@@ -1168,6 +1305,7 @@ static void validate(struct loader *L)
 				RING_MAX_VNODES);
 	}
 	validate_hosts(L);
+	validate_routes(L);
 }
 
 static void build_placement(struct loader *L)
@@ -1272,6 +1410,20 @@ static void build_tls(struct loader *L)
 		if (cl->tls_ctx == NULL)
 			problem(L, 0, "[cluster.%s] server_tls: %s", cl->name, err);
 	}
+	for (size_t i = 0; i < c->nroutes; i++) {
+		struct route_cfg *r = &c->routes[i];
+		struct tls_settings ts = {c->server_tls_cert_file, c->server_tls_key_file,
+					  c->server_tls_ca_file, c->server_tls_protocols,
+					  c->server_tls_ciphers};
+
+		/* A cluster route uses its cluster's settings when it connects. */
+		r->tls_mode = c->server_tls_mode;
+		if (r->cluster >= 0 || r->tls_mode == TLS_SERVER_DISABLE)
+			continue;
+		r->tls_ctx = tls_connect_ctx_new(&ts, r->tls_mode, err, sizeof(err));
+		if (r->tls_ctx == NULL)
+			problem(L, 0, "[route.%s] server_tls: %s", r->name, err);
+	}
 }
 
 static void free_config(struct config *c)
@@ -1287,6 +1439,13 @@ static void free_config(struct config *c)
 	}
 	free(c->clusters);
 	free(c->cluster_names);
+	for (size_t i = 0; i < c->nroutes; i++) {
+		free(c->routes[i].name);
+		free(c->routes[i].database);
+		free(c->routes[i].host.host);
+		tls_ctx_free(c->routes[i].tls_ctx);
+	}
+	free(c->routes);
 	free((char *)c->rule.key);
 	free(c->health_conninfo);
 	free(c->pins_file);
@@ -1375,6 +1534,9 @@ done:
 		free(L.pins[i].cluster);
 	}
 	free(L.pins);
+	for (size_t i = 0; i < c->nroutes; i++)
+		free(L.rrefs[i].cluster);
+	free(L.rrefs);
 	free(L.auth_cluster);
 	free(L.errs);
 	if (L.nerrs > 0 || L.oom || c->path == NULL) {
@@ -1394,6 +1556,16 @@ void config_unref(struct config *c)
 {
 	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
 		free_config(c);
+}
+
+const struct route_cfg *config_route_lookup(const struct config *c, const char *database)
+{
+	/* A handful of routes at most: a scan beats any index. */
+	for (size_t i = 0; i < c->nroutes; i++) {
+		if (strcmp(c->routes[i].database, database) == 0)
+			return &c->routes[i];
+	}
+	return NULL;
 }
 
 int config_cluster_index(const struct config *c, const char *name)

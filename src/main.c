@@ -4,6 +4,7 @@
  *   tenant-router -c FILE                 run in the foreground
  *   tenant-router --check -c FILE         validate a configuration
  *   tenant-router route -c FILE TENANT... print where tenants go
+ *   tenant-router federation -c FILE ...  SQL of a read federation (or --apply it)
  *
  * Start-up order: load the config, start the health checkers, and only
  * after their first round listen and tell systemd READY=1, so the first
@@ -27,14 +28,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <uv.h>
 
 #include "cancel.h"
 #include "client.h"
 #include "config.h"
+#include "federation.h"
 #include "health.h"
 #include "log.h"
 #include "pins.h"
@@ -95,6 +99,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: tenant-router -c FILE               run in the foreground\n"
 		   "       tenant-router --check -c FILE       validate a configuration\n"
 		   "       tenant-router route -c FILE TENANT...  show where tenants go\n"
+		   "       tenant-router federation -c FILE --dbname DB [--schema S]... [--apply DSN]\n"
+		   "                                           SQL of a read federation (see README)\n"
 		   "       tenant-router --version\n");
 }
 
@@ -730,6 +736,195 @@ static int route_cmd(const char *path, char **tenants, int n)
 	return rc;
 }
 
+
+/* Notices of the federation script (views made, columns left out) go to stderr. */
+static void fed_notice_cb(void *arg, const char *message)
+{
+	fputs(message, stderr);
+}
+
+/* Runs the script on dsn in one PQexec (it is one transaction) and says what it made. */
+static int fed_apply(const char *dsn, const char *sql, const char *into)
+{
+	const char *params[1] = {into};
+	PGconn *conn = PQconnectdb(dsn);
+	PGresult *res;
+	int rc = 1;
+
+	if (PQstatus(conn) != CONNECTION_OK) {
+		fprintf(stderr, "tenant-router: federation: could not connect: %s",
+			PQerrorMessage(conn));
+		goto done;
+	}
+	PQsetNoticeProcessor(conn, fed_notice_cb, NULL);
+	res = PQexec(conn, sql);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		/* The transaction rolled back: the previous federation, if any, is intact. */
+		fprintf(stderr, "tenant-router: federation: nothing changed: %s",
+			PQresultErrorMessage(res));
+		PQclear(res);
+		goto done;
+	}
+	PQclear(res);
+	res = PQexecParams(conn,
+			   "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+			   "c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'v'",
+			   1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		printf("federation applied: %s views in schema %s\n", PQgetvalue(res, 0, 0), into);
+	else
+		printf("federation applied\n");
+	PQclear(res);
+	rc = 0;
+done:
+	PQfinish(conn);
+	return rc;
+}
+
+/* A repeatable option's values, borrowed from argv. */
+struct strv {
+	const char **v;
+	size_t n;
+};
+
+static bool strv_add(struct strv *sv, const char *s)
+{
+	const char **v = realloc(sv->v, (sv->n + 1) * sizeof(*v));
+
+	if (v == NULL)
+		return false;
+	v[sv->n++] = s;
+	sv->v = v;
+	return true;
+}
+
+static int federation_cmd(int argc, char **argv)
+{
+	static const struct {
+		const char *flag;
+		size_t off;
+	} single[] = {
+		{"--dbname", offsetof(struct federation_opts, dbname)},
+		{"--user", offsetof(struct federation_opts, user)},
+		{"--password", offsetof(struct federation_opts, password)},
+		{"--local-user", offsetof(struct federation_opts, local_role)},
+		{"--into", offsetof(struct federation_opts, into)},
+		{"--prefix", offsetof(struct federation_opts, prefix)},
+		{"--cluster-column", offsetof(struct federation_opts, cluster_column)},
+		{"--target-session-attrs", offsetof(struct federation_opts, target_session_attrs)},
+	};
+	struct federation_opts o = {0};
+	struct strv schemas = {0}, except = {0}, options = {0}, grants = {0};
+	struct federation_cluster *fc = NULL;
+	const char *path = NULL, *dsn = NULL;
+	struct config *cfg = NULL;
+	char err[512], *sql = NULL;
+	int rc = 2;
+
+	for (int i = 2; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		size_t k = 0;
+		bool ok = true;
+
+		if (v == NULL)
+			goto usage;
+		while (k < ARRAY_SIZE(single) && strcmp(a, single[k].flag) != 0)
+			k++;
+		if (k < ARRAY_SIZE(single))
+			*(const char **)((char *)&o + single[k].off) = v;
+		else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)
+			path = v;
+		else if (strcmp(a, "--apply") == 0)
+			dsn = v;
+		else if (strcmp(a, "--schema") == 0)
+			ok = strv_add(&schemas, v);
+		else if (strcmp(a, "--except") == 0)
+			ok = strv_add(&except, v);
+		else if (strcmp(a, "--option") == 0)
+			ok = strv_add(&options, v);
+		else if (strcmp(a, "--grant") == 0)
+			ok = strv_add(&grants, v);
+		else
+			goto usage;
+		if (!ok) {
+			fprintf(stderr, "tenant-router: out of memory\n");
+			rc = 1;
+			goto out;
+		}
+		i++;
+	}
+	if (path == NULL)
+		goto usage;
+	/* libpq's own default user: PGUSER, else the login name. */
+	if (o.user == NULL && (o.user = getenv("PGUSER")) == NULL) {
+		struct passwd *pw = getpwuid(geteuid());
+
+		o.user = pw ? pw->pw_name : NULL;
+	}
+	rc = 1;
+	cfg = load_or_report(path);
+	if (cfg == NULL)
+		goto out;
+	fc = calloc(cfg->nclusters, sizeof(*fc));
+	for (size_t i = 0; fc && i < cfg->nclusters; i++) {
+		const struct cluster_cfg *cl = &cfg->clusters[i];
+		const char **hosts = calloc(cl->nhosts, sizeof(*hosts));
+		uint16_t *ports = calloc(cl->nhosts, sizeof(*ports));
+
+		fc[i] = (struct federation_cluster){cl->name, cl->nhosts, hosts, ports};
+		if (hosts == NULL || ports == NULL) {
+			fc[i].nhosts = 0;
+			break;
+		}
+		for (size_t j = 0; j < cl->nhosts; j++) {
+			hosts[j] = cl->hosts[j].host;
+			ports[j] = cl->hosts[j].port;
+		}
+	}
+	o.source = path;
+	o.schemas = schemas.v;
+	o.nschemas = schemas.n;
+	o.except = except.v;
+	o.nexcept = except.n;
+	o.options = options.v;
+	o.noptions = options.n;
+	o.grants = grants.v;
+	o.ngrants = grants.n;
+	sql = fc ? federation_sql(fc, cfg->nclusters, &o, err, sizeof(err)) : NULL;
+	if (sql == NULL) {
+		fprintf(stderr, "tenant-router: federation: %s\n", fc ? err : "out of memory");
+		goto out;
+	}
+	if (dsn)
+		rc = fed_apply(dsn, sql, o.into ? o.into : "federation");
+	else
+		rc = fputs(sql, stdout) < 0 || fflush(stdout) != 0;
+	goto out;
+usage:
+	fprintf(stderr,
+		"usage: tenant-router federation -c FILE --dbname DB [--schema S]... [--except TABLE]...\n"
+		"         [--user U] [--password P] [--local-user ROLE|PUBLIC] [--into SCHEMA]\n"
+		"         [--prefix P] [--cluster-column C] [--target-session-attrs A]\n"
+		"         [--option KEY=VALUE]... [--grant ROLE]... [--apply DSN]\n");
+out:
+	/* The password may sit in the script: clear it before it goes back to the heap. */
+	if (sql) {
+		explicit_bzero(sql, strlen(sql));
+		free(sql);
+	}
+	for (size_t i = 0; fc && i < cfg->nclusters; i++) {
+		free((void *)fc[i].hosts);
+		free((void *)fc[i].ports);
+	}
+	free(fc);
+	free(schemas.v);
+	free(except.v);
+	free(options.v);
+	free(grants.v);
+	config_unref(cfg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -737,6 +932,8 @@ int main(int argc, char **argv)
 	int i = 1;
 
 	log_init();
+	if (argc > 1 && strcmp(argv[1], "federation") == 0)
+		return federation_cmd(argc, argv);
 	if (argc > 1 && strcmp(argv[1], "route") == 0) {
 		do_route = true;
 		i = 2;

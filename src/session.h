@@ -124,6 +124,8 @@ struct login {
 	uint8_t *fwd; /* owned: the rewritten packet, only when we rewrite it */
 	struct health_target target;
 	bool pinned;
+	uv_getaddrinfo_t gai; /* a host route's name being resolved */
+	bool resolving;
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
 	uv_connect_t connect;
 	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
@@ -194,7 +196,8 @@ struct session {
 	uint64_t started;
 	struct login *login; /* owned; NULL once spliced */
 	char *tenant;	     /* owned */
-	char cluster[64];
+	char cluster[64];    /* for a host route: "route:NAME" (no cluster has a ':') */
+	char route[64];	     /* the [route.NAME] that routed the session, or "": no tenant */
 	char peer[INET6_ADDRSTRLEN + 8];
 	struct cancel_entry ce;
 	struct guard g;

@@ -64,8 +64,8 @@ CASES = [
      [r"\d+: \[cluster\.b\] host: unknown setting$", r"\d+: \[cluster\.b\] hosts: missing"]),
     ("section-cluster-without-name",
      lambda r: replace_section(cluster_ini(r), "[cluster.b]", "[cluster]"),
-     [r"\d+: \[cluster\]: unknown section \(sections are router, auth, health, ring, pins and "
-      r"cluster\.NAME\)$"]),
+     [r"\d+: \[cluster\]: unknown section \(sections are router, auth, health, ring, pins, "
+      r"cluster\.NAME and route\.NAME\)$"]),
     ("section-clusters-plural",
      lambda r: replace_section(cluster_ini(r), "[cluster.b]", "[clusters.b]"),
      [r"\d+: \[clusters\.b\]: unknown section"]),

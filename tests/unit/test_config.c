@@ -167,7 +167,7 @@ static void test_config_reports_every_problem(void **state)
 		 "[cluster.NAME] hosts\n"
 		 "%1$s:9: [cluster.a] weight: \"0\" is not a whole number from 1 to 1000\n"
 		 "%1$s:12: [weird]: unknown section (sections are router, auth, health, ring, "
-		 "pins and cluster.NAME)\n"
+		 "pins, cluster.NAME and route.NAME)\n"
 		 "%1$s:11: [pins] 7: unknown cluster \"zz\"\n"
 		 "%1$s:8: [cluster.a] hosts: missing (every cluster needs hosts; to remove a "
 		 "cluster, delete its section)\n",
@@ -250,8 +250,8 @@ static void test_config_typos_refused(void **state)
 		{"vnodes = 64\n" A, {":1: vnodes: setting before the first [section]\n"}},
 		/* Section names that are not ours, with keys or without. */
 		{A "[cluster]\nhosts = 127.0.0.1:5434\n",
-		 {":3: [cluster]: unknown section (sections are router, auth, health, ring, pins "
-		  "and cluster.NAME)\n"}},
+		 {":3: [cluster]: unknown section (sections are router, auth, health, ring, pins, "
+		  "cluster.NAME and route.NAME)\n"}},
 		{A "[clusters.b]\nhosts = 127.0.0.1:5434\n", {":3: [clusters.b]: unknown section"}},
 		{A "[Cluster.b]\n", {":3: [Cluster.b]: unknown section"}},
 		{A "[ cluster.b ]\nhosts = 127.0.0.1:5434\n",
@@ -547,6 +547,87 @@ static void test_config_refcount(void **state)
 	config_unref(c);
 }
 
+/* [route.NAME]: what it holds, and every way it can be wrong, each with its line. */
+static void test_config_routes(void **state)
+{
+	static const struct {
+		const char *ini;
+		const char *want[3];
+	} bad[] = {
+		{"[route.f]\ndatabase = fed\ncluster = zz\n",
+		 {":7: [route.f] cluster: unknown cluster \"zz\"\n"}},
+		{"[route.f]\ndatabase = fed\ncluster = a\nhost = 10.0.0.1:5432\n",
+		 {":8: [route.f]: give cluster or host, not both (cluster at line 7)\n"}},
+		{"[route.f]\ndatabase = fed\n",
+		 {":5: [route.f]: give cluster = NAME or host = HOST:PORT\n"}},
+		{"[route.f]\ncluster = a\n",
+		 {":5: [route.f] database: missing (the database this route is for)\n"}},
+		{"[route.f]\ndatabase = fed\nhost = h:0\n",
+		 {":7: [route.f] host: \"h:0\" is not HOST:PORT\n"}},
+		{"[route.f]\ndatabase = fed\nhost = [::1\n",
+		 {":7: [route.f] host: \"[::1\" is not HOST:PORT\n"}},
+		{"[route.f]\ndatabase = fed\ncluster = a\n[route.g]\ndatabase = fed\nhost = h\n",
+		 {":9: [route.g] database: \"fed\" is also the database of [route.f] (line 6)\n"}},
+		{"[route.f]\ndatabase = "
+		 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\ncluster = a\n",
+		 {":6: [route.f] database: give a database name of 1 to 63 bytes\n"}},
+		{"[route.f]\ndatabase = fed\ncluster = a\nweight = 1\n",
+		 {":8: [route.f] weight: unknown setting\n"}},
+		{"[route.f]\ndatabase = fed\ncluster = a\ncluster = b\n",
+		 {":8: [route.f] cluster: set twice\n"}},
+		{"[route.]\n", {":5: [route.]: route names are 1 to 43 letters, digits, '_' or '-'\n"}},
+		{"[route.f]\ndatabase = a\ncluster = a\n[route.f]\ndatabase = b\ncluster = b\n",
+		 {":8: [route.f]: section given twice (first at line 5)\n"}},
+		/* Every problem of every route at once. */
+		{"[route.f]\ncluster = zz\n[route.g]\ndatabase = x\n",
+		 {":5: [route.f] database: missing", ":6: [route.f] cluster: unknown cluster",
+		  ":7: [route.g]: give cluster = NAME or host = HOST:PORT"}},
+	};
+	char text[1024], err[4096];
+	struct config *c;
+	const struct route_cfg *r;
+
+	snprintf(text, sizeof(text),
+		 "%s[route.fed]\ndatabase = federation\ncluster = b\n"
+		 "[route.adm]\ndatabase = Admin DB\nhost = [::1]:6000\n"
+		 "[route.named]\nhost = db.example\ndatabase = n\n",
+		 base);
+	c = config_load(write_file("routes.ini", text), err, sizeof(err));
+	assert_non_null(c);
+	assert_string_equal(err, "");
+	assert_int_equal(c->nroutes, 3);
+	r = config_route_lookup(c, "federation");
+	assert_non_null(r);
+	assert_string_equal(r->name, "fed");
+	assert_int_equal(r->cluster, 1);
+	r = config_route_lookup(c, "Admin DB");
+	assert_non_null(r);
+	assert_int_equal(r->cluster, -1);
+	assert_string_equal(r->host.host, "::1");
+	assert_int_equal(r->host.port, 6000);
+	r = config_route_lookup(c, "n");
+	assert_non_null(r);
+	assert_string_equal(r->host.host, "db.example");
+	assert_int_equal(r->host.port, 5432);
+	/* Database names compare exactly, as PostgreSQL compares them. */
+	assert_null(config_route_lookup(c, "admin db"));
+	assert_null(config_route_lookup(c, "federation "));
+	config_unref(c);
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		size_t nwant = 0;
+
+		snprintf(text, sizeof(text), "%s%s", base, bad[i].ini);
+		assert_null(config_load(write_file("rbad.ini", text), err, sizeof(err)));
+		for (; nwant < ARRAY_SIZE(bad[i].want) && bad[i].want[nwant]; nwant++) {
+			if (strstr(err, bad[i].want[nwant]) == NULL)
+				fail_msg("case %zu: no \"%s\" in:\n%s", i, bad[i].want[nwant], err);
+		}
+		if (count_lines(err) != nwant)
+			fail_msg("case %zu: %zu problems expected, got:\n%s", i, nwant, err);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -566,6 +647,7 @@ int main(void)
 		cmocka_unit_test(test_config_host_port),
 		cmocka_unit_test(test_config_refcount),
 		cmocka_unit_test(test_config_query_and_auth),
+		cmocka_unit_test(test_config_routes),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
