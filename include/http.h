@@ -26,7 +26,7 @@
 
 #define HTTP_MAX_REQUEST (8u * 1024u)
 #define HTTP_DEADLINE_MS 5000u
-#define HTTP_MAX_CONNS	 64u
+#define HTTP_MAX_CONNS   64u
 
 struct http_server;
 
@@ -37,23 +37,23 @@ struct http_request {
 
 /* What the handler answers. body grows as the handler appends to it. */
 struct http_response {
-	int status;		  /* 200 unless set */
+	int status;               /* 200 unless set */
 	const char *content_type; /* borrowed: a string literal */
-	const char *allow;	  /* borrowed; for 405: the Allow header */
-	char *body;		  /* owned by the server */
+	const char *allow;        /* borrowed; for 405: the Allow header */
+	char *body;               /* owned by the server */
 	size_t len, cap;
 	bool failed; /* out of memory while appending: answered 500 */
 };
 
 typedef void (*http_handler_fn)(void *arg, const struct http_request *req,
-				struct http_response *res);
+                                struct http_response *res);
 
 /*
  * Listens on host:port on loop. Returns NULL with the reason in err. fn
  * and arg are kept until http_stop.
  */
-struct http_server *http_start(uv_loop_t *loop, const char *host, uint16_t port,
-			       http_handler_fn fn, void *arg, char *err, size_t errlen) MUSTCHECK;
+struct http_server *http_start(uv_loop_t *loop, const char *host, uint16_t port, http_handler_fn fn,
+                               void *arg, char *err, size_t errlen) MUSTCHECK;
 
 /* Closes the listener and every connection; frees itself once all handles are closed. */
 void http_stop(struct http_server *srv);

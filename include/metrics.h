@@ -33,7 +33,7 @@ struct metrics_source {
 
 /* Listens on at (on loop). NULL if it cannot, with a line logged. */
 struct metrics *metrics_start(uv_loop_t *loop, const struct host_port *at,
-			      const struct metrics_source *src) MUSTCHECK;
+                              const struct metrics_source *src) MUSTCHECK;
 
 /* Stops listening and closes every HTTP connection; frees itself when closed. */
 void metrics_stop(struct metrics *m);

@@ -22,11 +22,11 @@
 
 #include "common.h"
 
-#define STATS_MAX_CLUSTERS 1024 /* as CONFIG_MAX_CLUSTERS; more share no slot */
-#define STATS_MAX_STATES   16
+#define STATS_MAX_CLUSTERS  1024 /* as CONFIG_MAX_CLUSTERS; more share no slot */
+#define STATS_MAX_STATES    16
 #define STATS_MAX_SQLSTATES 64
-#define STATS_RECENT	   32 /* recent refusals kept for /status.json */
-#define STATS_NBUCKETS	   14 /* histogram buckets, +Inf not included */
+#define STATS_RECENT        32 /* recent refusals kept for /status.json */
+#define STATS_NBUCKETS      14 /* histogram buckets, +Inf not included */
 
 struct stats_cluster;
 

@@ -47,8 +47,8 @@ struct hconn {
 	int open_handles;
 	bool closing;
 	bool answered;
-	bool complete;	/* on_message_complete came */
-	bool url_long;	/* the URL passed HTTP_MAX_URL */
+	bool complete; /* on_message_complete came */
+	bool url_long; /* the URL passed HTTP_MAX_URL */
 	http_parser parser;
 	size_t received;
 	char url[HTTP_MAX_URL + 1];
@@ -158,15 +158,24 @@ void http_printf(struct http_response *res, const char *fmt, ...)
 static const char *status_text(int status)
 {
 	switch (status) {
-	case 200: return "OK";
-	case 400: return "Bad Request";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 408: return "Request Timeout";
-	case 414: return "URI Too Long";
-	case 431: return "Request Header Fields Too Large";
-	case 503: return "Service Unavailable";
-	default: return "Internal Server Error";
+	case 200:
+		return "OK";
+	case 400:
+		return "Bad Request";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 408:
+		return "Request Timeout";
+	case 414:
+		return "URI Too Long";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 503:
+		return "Service Unavailable";
+	default:
+		return "Internal Server Error";
 	}
 }
 
@@ -178,17 +187,17 @@ static char *render(const struct http_response *res, size_t *outlen)
 	char *out;
 
 	hn = snprintf(head, sizeof(head),
-		      "HTTP/1.1 %d %s\r\n"
-		      "Content-Type: %s\r\n"
-		      "Content-Length: %zu\r\n"
-		      "Cache-Control: no-store\r\n"
-		      "X-Content-Type-Options: nosniff\r\n"
-		      "%s%s%s"
-		      "Connection: close\r\n\r\n",
-		      res->status, status_text(res->status),
-		      res->content_type ? res->content_type : "text/plain; charset=utf-8",
-		      res->len, res->allow ? "Allow: " : "", res->allow ? res->allow : "",
-		      res->allow ? "\r\n" : "");
+	              "HTTP/1.1 %d %s\r\n"
+	              "Content-Type: %s\r\n"
+	              "Content-Length: %zu\r\n"
+	              "Cache-Control: no-store\r\n"
+	              "X-Content-Type-Options: nosniff\r\n"
+	              "%s%s%s"
+	              "Connection: close\r\n\r\n",
+	              res->status, status_text(res->status),
+	              res->content_type ? res->content_type : "text/plain; charset=utf-8", res->len,
+	              res->allow ? "Allow: " : "", res->allow ? res->allow : "",
+	              res->allow ? "\r\n" : "");
 	if (hn < 0 || (size_t)hn >= sizeof(head))
 		return NULL;
 	out = malloc((size_t)hn + res->len);
@@ -323,7 +332,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	}
 	/* Only what fits in the request budget is parsed; the rest is never looked at. */
 	take = (size_t)nread < HTTP_MAX_REQUEST - c->received ? (size_t)nread
-							      : HTTP_MAX_REQUEST - c->received;
+	                                                      : HTTP_MAX_REQUEST - c->received;
 	c->received += take;
 	done = http_parser_execute(&c->parser, &c->srv->settings, buf->base, take);
 	e = HTTP_PARSER_ERRNO(&c->parser);
@@ -347,10 +356,10 @@ static void timer_cb(uv_timer_t *t)
 {
 	struct hconn *c = t->data;
 	static const char timeout_answer[] = "HTTP/1.1 408 Request Timeout\r\n"
-					     "Content-Type: text/plain; charset=utf-8\r\n"
-					     "Content-Length: 16\r\n"
-					     "Connection: close\r\n\r\n"
-					     "request timeout\n";
+	                                     "Content-Type: text/plain; charset=utf-8\r\n"
+	                                     "Content-Length: 16\r\n"
+	                                     "Connection: close\r\n\r\n"
+	                                     "request timeout\n";
 	uv_buf_t buf = uv_buf_init((char *)timeout_answer, sizeof(timeout_answer) - 1);
 
 	/* Best effort, without waiting: a client too slow to send is not waited on to read. */
@@ -390,7 +399,7 @@ static void connection_cb(uv_stream_t *listener, int status)
 
 		if (n > 0)
 			log_warn("metrics: %u HTTP connections open, closed %zu more at accept",
-				 HTTP_MAX_CONNS, n);
+			         HTTP_MAX_CONNS, n);
 		conn_close(c);
 		return;
 	}
@@ -409,12 +418,11 @@ static void listener_close_cb(uv_handle_t *h)
 	maybe_free_server(srv);
 }
 
-struct http_server *http_start(uv_loop_t *loop, const char *host, uint16_t port,
-			       http_handler_fn fn, void *arg, char *err, size_t errlen)
+struct http_server *http_start(uv_loop_t *loop, const char *host, uint16_t port, http_handler_fn fn,
+                               void *arg, char *err, size_t errlen)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-				 .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_PASSIVE};
+	struct addrinfo hints = {
+	        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
 	struct addrinfo *res = NULL;
 	struct http_server *srv;
 	char portstr[8];

@@ -108,8 +108,7 @@ static void put_json(struct http_response *res, const char *str)
 	APPEND_LIT(res, "\"");
 }
 
-static void family(struct http_response *res, const char *name, const char *type,
-		   const char *help)
+static void family(struct http_response *res, const char *name, const char *type, const char *help)
 {
 	http_printf(res, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
@@ -117,7 +116,7 @@ static void family(struct http_response *res, const char *name, const char *type
 /* --- /metrics --- */
 
 static void histogram(struct http_response *res, const char *name, const char *help,
-		      enum stats_hist_kind k)
+                      enum stats_hist_kind k)
 {
 	struct stats_hist_view v;
 	uint64_t cum = 0;
@@ -127,10 +126,10 @@ static void histogram(struct http_response *res, const char *name, const char *h
 	for (size_t i = 0; i < STATS_NBUCKETS; i++) {
 		cum += v.bucket[i];
 		http_printf(res, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, stats_bucket_bound(i),
-			    cum);
+		            cum);
 	}
 	http_printf(res, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n%s_count %" PRIu64 "\n",
-		    name, v.count, name, v.sum, name, v.count);
+	            name, v.count, name, v.sum, name, v.count);
 }
 
 /* One sample per host of the family in which (health_hosts callback). */
@@ -143,11 +142,10 @@ static void host_sample_cb(void *arg, const struct health_host_info *hi)
 {
 	struct host_sample *hs = arg;
 	struct http_response *res = hs->res;
-	static const char *const names[] = {"tenant_router_host_up",
-					    "tenant_router_host_in_recovery",
-					    "tenant_router_host_writer",
-					    "tenant_router_host_last_check_seconds",
-					    "tenant_router_host_consecutive_failures"};
+	static const char *const names[] = {
+	        "tenant_router_host_up", "tenant_router_host_in_recovery",
+	        "tenant_router_host_writer", "tenant_router_host_last_check_seconds",
+	        "tenant_router_host_consecutive_failures"};
 
 	http_printf(res, "%s{cluster=\"", names[hs->which]);
 	put_label(res, hi->cluster);
@@ -173,8 +171,8 @@ static void host_sample_cb(void *arg, const struct health_host_info *hi)
 	}
 }
 
-static void hosts_family(struct metrics *m, struct http_response *res, int which,
-			 const char *name, const char *help)
+static void hosts_family(struct metrics *m, struct http_response *res, int which, const char *name,
+                         const char *help)
 {
 	struct host_sample hs = {res, which};
 
@@ -212,35 +210,35 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	family(res, "tenant_router_build_info", "gauge", "The router's version (always 1).");
 	http_printf(res, "tenant_router_build_info{version=\"%s\"} 1\n", m->src.version);
 	family(res, "tenant_router_config_info", "gauge",
-		"Fingerprint of what places tenants: cluster names and weights, vnodes, pins "
-		"(always 1). Routers that show the same one route alike.");
+	       "Fingerprint of what places tenants: cluster names and weights, vnodes, pins "
+	       "(always 1). Routers that show the same one route alike.");
 	http_printf(res, "tenant_router_config_info{fingerprint=\"%016" PRIx64 "\"} 1\n",
-		    cfg->fingerprint);
+	            cfg->fingerprint);
 	family(res, "tenant_router_uptime_seconds", "gauge", "Seconds since the router started.");
 	http_printf(res, "tenant_router_uptime_seconds %.3f\n",
-		    (double)(uv_now(m->loop) - m->started_ms) / 1e3);
+	            (double)(uv_now(m->loop) - m->started_ms) / 1e3);
 
 	stats_states(states);
 	family(res, "tenant_router_connections", "gauge",
-		"Client connections open now, by session state (routed or not).");
+	       "Client connections open now, by session state (routed or not).");
 	for (int s = 0; s < NSTATES; s++)
 		http_printf(res, "tenant_router_connections{state=\"%s\"} %" PRId64 "\n",
-			    client_state_name((enum client_state)s), states[s]);
+		            client_state_name((enum client_state)s), states[s]);
 
 	family(res, "tenant_router_sessions", "gauge",
-		"Sessions routed to a cluster and open now, by cluster and state.");
+	       "Sessions routed to a cluster and open now, by cluster and state.");
 	for (size_t i = 0; i < ncv; i++) {
 		for (int s = CLIENT_ROUTING; s < NSTATES; s++) {
 			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT)
 				continue; /* a session in these has no cluster yet */
 			cluster_label(res, "tenant_router_sessions", cv[i].name);
 			http_printf(res, ",state=\"%s\"} %" PRId64 "\n",
-				    client_state_name((enum client_state)s), cv[i].sessions[s]);
+			            client_state_name((enum client_state)s), cv[i].sessions[s]);
 		}
 	}
 
 	family(res, "tenant_router_sessions_routed_total", "counter",
-		"Sessions routed to a cluster's writer, by cluster and source (pin or ring).");
+	       "Sessions routed to a cluster's writer, by cluster and source (pin or ring).");
 	for (size_t i = 0; i < ncv; i++) {
 		cluster_label(res, "tenant_router_sessions_routed_total", cv[i].name);
 		http_printf(res, ",source=\"pin\"} %" PRIu64 "\n", cv[i].routed_pin);
@@ -250,8 +248,8 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 
 	ncounts = stats_refusal_counts(counts, ARRAY_SIZE(counts));
 	family(res, "tenant_router_refusals_total", "counter",
-		"Connections and statements refused, by SQLSTATE (08004 no tenant, 57P03 no "
-		"writer, 53300 limits, 42501 the guard, ...).");
+	       "Connections and statements refused, by SQLSTATE (08004 no tenant, 57P03 no "
+	       "writer, 53300 limits, 42501 the guard, ...).");
 	for (size_t i = 0; i < ncounts; i++) {
 		APPEND_LIT(res, "tenant_router_refusals_total{sqlstate=\"");
 		put_label(res, counts[i].sqlstate);
@@ -259,37 +257,37 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	}
 
 	family(res, "tenant_router_received_bytes_total", "counter",
-		"Bytes read from clients and from servers (as on the wire: TLS included).");
+	       "Bytes read from clients and from servers (as on the wire: TLS included).");
 	http_printf(res,
-		    "tenant_router_received_bytes_total{peer=\"client\"} %" PRIu64 "\n"
-		    "tenant_router_received_bytes_total{peer=\"server\"} %" PRIu64 "\n",
-		    stats_bytes_total(STATS_FROM_CLIENT), stats_bytes_total(STATS_FROM_SERVER));
+	            "tenant_router_received_bytes_total{peer=\"client\"} %" PRIu64 "\n"
+	            "tenant_router_received_bytes_total{peer=\"server\"} %" PRIu64 "\n",
+	            stats_bytes_total(STATS_FROM_CLIENT), stats_bytes_total(STATS_FROM_SERVER));
 	family(res, "tenant_router_sent_bytes_total", "counter",
-		"Bytes written to clients and to servers (as on the wire: TLS included).");
+	       "Bytes written to clients and to servers (as on the wire: TLS included).");
 	http_printf(res,
-		    "tenant_router_sent_bytes_total{peer=\"client\"} %" PRIu64 "\n"
-		    "tenant_router_sent_bytes_total{peer=\"server\"} %" PRIu64 "\n",
-		    stats_bytes_total(STATS_TO_CLIENT), stats_bytes_total(STATS_TO_SERVER));
+	            "tenant_router_sent_bytes_total{peer=\"client\"} %" PRIu64 "\n"
+	            "tenant_router_sent_bytes_total{peer=\"server\"} %" PRIu64 "\n",
+	            stats_bytes_total(STATS_TO_CLIENT), stats_bytes_total(STATS_TO_SERVER));
 
 	histogram(res, "tenant_router_login_duration_seconds",
-		  "From accept to the server's first ReadyForQuery, for sessions that got there.",
-		  STATS_LOGIN);
+	          "From accept to the server's first ReadyForQuery, for sessions that got there.",
+	          STATS_LOGIN);
 	histogram(res, "tenant_router_health_check_duration_seconds",
-		  "How long each health check took (failed ones included).", STATS_CHECK);
+	          "How long each health check took (failed ones included).", STATS_CHECK);
 
 	hosts_family(m, res, 0, "tenant_router_host_up", "1 if the host's health checks pass.");
 	hosts_family(m, res, 1, "tenant_router_host_in_recovery",
-		     "1 if the host is up and a standby (in recovery), 0 for a primary or a host "
-		     "that is down.");
+	             "1 if the host is up and a standby (in recovery), 0 for a primary or a host "
+	             "that is down.");
 	hosts_family(m, res, 2, "tenant_router_host_writer",
-		     "1 for the host sessions of its cluster go to.");
+	             "1 for the host sessions of its cluster go to.");
 	hosts_family(m, res, 3, "tenant_router_host_last_check_seconds",
-		     "How long the host's last finished health check took.");
+	             "How long the host's last finished health check took.");
 	hosts_family(m, res, 4, "tenant_router_host_consecutive_failures",
-		     "Health checks of the host that failed in a row.");
+	             "Health checks of the host that failed in a row.");
 
 	family(res, "tenant_router_cluster_has_writer", "gauge",
-		"1 if the cluster has a writer (its tenants can connect).");
+	       "1 if the cluster has a writer (its tenants can connect).");
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		bool ok = health_writer(m->src.health, cfg->clusters[i].name, &t, why, sizeof(why));
 
@@ -297,7 +295,7 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 		http_printf(res, "} %d\n", ok);
 	}
 	family(res, "tenant_router_cluster_ring_share", "gauge",
-		"The share of the hash ring the cluster owns (of tenants not pinned).");
+	       "The share of the hash ring the cluster owns (of tenants not pinned).");
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		cluster_label(res, "tenant_router_cluster_ring_share", cfg->clusters[i].name);
 		http_printf(res, "} %.6f\n", cfg->clusters[i].ring_share);
@@ -312,11 +310,11 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	http_printf(res, "tenant_router_pins %zu\n", npins);
 
 	family(res, "tenant_router_reloads_total", "counter",
-		"Configuration reloads, by result (ok: swapped in; failed: kept the old one).");
+	       "Configuration reloads, by result (ok: swapped in; failed: kept the old one).");
 	http_printf(res,
-		    "tenant_router_reloads_total{result=\"ok\"} %" PRIu64 "\n"
-		    "tenant_router_reloads_total{result=\"failed\"} %" PRIu64 "\n",
-		    stats_reloads(true), stats_reloads(false));
+	            "tenant_router_reloads_total{result=\"ok\"} %" PRIu64 "\n"
+	            "tenant_router_reloads_total{result=\"failed\"} %" PRIu64 "\n",
+	            stats_reloads(true), stats_reloads(false));
 	free(cv);
 }
 
@@ -383,12 +381,15 @@ static void json_host(struct http_response *res, const struct host_copy *h)
 	snprintf(hp, sizeof(hp), "%s:%u", h->host, h->port);
 	APPEND_LIT(res, "{\"host\":");
 	put_json(res, hp);
-	http_printf(res, ",\"health\":\"%s\",\"role\":\"%s\",\"writer\":%s,\"timeline\":%u,"
-			 "\"consecutive_failures\":%u,\"last_check_seconds\":%.6f,\"history\":",
-		    health_name(h->state),
-		    h->state != HEALTH_UP ? "unknown" : h->in_recovery ? "standby" : "primary",
-		    h->writer ? "true" : "false", h->timeline, h->fails,
-		    (double)h->last_check_ns / 1e9);
+	http_printf(res,
+	            ",\"health\":\"%s\",\"role\":\"%s\",\"writer\":%s,\"timeline\":%u,"
+	            "\"consecutive_failures\":%u,\"last_check_seconds\":%.6f,\"history\":",
+	            health_name(h->state),
+	            h->state != HEALTH_UP ? "unknown"
+	            : h->in_recovery      ? "standby"
+	                                  : "primary",
+	            h->writer ? "true" : "false", h->timeline, h->fails,
+	            (double)h->last_check_ns / 1e9);
 	put_json(res, h->history);
 	APPEND_LIT(res, ",\"why\":");
 	put_json(res, h->why);
@@ -432,11 +433,11 @@ static void render_status(struct metrics *m, struct http_response *res)
 		res->failed = true;
 	res->content_type = "application/json";
 	http_printf(res,
-		    "{\"version\":\"%s\",\"fingerprint\":\"%016" PRIx64 "\","
-		    "\"uptime_seconds\":%.3f,\"accepting\":%s,\"vnodes\":%u,\"clusters\":[",
-		    m->src.version, cfg->fingerprint,
-		    (double)(uv_now(m->loop) - m->started_ms) / 1e3,
-		    m->src.accepting(m->src.arg) ? "true" : "false", cfg->vnodes);
+	            "{\"version\":\"%s\",\"fingerprint\":\"%016" PRIx64 "\","
+	            "\"uptime_seconds\":%.3f,\"accepting\":%s,\"vnodes\":%u,\"clusters\":[",
+	            m->src.version, cfg->fingerprint,
+	            (double)(uv_now(m->loop) - m->started_ms) / 1e3,
+	            m->src.accepting(m->src.arg) ? "true" : "false", cfg->vnodes);
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		const struct cluster_cfg *cl = &cfg->clusters[i];
 		struct stats_cluster_view v = {0};
@@ -464,17 +465,18 @@ static void render_status(struct metrics *m, struct http_response *res)
 		APPEND_LIT(res, ",\"why\":");
 		put_json(res, ok ? "" : why);
 		http_printf(res,
-			    ",\"weight\":%u,\"ring_share\":%.6f,\"pinned_tenants\":%zu,"
-			    "\"sessions\":%" PRId64 ",\"sessions_by_state\":{",
-			    cl->weight, cl->ring_share, cl->npins, total);
+		            ",\"weight\":%u,\"ring_share\":%.6f,\"pinned_tenants\":%zu,"
+		            "\"sessions\":%" PRId64 ",\"sessions_by_state\":{",
+		            cl->weight, cl->ring_share, cl->npins, total);
 		for (int s = CLIENT_ROUTING; s < NSTATES; s++) {
 			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT)
 				continue;
 			http_printf(res, "%s\"%s\":%" PRId64, s == CLIENT_ROUTING ? "" : ",",
-				    client_state_name((enum client_state)s), v.sessions[s]);
+			            client_state_name((enum client_state)s), v.sessions[s]);
 		}
-		http_printf(res, "},\"routed\":{\"pin\":%" PRIu64 ",\"ring\":%" PRIu64 "},\"hosts\":[",
-			    v.routed_pin, v.routed_ring);
+		http_printf(res,
+		            "},\"routed\":{\"pin\":%" PRIu64 ",\"ring\":%" PRIu64 "},\"hosts\":[",
+		            v.routed_pin, v.routed_ring);
 		for (size_t j = 0; j < hl.n; j++) {
 			if (strcmp(hl.v[j].cluster, cl->name) != 0)
 				continue;
@@ -489,7 +491,7 @@ static void render_status(struct metrics *m, struct http_response *res)
 	APPEND_LIT(res, "],\"connections\":{");
 	for (int s = 0; s < NSTATES; s++)
 		http_printf(res, "%s\"%s\":%" PRId64, s ? "," : "",
-			    client_state_name((enum client_state)s), states[s]);
+		            client_state_name((enum client_state)s), states[s]);
 	ncounts = stats_refusal_counts(counts, ARRAY_SIZE(counts));
 	APPEND_LIT(res, "},\"refusals\":{");
 	for (size_t i = 0; i < ncounts; i++) {
@@ -502,7 +504,7 @@ static void render_status(struct metrics *m, struct http_response *res)
 	APPEND_LIT(res, "},\"recent_refusals\":[");
 	for (size_t i = 0; i < nrecent; i++) {
 		http_printf(res, "%s{\"unix_ms\":%" PRId64 ",\"sqlstate\":", i ? "," : "",
-			    recent[i].unix_ms);
+		            recent[i].unix_ms);
 		put_json(res, recent[i].sqlstate);
 		APPEND_LIT(res, ",\"cluster\":");
 		put_json(res, recent[i].cluster);
@@ -526,7 +528,8 @@ static void render_healthz(struct metrics *m, struct http_response *res)
 	size_t writers = 0;
 
 	for (size_t i = 0; i < cfg->nclusters; i++)
-		writers += health_writer(m->src.health, cfg->clusters[i].name, &t, why, sizeof(why));
+		writers +=
+		        health_writer(m->src.health, cfg->clusters[i].name, &t, why, sizeof(why));
 	if (!m->src.accepting(m->src.arg)) {
 		res->status = 503;
 		http_printf(res, "not accepting connections\n");
@@ -564,7 +567,7 @@ static void handle(void *arg, const struct http_request *req, struct http_respon
 }
 
 struct metrics *metrics_start(uv_loop_t *loop, const struct host_port *at,
-			      const struct metrics_source *src)
+                              const struct metrics_source *src)
 {
 	struct metrics *m = calloc(1, sizeof(*m));
 	char err[256];

@@ -27,9 +27,9 @@
 
 #include <xxhash.h>
 
-#define CLUSTER_SLOTS (2 * STATS_MAX_CLUSTERS) /* a power of two, at most half full */
+#define CLUSTER_SLOTS  (2 * STATS_MAX_CLUSTERS) /* a power of two, at most half full */
 #define SQLSTATE_SLOTS (2 * STATS_MAX_SQLSTATES)
-#define BYTE_SLOTS 64
+#define BYTE_SLOTS     64
 
 enum slot_state { SLOT_EMPTY, SLOT_CLAIMING, SLOT_READY };
 
@@ -78,7 +78,7 @@ static uint64_t nrecent; /* refusals ever put in the ring; under recent_lock */
 
 /* Seconds: 1 ms to 10 s, which covers both a local login and a check near its timeout. */
 static const double bounds[STATS_NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-					      0.1,    0.25,  0.5,	1,     2.5,  5,	    10};
+                                              0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 double stats_bucket_bound(size_t i)
 {
@@ -90,8 +90,8 @@ double stats_bucket_bound(size_t i)
  * entries of size stride whose first members are the state and the name.
  * Returns NULL when the table is full.
  */
-static void *slot_get(void *table, size_t nslots, size_t stride, size_t name_off,
-		      size_t name_cap, const char *name, bool *claimed)
+static void *slot_get(void *table, size_t nslots, size_t stride, size_t name_off, size_t name_cap,
+                      const char *name, bool *claimed)
 {
 	size_t len = strnlen(name, name_cap - 1);
 	size_t i = (size_t)XXH3_64bits(name, len) & (nslots - 1);
@@ -133,7 +133,8 @@ struct stats_cluster *stats_cluster(const char *name)
 	if (name == NULL || name[0] == '\0')
 		return NULL;
 	c = slot_get(clusters, CLUSTER_SLOTS, sizeof(clusters[0]),
-		     offsetof(struct stats_cluster, name), sizeof(clusters[0].name), name, &claimed);
+	             offsetof(struct stats_cluster, name), sizeof(clusters[0].name), name,
+	             &claimed);
 	if (c && claimed) {
 		k = atomic_fetch_add(&ncluster_order, 1);
 		if (k < STATS_MAX_CLUSTERS)
@@ -167,7 +168,7 @@ void stats_session_routed(struct stats_cluster *c, bool pinned, unsigned state)
 	if (c == NULL)
 		return;
 	atomic_fetch_add_explicit(pinned ? &c->routed_pin : &c->routed_ring, 1,
-				  memory_order_relaxed);
+	                          memory_order_relaxed);
 	if (state < STATS_MAX_STATES)
 		atomic_fetch_add_explicit(&c->sessions[state], 1, memory_order_relaxed);
 }
@@ -195,8 +196,8 @@ void stats_refusal(const char *sqlstate, const char *cluster, const char *tenant
 	size_t k;
 
 	q = slot_get(sqlstates, SQLSTATE_SLOTS, sizeof(sqlstates[0]),
-		     offsetof(struct sqlstate_slot, code), sizeof(sqlstates[0].code), sqlstate,
-		     &claimed);
+	             offsetof(struct sqlstate_slot, code), sizeof(sqlstates[0].code), sqlstate,
+	             &claimed);
 	if (q) {
 		if (claimed) {
 			k = atomic_fetch_add(&nsqlstate_order, 1);

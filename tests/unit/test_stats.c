@@ -88,8 +88,8 @@ static void test_stats_histogram_buckets(void **state)
 	struct stats_hist_view v0, v1;
 
 	stats_hist_read(STATS_LOGIN, &v0);
-	stats_observe(STATS_LOGIN, 300000);	    /* 0.3 ms: first bucket */
-	stats_observe(STATS_LOGIN, 1000000);	    /* 1 ms: le=0.001 (bounds are inclusive) */
+	stats_observe(STATS_LOGIN, 300000);         /* 0.3 ms: first bucket */
+	stats_observe(STATS_LOGIN, 1000000);        /* 1 ms: le=0.001 (bounds are inclusive) */
 	stats_observe(STATS_LOGIN, 60000000000ull); /* 60 s: +Inf */
 	stats_hist_read(STATS_LOGIN, &v1);
 	assert_int_equal(v1.count - v0.count, 3);
@@ -156,13 +156,13 @@ static void test_stats_pins_digest_ignores_order_not_content(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_stats_cluster_is_found_again),
-		cmocka_unit_test(test_stats_session_states_move),
-		cmocka_unit_test(test_stats_refusals_counted_and_recent_newest_first),
-		cmocka_unit_test(test_stats_histogram_buckets),
-		cmocka_unit_test(test_stats_bytes_and_reloads),
-		cmocka_unit_test(test_stats_ring_shares_sum_to_one),
-		cmocka_unit_test(test_stats_pins_digest_ignores_order_not_content),
+	        cmocka_unit_test(test_stats_cluster_is_found_again),
+	        cmocka_unit_test(test_stats_session_states_move),
+	        cmocka_unit_test(test_stats_refusals_counted_and_recent_newest_first),
+	        cmocka_unit_test(test_stats_histogram_buckets),
+	        cmocka_unit_test(test_stats_bytes_and_reloads),
+	        cmocka_unit_test(test_stats_ring_shares_sum_to_one),
+	        cmocka_unit_test(test_stats_pins_digest_ignores_order_not_content),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
