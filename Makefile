@@ -12,8 +12,9 @@ DESTDIR ?=
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth gframe federation
-IO      := log config health client client_local client_guard splice cancel main sdnotify tls
+PURE    := proto startup ring pins route query auth gframe federation stats
+IO      := log config health client client_local client_guard splice cancel main sdnotify tls \
+           http metrics
 
 ifeq ($(SAN),1)
 BUILD   := build/san
@@ -31,7 +32,8 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
            -Wimplicit-fallthrough -Wnull-dereference -Wdeclaration-after-statement \
            -Wno-unused-parameter
 PKGCF   := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKGLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpg_query -lprotobuf-c
+# http-parser (libhttp-parser-dev) ships no pkg-config file.
+PKGLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpg_query -lprotobuf-c -lhttp_parser
 CFLAGS  ?=
 ALLCF   := -std=c11 -D_GNU_SOURCE $(OPT) $(HARDEN) -fPIE $(WARN) -Iinclude $(PKGCF) -MMD -MP $(CFLAGS)
 LDFLAGS ?=
@@ -51,6 +53,17 @@ all: $(BIN)
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCF) -c $< -o $@
+
+# The status page is a file of its own (easy to edit and view), compiled in as a C string.
+$(BUILD)/gen/status_html.h: src/status.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from src/status.html by the Makefile; do not edit */'; \
+	  echo 'static const char status_html[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; \
+	  echo ';'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/metrics.o: $(BUILD)/gen/status_html.h
+$(BUILD)/obj/metrics.o: ALLCF += -I$(BUILD)/gen
 
 $(BIN): $(PURE_OBJ) $(IO_OBJ)
 	$(CC) $^ -o $@ $(ALLLD) $(PKGLIBS) -lm

@@ -51,6 +51,9 @@ struct cluster_cfg {
 	SSL_CTX *tls_ctx;   /* owned; NULL when tls_mode is disable */
 	size_t nhosts;
 	struct host_port hosts[CONFIG_MAX_HOSTS];
+	/* For metrics and the status page, computed at load. */
+	size_t npins;	   /* tenants pinned to this cluster */
+	double ring_share; /* of the hash space, 0..1 */
 };
 
 /*
@@ -86,6 +89,7 @@ struct config {
 	size_t guard_max_statement; /* the longest statement the guard holds to read */
 	size_t guard_max_held;	    /* what all sessions' guards may hold together */
 	bool guard_server_check;    /* hosts must run the tenant_guard server library */
+	struct host_port metrics_listen; /* HTTP metrics and status; host NULL: off */
 
 	/* [auth]: clients the router authenticates itself (tenant source query). */
 	enum auth_type auth_type;
@@ -127,6 +131,12 @@ struct config {
 	struct ring *ring; /* owned */
 	struct pins *pins; /* owned */
 	char *pins_file;   /* owned; resolved path or NULL */
+	/*
+	 * A hash of what decides placement (cluster names and weights, vnodes,
+	 * every pin and its cluster's name), independent of the order of
+	 * sections and pins: two routers that agree on it route alike.
+	 */
+	uint64_t fingerprint;
 };
 
 /*

@@ -94,6 +94,33 @@ struct health_auth *health_auth_start(struct health *h, uv_loop_t *loop, const c
 /* fn will not be called; the request frees itself. Only on the requester's loop. */
 void health_auth_cancel(struct health_auth *a);
 
+/* Recent check results kept per host, for the status page. */
+#define HEALTH_HISTORY 20
+
+/* One host as the checkers see it now (for metrics; everything borrowed for the call). */
+struct health_host_info {
+	const char *cluster;
+	const char *host;
+	uint16_t port;
+	enum health_state state;
+	bool in_recovery;
+	bool writer;	  /* the cluster's chosen writer */
+	uint32_t timeline; /* 0: a standby, or not known */
+	uint32_t fails;	  /* consecutive failed checks */
+	const char *why;  /* the last failure's reason ("" if none) */
+	uint64_t last_check_ns; /* how long the last finished check took; 0: none yet */
+	/* The last checks, oldest first: '+' passed, '-' failed; NUL-terminated. */
+	char history[HEALTH_HISTORY + 1];
+};
+typedef void (*health_host_fn)(void *arg, const struct health_host_info *hi);
+
+/*
+ * Calls fn for every host, cluster by cluster in configuration order, under
+ * the read lock: fn must be quick and must not call into health. Safe from
+ * any thread.
+ */
+void health_hosts(struct health *h, health_host_fn fn, void *arg);
+
 /* Stops every checker; done is called when all handles are closed. */
 void health_stop(struct health *h, void (*done)(void *arg), void *arg);
 void health_free(struct health *h);

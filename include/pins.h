@@ -62,6 +62,16 @@ int pins_lookup_hashed(const struct pins *p, const void *tenant, size_t len, uin
 
 size_t pins_count(const struct pins *p);
 
+/*
+ * A digest of the table that does not depend on the order pins were added,
+ * with the cluster of each pin named (names[i] for index i, n of them), so
+ * two routers with the same pins to the same cluster names agree. Also
+ * counts the pins of each cluster into per_cluster[0..n) (may be NULL).
+ * O(pins): call it off the event loop (config_load does).
+ */
+uint64_t pins_digest(const struct pins *p, const char *const *names, size_t n,
+		     size_t *per_cluster);
+
 /* Bytes the table has allocated (for logs and admin). */
 size_t pins_memory(const struct pins *p);
 

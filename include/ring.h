@@ -47,4 +47,11 @@ size_t ring_lookup_hash(const struct ring *r, uint64_t hash);
 /* Number of points on the ring (for logs and admin). */
 size_t ring_points(const struct ring *r);
 
+/*
+ * The share of the hash space each member owns (the tenants it gets, on
+ * average): share[i] for member i, summing to 1. n is the number of members
+ * the ring was built with. O(points); for status pages, not the data path.
+ */
+void ring_shares(const struct ring *r, double *share, size_t n);
+
 #endif /* TR_RING_H */

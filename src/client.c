@@ -110,6 +110,10 @@ void client_set_state(struct session *s, enum client_state next)
 	if (log_enabled(LOG_TRACE))
 		client_log(s, LOG_TRACE, "state %s -> %s", client_state_name(s->state),
 		     client_state_name(next));
+	stats_session_state(s->stc, s->state, next);
+	/* Both ways in (relayed and the router's own login) end here at ReadyForQuery. */
+	if (next == CLIENT_SPLICING)
+		stats_observe(STATS_LOGIN, uv_hrtime() - s->t0_ns);
 	s->state = next;
 }
 
@@ -141,6 +145,7 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	rt->nsessions--;
 	atomic_fetch_sub(rt->live, 1);
+	stats_session_end(s->stc, s->state);
 	if (s->over_limit)
 		atomic_fetch_sub(&rt->limits->refusing, 1);
 	login_free(s->login);
@@ -253,6 +258,12 @@ static void write_cb(uv_write_t *req, int status)
 }
 
 /* Moves the ciphertext TLS produced for sd onto its socket. */
+/* Bytes written to a leg, for metrics. */
+static void count_sent(struct session *s, struct side *sd, size_t n)
+{
+	stats_bytes(sd == &s->cl ? STATS_TO_CLIENT : STATS_TO_SERVER, n);
+}
+
 static int flush_tls(struct session *s, struct side *sd)
 {
 	for (;;) {
@@ -267,6 +278,7 @@ static int flush_tls(struct session *s, struct side *sd)
 			block_put(b);
 			return 0;
 		}
+		count_sent(s, sd, n);
 		rc = splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
 		if (rc < 0)
 			return rc;
@@ -278,8 +290,10 @@ static int side_send(struct session *s, struct side *sd, struct block *b, size_t
 {
 	bool ok;
 
-	if (sd->tls == NULL)
+	if (sd->tls == NULL) {
+		count_sent(s, sd, n);
 		return splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
+	}
 	ok = tls_write(sd->tls, b->data, n);
 	block_put(b);
 	return ok ? flush_tls(s, sd) : UV_EPROTO;
@@ -287,8 +301,10 @@ static int side_send(struct session *s, struct side *sd, struct block *b, size_t
 
 int client_send_copy(struct session *s, struct side *sd, const void *p, size_t n)
 {
-	if (sd->tls == NULL)
+	if (sd->tls == NULL) {
+		count_sent(s, sd, n);
 		return splice_send_copy((uv_stream_t *)&sd->tcp, p, n, s, write_cb);
+	}
 	return tls_write(sd->tls, p, n) ? flush_tls(s, sd) : UV_EPROTO;
 }
 
@@ -388,6 +404,7 @@ void client_refuse(struct session *s, const char *sqlstate, const char *hint, co
 
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;
+	stats_refusal(sqlstate, s->cluster, s->tenant);
 	va_start(ap, fmt);
 	text = client_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
@@ -1038,6 +1055,8 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 	L->extra_off = len;
 	client_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
 	     L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
+	s->stc = stats_cluster(s->cluster);
+	stats_session_routed(s->stc, L->pinned, s->state);
 	connect_server(s);
 }
 
@@ -1592,6 +1611,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		}
 		return;
 	}
+	stats_bytes(sd == &s->cl ? STATS_FROM_CLIENT : STATS_FROM_SERVER, (size_t)nread);
 	if (sd->tls) {
 		tls_in(s, sd, b, (size_t)nread);
 		return;
@@ -1697,6 +1717,8 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	s->timer.data = s;
 	s->open_handles = 2;
 	s->state = CLIENT_STARTUP;
+	stats_session_new(CLIENT_STARTUP);
+	s->t0_ns = uv_hrtime();
 	s->started = uv_now(rt->loop);
 	snprintf(s->peer, sizeof(s->peer), "?");
 	/* Link first: the close path always unlinks. */

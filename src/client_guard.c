@@ -138,6 +138,7 @@ static void guard_refuse(struct session *s, const char *sqlstate, const char *hi
 		hint = dflt;
 	}
 	client_log(s, LOG_INFO, "guard refused a statement: %s", text);
+	stats_refusal(sqlstate, s->cluster, s->tenant);
 	wb_init(&w, buf, sizeof(buf));
 	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
 	free(g->refusal);

@@ -26,6 +26,7 @@
 #include <ini.h>
 #include <uv.h>
 #include <libpq-fe.h>
+#include <xxhash.h>
 
 #include "auth.h"
 #include "pins.h"
@@ -589,6 +590,13 @@ static void router_key(struct loader *L, const char *key, const char *value)
 		set_duration(L, "router", key, value, &c->server_connect_timeout_ms);
 	} else if (strcmp(key, "shutdown_timeout") == 0) {
 		set_duration(L, "router", key, value, &c->shutdown_timeout_ms);
+	} else if (strcmp(key, "metrics_listen") == 0) {
+		free(c->metrics_listen.host);
+		c->metrics_listen.host = NULL;
+		if (*value != '\0' && strcmp(value, "off") != 0 &&
+		    !config_parse_host_port(value, 9187, &c->metrics_listen))
+			problem(L, L->line, "[router] metrics_listen: \"%s\" is not HOST:PORT",
+				value);
 	} else if (strcmp(key, "log_level") == 0) {
 		if (!log_level_parse(value, &c->log_level))
 			problem(L, L->line,
@@ -1428,6 +1436,7 @@ static void build_tls(struct loader *L)
 
 static void free_config(struct config *c)
 {
+	free(c->metrics_listen.host);
 	for (size_t i = 0; i < c->nlisten; i++)
 		free(c->listen[i].host);
 	for (size_t i = 0; i < c->nclusters; i++) {
@@ -1474,6 +1483,43 @@ static void free_config(struct config *c)
 	free(c);
 }
 
+/*
+ * What metrics show of placement: each cluster's pins and ring share, and
+ * the fingerprint (see config.h). Runs with the load, off the event loop,
+ * since digesting millions of pins takes a while.
+ */
+static void summarize(struct loader *L)
+{
+	struct config *c = L->c;
+	size_t *npins = calloc(c->nclusters, sizeof(*npins));
+	double *share = calloc(c->nclusters, sizeof(*share));
+	uint64_t clusters = 0, parts[3];
+
+	if (npins == NULL || share == NULL) {
+		L->oom = true;
+		goto out;
+	}
+	ring_shares(c->ring, share, c->nclusters);
+	for (size_t i = 0; i < c->nclusters; i++) {
+		char w[16];
+		uint64_t h = XXH3_64bits(c->clusters[i].name, strlen(c->clusters[i].name));
+
+		snprintf(w, sizeof(w), "%u", c->clusters[i].weight);
+		/* A sum: the order of [cluster.*] sections does not place anyone. */
+		clusters += XXH3_64bits_withSeed(w, strlen(w), h);
+		c->clusters[i].ring_share = share[i];
+	}
+	parts[0] = c->vnodes;
+	parts[1] = clusters;
+	parts[2] = pins_digest(c->pins, c->cluster_names, c->nclusters, npins);
+	for (size_t i = 0; i < c->nclusters; i++)
+		c->clusters[i].npins = npins[i];
+	c->fingerprint = XXH3_64bits(parts, sizeof(parts));
+out:
+	free(npins);
+	free(share);
+}
+
 struct config *config_load(const char *path, char *err, size_t errlen)
 {
 	struct loader L = {.path = path};
@@ -1507,6 +1553,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 		build_placement(&L);
 	if (L.nerrs == 0 && !L.oom)
 		build_tls(&L);
+	if (L.nerrs == 0 && !L.oom)
+		summarize(&L);
 done:
 	if (L.oom)
 		problem(&L, 0, "out of memory");

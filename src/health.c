@@ -44,6 +44,7 @@
 #include "config.h"
 #include "log.h"
 #include "proto.h"
+#include "stats.h"
 #include "tls.h"
 
 enum phase { PH_IDLE, PH_RESOLVE, PH_CONNECT, PH_QUERY, PH_AUTH };
@@ -114,6 +115,11 @@ struct checker {
 	struct cpoll *poll; /* owned until its close callback */
 	enum phase phase;
 	uint64_t started;
+	/* For metrics: when the running check began (0: none), and how the last ones went. */
+	uint64_t check_t0_ns;
+	uint64_t last_check_ns;		/* under the lock */
+	char history[HEALTH_HISTORY];	/* '+' / '-', a ring; under the lock */
+	unsigned nhistory;		/* results ever recorded */
 	uv_timer_t timer;
 	uv_getaddrinfo_t gai;
 	bool resolving;	  /* gai is in flight (it cannot be abandoned) */
@@ -381,6 +387,23 @@ static void log_change(const struct writer_change *ch)
 			 ch->now->host, ch->now->port, ch->now->tli);
 }
 
+/*
+ * Notes how a check ended, for metrics (under the write lock). A connection
+ * lost between checks is no check: it has no start and leaves no mark.
+ */
+static uint64_t record_check(struct checker *ck, bool ok)
+{
+	uint64_t ns;
+
+	if (ck->check_t0_ns == 0)
+		return 0;
+	ns = uv_hrtime() - ck->check_t0_ns;
+	ck->check_t0_ns = 0;
+	ck->last_check_ns = ns ? ns : 1;
+	ck->history[ck->nhistory++ % HEALTH_HISTORY] = ok ? '+' : '-';
+	return ck->last_check_ns;
+}
+
 static void fail(struct checker *ck, bool lost, const char *fmt, ...) PRINTF_LIKE(3, 4);
 
 static void fail(struct checker *ck, bool lost, const char *fmt, ...)
@@ -390,6 +413,7 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	struct cluster_map *m;
 	va_list ap;
 	char msg[256];
+	uint64_t took;
 	bool down;
 
 	va_start(ap, fmt);
@@ -400,6 +424,7 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	ck->phase = PH_IDLE;
 	ck->fails++;
 	uv_rwlock_wrlock(&h->lock);
+	took = record_check(ck, false);
 	copy_reason(ck->why, sizeof(ck->why), msg);
 	down = ck->state != HEALTH_DOWN &&
 	       (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after);
@@ -409,6 +434,8 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	if (m)
 		choose_writer(m, &ch);
 	uv_rwlock_wrunlock(&h->lock);
+	if (took)
+		stats_observe(STATS_CHECK, took);
 	if (down)
 		log_warn("health: host down cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			 ck->cluster, ck->host, ck->port, ck->fails, ck->why);
@@ -449,6 +476,7 @@ static void succeed(struct checker *ck)
 	struct writer_change ch;
 	struct cluster_map *m;
 	char tl[24] = "";
+	uint64_t took;
 
 	if (tli)
 		snprintf(tl, sizeof(tl), " timeline=%u", tli);
@@ -470,6 +498,7 @@ static void succeed(struct checker *ck)
 		log_info("health: host timeline changed cluster=%s host=%s:%u role=%s%s",
 			 ck->cluster, ck->host, ck->port, role, tl);
 	uv_rwlock_wrlock(&h->lock);
+	took = record_check(ck, true);
 	ck->state = HEALTH_UP;
 	ck->in_recovery = ck->result_recovery;
 	ck->tli = tli;
@@ -487,6 +516,8 @@ static void succeed(struct checker *ck)
 	if (m)
 		choose_writer(m, &ch);
 	uv_rwlock_wrunlock(&h->lock);
+	if (took)
+		stats_observe(STATS_CHECK, took);
 	if (m)
 		log_change(&ch);
 	ck->fails = 0;
@@ -943,6 +974,7 @@ static void start_check(struct checker *ck)
 	int rc;
 
 	ck->started = uv_now(ck->h->loop);
+	ck->check_t0_ns = uv_hrtime();
 	uv_timer_start(&ck->timer, timer_cb, ck->h->timeout_ms, 0);
 	if (ck->conn && PQstatus(ck->conn) == CONNECTION_OK) {
 		send_query(ck);
@@ -1457,6 +1489,37 @@ bool health_writer(struct health *h, const char *cluster, struct health_target *
 out:
 	uv_rwlock_rdunlock(&h->lock);
 	return found;
+}
+
+void health_hosts(struct health *h, health_host_fn fn, void *arg)
+{
+	uv_rwlock_rdlock(&h->lock);
+	for (size_t i = 0; i < h->nmap; i++) {
+		const struct cluster_map *m = &h->map[i];
+
+		for (size_t j = 0; j < m->n; j++) {
+			const struct checker *ck = m->hosts[j];
+			struct health_host_info hi = {
+				.cluster = m->name,
+				.host = ck->host,
+				.port = ck->port,
+				.state = ck->state,
+				.in_recovery = ck->in_recovery,
+				.writer = m->writer == ck,
+				.timeline = ck->tli,
+				.fails = ck->fails,
+				.why = ck->state == HEALTH_UP ? "" : ck->why,
+				.last_check_ns = ck->last_check_ns,
+			};
+			unsigned n = ck->nhistory < HEALTH_HISTORY ? ck->nhistory : HEALTH_HISTORY;
+
+			for (unsigned k = 0; k < n; k++)
+				hi.history[k] = ck->history[(ck->nhistory - n + k) % HEALTH_HISTORY];
+			hi.history[n] = '\0';
+			fn(arg, &hi);
+		}
+	}
+	uv_rwlock_rdunlock(&h->lock);
 }
 
 void health_stop(struct health *h, void (*done)(void *arg), void *arg)

@@ -41,12 +41,14 @@
 #include "federation.h"
 #include "health.h"
 #include "log.h"
+#include "metrics.h"
 #include "pins.h"
 #include "ring.h"
 #include "route.h"
 #include "router.h"
 #include "sdnotify.h"
 #include "splice.h"
+#include "stats.h"
 
 #define TR_VERSION "0.1.0"
 #define RELOAD_ERR_CAP 16384
@@ -90,6 +92,7 @@ struct daemon {
 	char reload_err[RELOAD_ERR_CAP];
 	bool finishing;
 	int exit_code;
+	struct metrics *metrics; /* owned; NULL unless metrics_listen */
 };
 
 static struct daemon D;
@@ -193,6 +196,8 @@ static void finish(void)
 	D.finishing = true;
 	log_info("shutdown complete");
 	sdnotify("STOPPING=1");
+	metrics_stop(D.metrics);
+	D.metrics = NULL;
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], NULL, false, false, true);
@@ -398,6 +403,15 @@ static bool same_listen(const struct config *a, const struct config *b)
 	return true;
 }
 
+static bool same_metrics_listen(const struct config *a, const struct config *b)
+{
+	const struct host_port *x = &a->metrics_listen, *y = &b->metrics_listen;
+
+	if (x->host == NULL || y->host == NULL)
+		return x->host == y->host;
+	return x->port == y->port && strcmp(x->host, y->host) == 0;
+}
+
 static void reload_after_cb(uv_work_t *work, int status)
 {
 	struct config *nc = D.reload_result, *old = D.cfg;
@@ -408,6 +422,7 @@ static void reload_after_cb(uv_work_t *work, int status)
 	if (nc == NULL) {
 		one_line(D.reload_err);
 		log_error("reload failed, keeping the running configuration: %s", D.reload_err);
+		stats_reload(false);
 		goto done;
 	}
 	if (D.draining) {
@@ -417,11 +432,14 @@ static void reload_after_cb(uv_work_t *work, int status)
 	rc = health_apply(D.health, nc, NULL, NULL);
 	if (rc < 0) {
 		log_error("reload failed, keeping the running configuration: %s", uv_strerror(rc));
+		stats_reload(false);
 		config_unref(nc);
 		goto done;
 	}
 	if (!same_listen(old, nc))
 		log_warn("reload: listen addresses or threads changed; restart to apply them");
+	if (!same_metrics_listen(old, nc))
+		log_warn("reload: metrics_listen changed; restart to apply it");
 	D.cfg = nc;
 	release_config(&D.loop, D.workers[0].rt.cfg);
 	D.workers[0].rt.cfg = config_ref(nc);
@@ -434,6 +452,7 @@ static void reload_after_cb(uv_work_t *work, int status)
 	fd_budget_update(nc, false);
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));
+	stats_reload(true);
 done:
 	sdnotify("READY=1");
 	if (D.reload_again && !D.draining) {
@@ -543,6 +562,34 @@ fail:
 	return -1;
 }
 
+/* For metrics: the current snapshot (the main loop's), and whether clients can connect. */
+static const struct config *metrics_config(void *arg)
+{
+	return D.cfg;
+}
+
+static bool metrics_accepting(void *arg)
+{
+	return !D.draining && D.workers[0].nlisteners > 0;
+}
+
+/*
+ * HTTP metrics on the main loop, once the client listeners are up (so
+ * /healthz never says ok before clients can connect). A port that cannot
+ * be had is logged and the router runs on without it: metrics must never
+ * keep tenants from their data.
+ */
+static void metrics_begin(void)
+{
+	struct metrics_source src = {.version = TR_VERSION,
+				     .health = D.health,
+				     .config = metrics_config,
+				     .accepting = metrics_accepting};
+
+	if (D.cfg->metrics_listen.host)
+		D.metrics = metrics_start(&D.loop, &D.cfg->metrics_listen, &src);
+}
+
 static void health_ready_cb(void *arg)
 {
 	const struct config *cfg = D.cfg;
@@ -571,6 +618,7 @@ static void health_ready_cb(void *arg)
 	}
 	if (D.nworkers > 1)
 		log_info("running %zu event-loop threads", D.nworkers);
+	metrics_begin();
 	sdnotify("READY=1");
 }
 

@@ -849,3 +849,30 @@ out:
 	free(ld);
 	return rc;
 }
+
+uint64_t pins_digest(const struct pins *p, const char *const *names, size_t n,
+		     size_t *per_cluster)
+{
+	uint64_t sum = 0;
+
+	if (per_cluster)
+		memset(per_cluster, 0, n * sizeof(*per_cluster));
+	for (size_t i = 0; i <= p->mask; i++) {
+		uint64_t s = p->slots[i];
+		const uint8_t *rec;
+		uint16_t cl;
+		uint64_t seed;
+
+		if (s == 0)
+			continue;
+		rec = p->arena + slot_off(s);
+		cl = slot_cluster(s);
+		/* Seeded by the cluster's name, not its index: the order of sections may differ. */
+		seed = cl < n ? XXH3_64bits(names[cl], strlen(names[cl])) : cl;
+		/* A sum of per-pin hashes: the slot order (insertion history) does not matter. */
+		sum += XXH3_64bits_withSeed(rec + 1, rec[0], seed);
+		if (per_cluster && cl < n)
+			per_cluster[cl]++;
+	}
+	return sum;
+}

@@ -279,3 +279,22 @@ size_t ring_points(const struct ring *r)
 {
 	return r->npoints;
 }
+
+void ring_shares(const struct ring *r, double *share, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		share[i] = 0;
+	if (r->npoints == 1) {
+		if (r->points[0].member < n)
+			share[r->points[0].member] = 1;
+		return;
+	}
+	/* A point owns the arc from the previous point up to itself; the first wraps around. */
+	for (size_t i = 0; i < r->npoints; i++) {
+		uint64_t prev = r->points[i ? i - 1 : r->npoints - 1].hash;
+		uint64_t arc = r->points[i].hash - prev; /* mod 2^64: the wrap for i = 0 */
+
+		if (r->points[i].member < n)
+			share[r->points[i].member] += (double)arc / 18446744073709551616.0;
+	}
+}

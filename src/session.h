@@ -27,6 +27,7 @@
 #include "query.h"
 #include "splice.h"
 #include "startup.h"
+#include "stats.h"
 #include "tls.h"
 
 /* How long a closing session may take to flush what it owes its peer. */
@@ -201,6 +202,8 @@ struct session {
 	char peer[INET6_ADDRSTRLEN + 8];
 	struct cancel_entry ce;
 	struct guard g;
+	struct stats_cluster *stc; /* borrowed, lives until exit: counters of s->cluster once routed */
+	uint64_t t0_ns;		   /* uv_hrtime() at accept, for the login latency */
 };
 
 /* client.c: the session's plumbing. */
