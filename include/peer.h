@@ -32,7 +32,7 @@ typedef size_t (*peer_listeners_fn)(int *fds, size_t cap);
  * cancels is borrowed for the process's life. Returns 0 or a negative errno.
  */
 int peer_start(uv_loop_t *loop, const char *dir, struct cancel_map *cancels,
-	       peer_listeners_fn listeners) MUSTCHECK;
+               peer_listeners_fn listeners) MUSTCHECK;
 
 /*
  * Asks every peer for its listening sockets and waits up to timeout_ms for

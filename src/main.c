@@ -448,6 +448,9 @@ static void reload_after_cb(uv_work_t *work, int status)
 	}
 	if (!same_listen(old, nc))
 		log_warn("reload: listen addresses or threads changed; restart to apply them");
+	if ((old->peer_socket_dir == NULL) != (nc->peer_socket_dir == NULL) ||
+	    (old->peer_socket_dir && strcmp(old->peer_socket_dir, nc->peer_socket_dir) != 0))
+		log_warn("reload: peer_socket_dir changed; restart to apply it");
 	D.cfg = nc;
 	release_config(&D.loop, D.workers[0].rt.cfg);
 	D.workers[0].rt.cfg = config_ref(nc);

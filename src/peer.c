@@ -59,7 +59,7 @@ struct peer_msg {
 };
 
 static struct {
-	uv_loop_t *loop;	    /* borrowed */
+	uv_loop_t *loop;            /* borrowed */
 	struct cancel_map *cancels; /* borrowed */
 	peer_listeners_fn listeners;
 	uv_poll_t poll;
@@ -96,11 +96,11 @@ static int recv_one(struct peer_msg *m)
 	} ctl;
 	struct iovec iov = {.iov_base = m->buf, .iov_len = sizeof(m->buf)};
 	struct msghdr h = {.msg_name = &m->from,
-			   .msg_namelen = sizeof(m->from),
-			   .msg_iov = &iov,
-			   .msg_iovlen = 1,
-			   .msg_control = ctl.buf,
-			   .msg_controllen = sizeof(ctl.buf)};
+	                   .msg_namelen = sizeof(m->from),
+	                   .msg_iov = &iov,
+	                   .msg_iovlen = 1,
+	                   .msg_control = ctl.buf,
+	                   .msg_controllen = sizeof(ctl.buf)};
 	ssize_t n = recvmsg(P.fd, &h, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 
 	if (n == -1)
@@ -112,7 +112,8 @@ static int recv_one(struct peer_msg *m)
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
 		if (c->cmsg_level != SOL_SOCKET)
 			continue;
-		if (c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+		if (c->cmsg_type == SCM_CREDENTIALS &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
 			struct ucred u;
 
 			memcpy(&u, CMSG_DATA(c), sizeof(u));
@@ -140,9 +141,9 @@ static void answer_listeners(const struct peer_msg *m)
 	char tag = 'l';
 	struct iovec iov = {.iov_base = &tag, .iov_len = 1};
 	struct msghdr h = {.msg_name = (void *)&m->from,
-			   .msg_namelen = m->fromlen,
-			   .msg_iov = &iov,
-			   .msg_iovlen = 1};
+	                   .msg_namelen = m->fromlen,
+	                   .msg_iov = &iov,
+	                   .msg_iovlen = 1};
 	size_t n = P.listeners(fds, PEER_MAX_FDS);
 
 	if (n > 0) {
@@ -175,9 +176,9 @@ static void take_cancel(const uint8_t *p, size_t n)
 	    proto_get_u32(p + 4) != PROTO_CODE_CANCEL)
 		return;
 	if (cancel_lookup_packet(P.cancels, proto_get_u32(p + 8), p + 12, n - 12, p, n, &addr, out,
-				 &outlen)) {
+	                         &outlen)) {
 		log_info("peer: forwarding a cancel request another process received pid=%u",
-			 proto_get_u32(p + 8));
+		         proto_get_u32(p + 8));
 		cancel_forward(P.loop, &addr, out, outlen);
 	}
 }
@@ -200,7 +201,7 @@ static void dispatch(struct peer_msg *m)
 
 static void poll_cb(uv_poll_t *h, int status, int events)
 {
-	struct peer_msg m;
+	struct peer_msg m = {.len = 0};
 
 	if (status < 0)
 		return;
@@ -236,7 +237,7 @@ static size_t send_to_peers(int fd, const void *msg, size_t len)
 		    !make_addr(&sun, path))
 			continue;
 		if (sendto(fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&sun,
-			   sizeof(sun)) == -1) {
+		           sizeof(sun)) == -1) {
 			if (errno == ECONNREFUSED && unlink(path) == 0)
 				log_info("peer: removed %s, left by a process that is gone", path);
 			continue;
@@ -248,14 +249,14 @@ static size_t send_to_peers(int fd, const void *msg, size_t len)
 }
 
 int peer_start(uv_loop_t *loop, const char *dir, struct cancel_map *cancels,
-	       peer_listeners_fn listeners)
+               peer_listeners_fn listeners)
 {
 	struct sockaddr_un sun;
 	bool bound = false;
 	int one = 1, w, rc;
 
 	w = snprintf(P.path, sizeof(P.path), "%s/" PEER_PREFIX "%ld" PEER_SUFFIX, dir,
-		     (long)getpid());
+	             (long)getpid());
 	if (w < 0 || (size_t)w >= sizeof(P.path) || strlen(dir) >= sizeof(P.dir) ||
 	    !make_addr(&sun, P.path))
 		return -ENAMETOOLONG;
@@ -315,7 +316,7 @@ size_t peer_take_listeners(int *fds, size_t cap, unsigned timeout_ms)
 	const char req = 'L';
 	size_t asked, answered = 0, n = 0;
 	uint64_t deadline;
-	struct peer_msg m;
+	struct peer_msg m = {.len = 0};
 
 	if (P.fd == -1)
 		return 0;
@@ -349,7 +350,7 @@ size_t peer_take_listeners(int *fds, size_t cap, unsigned timeout_ms)
 	}
 	if (answered < asked)
 		log_warn("peer: %zu of %zu other processes did not answer within %u ms",
-			 asked - answered, asked, timeout_ms);
+		         asked - answered, asked, timeout_ms);
 	return n;
 }
 
