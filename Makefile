@@ -5,16 +5,21 @@
 #   make test SAN=1   the same under ASan + UBSan (objects in build/san)
 #   make pgext        the tenant_guard PostgreSQL library, build/pgext/tenant_guard.so (PGXS)
 #   make demo         two local PostgreSQL clusters and the router in front
-#   make install      PREFIX=/usr/local DESTDIR=
+#   make install      PREFIX=/usr/local DESTDIR= (SYSCONFDIR=/etc MANDIR UNITDIR DOCDIR)
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
+SYSCONFDIR ?= /etc
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/tenant-router
+# systemd reads units from /usr/local/lib/systemd/system as well as /etc/systemd/system.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route query auth gframe federation stats
 IO      := log config health client client_local client_guard splice cancel main sdnotify tls \
-           http metrics
+           http metrics peer
 
 ifeq ($(SAN),1)
 BUILD   := build/san
@@ -105,11 +110,23 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@tests/bench/run.sh
 
+# Layout (README, Operations, "Install"): the binary, man pages tenant-router(8) and
+# tenant-router.ini(5), the unit both as tenant-router.service and as the template
+# tenant-router@.service (two instances make a rolling restart), the README and an example INI;
+# the example is also copied to $(SYSCONFDIR)/tenant-router/ unless a configuration is there
+# already (an upgrade never overwrites it). The unit's /usr/local paths follow PREFIX.
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/tenant-router
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/tenant-router
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/tenant-router
-	install -m 0644 conf/tenant-router.ini conf/tenant-router.service README.md \
-		$(DESTDIR)$(PREFIX)/share/doc/tenant-router/
+	install -m 0644 conf/tenant-router.8 $(DESTDIR)$(MANDIR)/man8/tenant-router.8
+	install -m 0644 conf/tenant-router.ini.5 $(DESTDIR)$(MANDIR)/man5/tenant-router.ini.5
+	sed 's#/usr/local/#$(PREFIX)/#g' conf/tenant-router.service > $(DESTDIR)$(UNITDIR)/tenant-router.service
+	sed 's#/usr/local/#$(PREFIX)/#g' conf/tenant-router.service > $(DESTDIR)$(UNITDIR)/tenant-router@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/tenant-router.service $(DESTDIR)$(UNITDIR)/tenant-router@.service
+	install -m 0644 conf/tenant-router.ini conf/tenant-router.service README.md $(DESTDIR)$(DOCDIR)/
+	test -e $(DESTDIR)$(SYSCONFDIR)/tenant-router/tenant-router.ini || \
+		install -m 0644 conf/tenant-router.ini $(DESTDIR)$(SYSCONFDIR)/tenant-router/tenant-router.ini
 
 # Pure modules must never see libuv or libpq.
 lint:

@@ -84,6 +84,7 @@ struct config {
 	uint64_t server_connect_timeout_ms;
 	uint64_t shutdown_timeout_ms;
 	enum log_level log_level;
+	char *peer_socket_dir; /* owned; NULL: no peers (rolling restart hand-over, cancels) */
 	char *tenant_column; /* owned; NULL: the column source is off */
 	enum guard_mode guard;
 	size_t guard_max_statement; /* the longest statement the guard holds to read */

@@ -52,6 +52,7 @@
 #include "config.h"
 #include "health.h"
 #include "log.h"
+#include "peer.h"
 #include "proto.h"
 #include "route.h"
 #include "router.h"
@@ -1202,11 +1203,11 @@ static void route(struct session *s, const struct startup *st, size_t len)
 
 	client_set_state(s, CLIENT_ROUTING);
 	client_stop_reading(&s->cl);
-	if (rt->draining) {
-		client_refuse(s, "57P01", "Connect again in a moment.",
-			      "the router is shutting down");
-		return;
-	}
+	/*
+	 * No refusal while draining: a session accepted before the listeners
+	 * closed is ours to serve. In a rolling restart its startup packet may
+	 * come after SIGTERM, and 57P01 would be a lost connection.
+	 */
 	if (s->over_limit) {
 		refuse_over_limit(s);
 		return;
@@ -1256,7 +1257,9 @@ static void handle_cancel(struct session *s, const struct startup *st, size_t le
 		client_log(s, LOG_DEBUG, "forwarding cancel request pid=%u", st->cancel_pid);
 		cancel_forward(s->rt->loop, &addr, pkt, plen);
 	} else {
+		/* Perhaps a session of the process we replace, or of the one replacing us. */
 		client_log(s, LOG_DEBUG, "cancel request for an unknown key pid=%u", st->cancel_pid);
+		peer_forward_cancel(s->login->in, len);
 	}
 	client_close(s);
 }

@@ -597,6 +597,18 @@ static void router_key(struct loader *L, const char *key, const char *value)
 		    !config_parse_host_port(value, 9187, &c->metrics_listen))
 			problem(L, L->line, "[router] metrics_listen: \"%s\" is not HOST:PORT",
 				value);
+	} else if (strcmp(key, "peer_socket_dir") == 0) {
+		/* Absolute only: a relative path here would depend on the working directory. */
+		free(c->peer_socket_dir);
+		c->peer_socket_dir = NULL;
+		if (value[0] != '/')
+			problem(L, L->line, "[router] peer_socket_dir: give an absolute path");
+		else if (strlen(value) > 64)
+			problem(L, L->line,
+				"[router] peer_socket_dir: at most 64 bytes (a socket path is "
+				"at most 107)");
+		else if ((c->peer_socket_dir = strdup(value)) == NULL)
+			L->oom = true;
 	} else if (strcmp(key, "log_level") == 0) {
 		if (!log_level_parse(value, &c->log_level))
 			problem(L, L->line,
@@ -1462,6 +1474,7 @@ static void free_config(struct config *c)
 	free(c->auth_file);
 	free(c->auth_query);
 	free(c->server_passfile);
+	free(c->peer_socket_dir);
 	if (c->userlist)
 		userlist_free(c->userlist);
 	free(c->path);

@@ -18,9 +18,16 @@
  * has its own SO_REUSEPORT listener and its own sessions. The main loop
  * talks to the others only through each worker's uv_async_t and a small
  * mailbox under a mutex (a new config, drain, close all, stop).
+ *
+ * Rolling restart: every listener has SO_REUSEPORT, also with one thread,
+ * so a second process can listen on the same addresses. With
+ * peer_socket_dir set, the new process takes the old one's listening
+ * sockets themselves (peer.c) before it listens, so closing them in the
+ * old process at SIGTERM resets nothing that was queued.
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <sys/types.h>
 #include <stdatomic.h>
 #include <netdb.h>
 #include <signal.h>
@@ -42,6 +49,7 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
+#include "peer.h"
 #include "pins.h"
 #include "ring.h"
 #include "route.h"
@@ -53,13 +61,17 @@
 #define TR_VERSION "0.1.0"
 #define RELOAD_ERR_CAP 16384
 #define MAX_THREADS 64
+/* Listening sockets per worker: one per address, plus any handed over by a process with more threads. */
+#define WORKER_MAX_LISTENERS (CONFIG_MAX_LISTEN * 4)
+/* How long a new process waits for the one it replaces to hand its sockets over. */
+#define PEER_TAKE_TIMEOUT_MS 1000
 
 struct worker {
 	int index;
 	uv_loop_t own_loop; /* workers > 0 */
 	uv_loop_t *loop;    /* borrowed: own_loop, or the main loop for worker 0 */
 	struct router rt;
-	uv_tcp_t listeners[CONFIG_MAX_LISTEN];
+	uv_tcp_t listeners[WORKER_MAX_LISTENERS];
 	size_t nlisteners;
 	struct log_limit accept_log; /* failed accepts, one line per second */
 	uv_async_t wake; /* workers > 0 */
@@ -188,6 +200,24 @@ static void health_stopped_cb(void *arg)
 	uv_close((uv_handle_t *)&D.empty_async, close_noop_cb);
 }
 
+/*
+ * Tells systemd state (e.g. "READY=1") with a one-line STATUS= for
+ * `systemctl status`: how many clusters have a writer, how many sessions.
+ */
+static void notify_serving(const char *state, const char *what)
+{
+	struct health_target t;
+	char why[256];
+	size_t up = 0;
+
+	for (size_t i = 0; i < D.cfg->nclusters; i++) {
+		if (health_writer(D.health, D.cfg->clusters[i].name, &t, why, sizeof(why)))
+			up++;
+	}
+	sdnotifyf("%s\nSTATUS=%s: %zu of %zu clusters up, %zu sessions", state, what, up,
+		  D.cfg->nclusters, atomic_load(&D.live));
+}
+
 /* Every session is gone: stop the workers and the checkers; the loop runs dry. */
 static void finish(void)
 {
@@ -195,9 +225,10 @@ static void finish(void)
 		return;
 	D.finishing = true;
 	log_info("shutdown complete");
-	sdnotify("STOPPING=1");
+	sdnotify("STOPPING=1\nSTATUS=stopped: every session has ended");
 	metrics_stop(D.metrics);
 	D.metrics = NULL;
+	peer_stop();
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], NULL, false, false, true);
@@ -305,7 +336,7 @@ static void begin_shutdown(int signum)
 		return;
 	}
 	D.draining = true;
-	sdnotify("STOPPING=1");
+	sdnotifyf("STOPPING=1\nSTATUS=draining: %zu sessions", atomic_load(&D.live));
 	log_info("shutting down on %s: waiting up to %llu ms for %zu sessions", strsignal(signum),
 		 (unsigned long long)D.cfg->shutdown_timeout_ms, atomic_load(&D.live));
 	for (size_t i = 1; i < D.nworkers; i++) {
@@ -434,12 +465,16 @@ static void reload_after_cb(uv_work_t *work, int status)
 		log_error("reload failed, keeping the running configuration: %s", uv_strerror(rc));
 		stats_reload(false);
 		config_unref(nc);
+		nc = NULL;
 		goto done;
 	}
 	if (!same_listen(old, nc))
 		log_warn("reload: listen addresses or threads changed; restart to apply them");
 	if (!same_metrics_listen(old, nc))
 		log_warn("reload: metrics_listen changed; restart to apply it");
+	if ((old->peer_socket_dir == NULL) != (nc->peer_socket_dir == NULL) ||
+	    (old->peer_socket_dir && strcmp(old->peer_socket_dir, nc->peer_socket_dir) != 0))
+		log_warn("reload: peer_socket_dir changed; restart to apply it");
 	D.cfg = nc;
 	release_config(&D.loop, D.workers[0].rt.cfg);
 	D.workers[0].rt.cfg = config_ref(nc);
@@ -454,7 +489,7 @@ static void reload_after_cb(uv_work_t *work, int status)
 		 pins_count(nc->pins));
 	stats_reload(true);
 done:
-	sdnotify("READY=1");
+	notify_serving("READY=1", nc ? "serving" : "serving (reload failed, configuration kept)");
 	if (D.reload_again && !D.draining) {
 		D.reload_again = false;
 		reload_start();
@@ -468,7 +503,8 @@ static void reload_start(void)
 		return;
 	}
 	D.reloading = true;
-	sdnotify("RELOADING=1");
+	sdnotifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+		  sdnotify_monotonic_usec(), D.config_path);
 	log_info("reloading configuration from %s", D.config_path);
 	if (uv_queue_work(&D.loop, &D.reload_work, reload_work_cb, reload_after_cb) < 0) {
 		D.reloading = false;
@@ -509,57 +545,160 @@ static void connection_cb(uv_stream_t *server, int status)
 	client_accept(&w->rt, server);
 }
 
-/*
- * A listening socket for w. With several workers each has its own socket
- * on the same address (SO_REUSEPORT) and the kernel spreads connections.
- */
-static int listen_one(struct worker *w, const struct host_port *hp, bool reuseport)
+/* Starts accepting on fd (a bound socket, handed over or new) as one of w's listeners. */
+static int listen_fd(struct worker *w, int fd, const struct host_port *hp)
 {
-	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-				 .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_PASSIVE};
-	struct addrinfo *res = NULL;
 	uv_tcp_t *l = &w->listeners[w->nlisteners];
-	char port[8];
-	int one = 1, fd = -1, rc;
+	int rc;
 
-	snprintf(port, sizeof(port), "%u", hp->port);
-	rc = getaddrinfo(strcmp(hp->host, "*") == 0 ? NULL : hp->host, port, &hints, &res);
-	if (rc != 0) {
-		log_error("listen %s:%u: %s", hp->host, hp->port, gai_strerror(rc));
-		return -1;
+	if (w->nlisteners >= ARRAY_SIZE(w->listeners)) {
+		log_error("listen %s:%u: more than %zu sockets for one thread", hp->host, hp->port,
+			  ARRAY_SIZE(w->listeners));
+		close(fd);
+		return UV_EMFILE;
 	}
+	rc = uv_tcp_init(w->loop, l);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	l->data = w;
+	w->nlisteners++;
+	rc = uv_tcp_open(l, fd);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	/* The handle owns fd now; on a handed-over socket listen() only sets the backlog. */
+	return uv_listen((uv_stream_t *)l, 1024, connection_cb);
+}
+
+/*
+ * A new listening socket for w. Always SO_REUSEPORT: with several workers
+ * each has its own socket on the address and the kernel spreads
+ * connections; with one, a second process can still listen beside us.
+ */
+static int listen_new(struct worker *w, const struct host_port *hp, const struct addrinfo *res)
+{
+	int one = 1, fd, rc;
+
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd == -1 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
-	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1 ||
 	    (res->ai_family == AF_INET6 &&
 	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1) ||
 	    bind(fd, res->ai_addr, res->ai_addrlen) == -1) {
 		rc = -errno;
-		goto fail;
+		if (fd != -1)
+			close(fd);
+		return rc;
 	}
-	rc = uv_tcp_init(w->loop, l);
-	if (rc < 0)
-		goto fail;
-	l->data = w;
-	w->nlisteners++;
-	rc = uv_tcp_open(l, fd);
-	if (rc < 0)
-		goto fail;
-	fd = -1; /* the handle owns it now */
-	rc = uv_listen((uv_stream_t *)l, 1024, connection_cb);
-	if (rc < 0)
-		goto fail;
-	freeaddrinfo(res);
-	if (w->index == 0)
-		log_info("listening on %s:%u", hp->host, hp->port);
+	return listen_fd(w, fd, hp);
+}
+
+/* Is fd a listening TCP socket bound to ai's address? */
+static bool is_listening_on(int fd, const struct addrinfo *ai)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss), olen = sizeof(int);
+	int acc = 0;
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) == -1 || !acc ||
+	    ss.ss_family != ai->ai_family)
+		return false;
+	if (ai->ai_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+		const struct sockaddr_in *b = (const struct sockaddr_in *)(void *)ai->ai_addr;
+
+		return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+	}
+	if (ai->ai_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+		const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)(void *)ai->ai_addr;
+
+		return a->sin6_port == b->sin6_port &&
+		       memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+	}
+	return false;
+}
+
+/*
+ * Listens on every configured address with every worker. Sockets handed
+ * over (inh, owned; taken ones set to -1) go first, to the workers in turn,
+ * because each of them must keep being accepted from: connections the
+ * kernel queued on it stay there when the old process closes its copy.
+ * A worker that got none for an address opens its own.
+ */
+static int listen_all(const struct config *cfg, int *inh, size_t ninh)
+{
+	struct addrinfo hints = {.ai_family = AF_UNSPEC,
+				 .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_PASSIVE};
+
+	for (size_t j = 0; j < cfg->nlisten; j++) {
+		const struct host_port *hp = &cfg->listen[j];
+		struct addrinfo *res = NULL;
+		size_t taken = 0;
+		char port[8];
+		int rc;
+
+		snprintf(port, sizeof(port), "%u", hp->port);
+		rc = getaddrinfo(strcmp(hp->host, "*") == 0 ? NULL : hp->host, port, &hints, &res);
+		if (rc != 0) {
+			log_error("listen %s:%u: %s", hp->host, hp->port, gai_strerror(rc));
+			return -1;
+		}
+		rc = 0;
+		for (size_t k = 0; k < ninh && rc == 0; k++) {
+			if (inh[k] == -1 || !is_listening_on(inh[k], res))
+				continue;
+			rc = listen_fd(&D.workers[taken % D.nworkers], inh[k], hp);
+			inh[k] = -1;
+			taken++;
+		}
+		for (size_t i = taken; i < D.nworkers && rc == 0; i++)
+			rc = listen_new(&D.workers[i], hp, res);
+		freeaddrinfo(res);
+		if (rc < 0) {
+			log_error("listen %s:%u: %s", hp->host, hp->port, uv_strerror(rc));
+			return -1;
+		}
+		if (taken > 0)
+			log_info("listening on %s:%u (%zu sockets taken over from the process this one "
+				 "replaces)",
+				 hp->host, hp->port, taken);
+		else
+			log_info("listening on %s:%u", hp->host, hp->port);
+	}
+	for (size_t k = 0; k < ninh; k++) {
+		if (inh[k] != -1) {
+			log_info("a listening socket handed over is not in this configuration: closed");
+			close(inh[k]);
+		}
+	}
 	return 0;
-fail:
-	log_error("listen %s:%u: %s", hp->host, hp->port, uv_strerror(rc));
-	if (fd != -1)
-		close(fd);
-	freeaddrinfo(res);
-	return -1;
+}
+
+/* For peer.c: our listening sockets, to hand to a process that replaces us. */
+static size_t listener_fds(int *fds, size_t cap)
+{
+	size_t n = 0;
+
+	/* Once draining, ours are closed or closing; the successor has its own by now. */
+	if (D.draining)
+		return 0;
+	for (size_t i = 0; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+
+		for (size_t j = 0; j < w->nlisteners && n < cap; j++) {
+			uv_os_fd_t fd;
+
+			if (uv_fileno((uv_handle_t *)&w->listeners[j], &fd) == 0)
+				fds[n++] = fd;
+		}
+	}
+	return n;
 }
 
 /* For metrics: the current snapshot (the main loop's), and whether clients can connect. */
@@ -593,18 +732,21 @@ static void metrics_begin(void)
 static void health_ready_cb(void *arg)
 {
 	const struct config *cfg = D.cfg;
-	bool reuseport = D.nworkers > 1;
+	int inh[WORKER_MAX_LISTENERS];
+	size_t ninh = 0;
 
 	if (D.draining)
 		return;
-	for (size_t i = 0; i < D.nworkers; i++) {
-		for (size_t j = 0; j < cfg->nlisten; j++) {
-			if (listen_one(&D.workers[i], &cfg->listen[j], reuseport) < 0) {
-				D.exit_code = 1;
-				begin_shutdown(SIGTERM);
-				return;
-			}
+	if (cfg->peer_socket_dir)
+		ninh = peer_take_listeners(inh, ARRAY_SIZE(inh), PEER_TAKE_TIMEOUT_MS);
+	if (listen_all(cfg, inh, ninh) < 0) {
+		for (size_t k = 0; k < ninh; k++) {
+			if (inh[k] != -1)
+				close(inh[k]);
 		}
+		D.exit_code = 1;
+		begin_shutdown(SIGTERM);
+		return;
 	}
 	/* The other loops start only now: until here the main thread set them up. */
 	for (size_t i = 1; i < D.nworkers; i++) {
@@ -619,7 +761,7 @@ static void health_ready_cb(void *arg)
 	if (D.nworkers > 1)
 		log_info("running %zu event-loop threads", D.nworkers);
 	metrics_begin();
-	sdnotify("READY=1");
+	notify_serving("READY=1", "serving");
 }
 
 static int workers_init(struct config *cfg)
@@ -717,6 +859,14 @@ static int run(const char *path)
 	if (D.cancels == NULL || D.health == NULL || workers_init(cfg) < 0) {
 		log_error("out of memory at start-up");
 		return 1;
+	}
+	if (cfg->peer_socket_dir) {
+		int rc = peer_start(&D.loop, cfg->peer_socket_dir, D.cancels, listener_fds);
+
+		if (rc < 0) {
+			log_error("peer_socket_dir %s: %s", cfg->peer_socket_dir, strerror(-rc));
+			return 1;
+		}
 	}
 	uv_signal_init(&D.loop, &D.sighup);
 	uv_signal_init(&D.loop, &D.sigterm);

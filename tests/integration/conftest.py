@@ -95,10 +95,10 @@ def _clusters_healthy_after(request):
 def _router_factory(clusters, routers, mark_start_failures=False):
     """The factory both router fixtures hand out; every router made goes into routers."""
     def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
-                cluster_set=None, nofile=None):
+                cluster_set=None, nofile=None, port=None):
         r = harness.Router(cluster_set if cluster_set is not None else clusters,
                            overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env,
-                           nofile=nofile)
+                           nofile=nofile, port=port)
         routers.append(r)
         if start:
             try:

@@ -322,13 +322,15 @@ class Router:
     """The tenant-router binary with a generated INI in its own temp dir."""
 
     def __init__(self, clusters, overrides=None, pins_file=None, raw_ini=None, env=None,
-                 nofile=None):
-        """nofile=N starts the router with RLIMIT_NOFILE N (soft and hard: it cannot raise it)."""
+                 nofile=None, port=None):
+        """nofile=N starts the router with RLIMIT_NOFILE N (soft and hard: it cannot raise it).
+        port=P listens on P instead of a free port: a second router beside a running one
+        (SO_REUSEPORT), as in a rolling restart."""
         self.clusters = clusters
         self.nofile = nofile
         self.bin = router_binary()
         self.dir = tempfile.mkdtemp(prefix="tr-router-")
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.ini = os.path.join(self.dir, "router.ini")
         self.logfile = os.path.join(self.dir, "router.log")
         self.proc = None
