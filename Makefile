@@ -13,7 +13,7 @@ CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route query auth gframe
-IO      := log config health client client_local client_guard splice cancel main sdnotify tls
+IO      := log config health citus client client_local client_guard splice cancel main sdnotify tls
 
 ifeq ($(SAN),1)
 BUILD   := build/san
