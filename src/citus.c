@@ -455,7 +455,7 @@ struct citus_watch *citus_watch_start(uv_loop_t *loop, const char *const *keys,
 
 	if (w == NULL)
 		return NULL;
-	for (; keys[n] && n < CITUS_MAX_PARAMS; n++) {
+	for (; n < CITUS_MAX_PARAMS && keys[n]; n++) {
 		w->keys[n] = strdup(keys[n]);
 		w->vals[n] = strdup(vals[n]);
 		if (w->keys[n] == NULL || w->vals[n] == NULL) {
