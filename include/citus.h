@@ -29,9 +29,9 @@
 #define CITUS_PROBE_COLUMN "to_regproc('citus_check_connection_to_node') IS NOT NULL"
 
 enum citus_result {
-	CITUS_WORKERS_OK,	   /* every active worker answered the coordinator */
+	CITUS_WORKERS_OK,          /* every active worker answered the coordinator */
 	CITUS_WORKERS_UNREACHABLE, /* one or more did not, or the check timed out */
-	CITUS_CHECK_FAILED,	   /* the check itself could not run (says nothing of workers) */
+	CITUS_CHECK_FAILED,        /* the check itself could not run (says nothing of workers) */
 };
 
 struct citus_report {
@@ -53,8 +53,8 @@ typedef void (*citus_report_fn)(void *arg, const struct citus_report *r);
  * interval_ms, each bounded by timeout_ms. NULL if out of memory.
  */
 struct citus_watch *citus_watch_start(uv_loop_t *loop, const char *const *keys,
-				      const char *const *vals, uint64_t interval_ms,
-				      uint64_t timeout_ms, citus_report_fn fn, void *arg) MUSTCHECK;
+                                      const char *const *vals, uint64_t interval_ms,
+                                      uint64_t timeout_ms, citus_report_fn fn, void *arg) MUSTCHECK;
 
 /* Stops checking: fn is never called again; done(arg) runs once every handle is closed. */
 void citus_watch_close(struct citus_watch *w, void (*done)(void *arg), void *arg);

@@ -34,15 +34,15 @@
 
 #include "log.h"
 
-#define CITUS_CHECK_SQL                                                                    \
-	"SET citus.node_connection_timeout = %llu; "                                       \
-	"SET citus.max_cached_conns_per_worker = 0; "                                      \
-	"SET statement_timeout = %llu; "                                                   \
-	"SELECT node_name, node_port, citus_check_connection_to_node(node_name, "          \
+#define CITUS_CHECK_SQL                                                           \
+	"SET citus.node_connection_timeout = %llu; "                              \
+	"SET citus.max_cached_conns_per_worker = 0; "                             \
+	"SET statement_timeout = %llu; "                                          \
+	"SELECT node_name, node_port, citus_check_connection_to_node(node_name, " \
 	"node_port::int) FROM citus_get_active_worker_nodes() ORDER BY 1, 2"
 
 /* How many unreachable workers a report names; the rest are counted. */
-#define CITUS_NAMED 4
+#define CITUS_NAMED      4
 #define CITUS_MAX_PARAMS 24
 
 enum wphase { W_IDLE, W_CONNECT, W_QUERY };
@@ -61,7 +61,7 @@ struct citus_watch {
 	uint64_t interval_ms, timeout_ms;
 	citus_report_fn fn;
 	void *arg;
-	PGconn *conn;	    /* owned */
+	PGconn *conn;       /* owned */
 	struct wpoll *poll; /* owned until its close callback */
 	uv_timer_t timer;
 	enum wphase phase;
@@ -146,12 +146,12 @@ static void schedule(struct citus_watch *w)
 
 	w->phase = W_IDLE;
 	uv_timer_start(&w->timer, watch_timer_cb,
-		       elapsed >= w->interval_ms ? 0 : w->interval_ms - elapsed, 0);
+	               elapsed >= w->interval_ms ? 0 : w->interval_ms - elapsed, 0);
 }
 
 /* Ends a check: reports, then waits for the next tick. */
 static void finish(struct citus_watch *w, enum citus_result result, const char *fmt, ...)
-	PRINTF_LIKE(3, 4);
+        PRINTF_LIKE(3, 4);
 
 static void finish(struct citus_watch *w, enum citus_result result, const char *fmt, ...)
 {
@@ -243,7 +243,7 @@ static void read_rows(struct citus_watch *w, const PGresult *res)
 			continue;
 		if (w->nbad < CITUS_NAMED)
 			snprintf(w->named[w->nbad], sizeof(w->named[0]), "%.200s:%.10s",
-				 PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+			         PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
 		w->nbad++;
 	}
 }
@@ -258,7 +258,8 @@ static void report_rows(struct citus_watch *w)
 		return;
 	}
 	for (size_t i = 0; i < w->nbad && i < CITUS_NAMED; i++) {
-		int k = snprintf(list + len, sizeof(list) - len, "%s%s", i ? ", " : "", w->named[i]);
+		int k = snprintf(list + len, sizeof(list) - len, "%s%s", i ? ", " : "",
+		                 w->named[i]);
 
 		if (k < 0 || (size_t)k >= sizeof(list) - len)
 			break;
@@ -404,8 +405,8 @@ static void start_check(struct citus_watch *w)
 	}
 	drop_conn(w);
 	w->phase = W_CONNECT;
-	w->conn = PQconnectStartParams((const char *const *)w->keys,
-				       (const char *const *)w->vals, 1);
+	w->conn =
+	        PQconnectStartParams((const char *const *)w->keys, (const char *const *)w->vals, 1);
 	if (w->conn == NULL) {
 		finish(w, CITUS_CHECK_FAILED, "worker check failed: out of memory");
 		return;
@@ -446,8 +447,8 @@ static void timer_close_cb(uv_handle_t *h)
 }
 
 struct citus_watch *citus_watch_start(uv_loop_t *loop, const char *const *keys,
-				      const char *const *vals, uint64_t interval_ms,
-				      uint64_t timeout_ms, citus_report_fn fn, void *arg)
+                                      const char *const *vals, uint64_t interval_ms,
+                                      uint64_t timeout_ms, citus_report_fn fn, void *arg)
 {
 	struct citus_watch *w = calloc(1, sizeof(*w));
 	uint64_t node_ms = timeout_ms / 4;
@@ -478,7 +479,7 @@ struct citus_watch *citus_watch_start(uv_loop_t *loop, const char *const *keys,
 	if (node_ms < 10)
 		node_ms = 10;
 	snprintf(w->sql, sizeof(w->sql), CITUS_CHECK_SQL, (unsigned long long)node_ms,
-		 (unsigned long long)timeout_ms);
+	         (unsigned long long)timeout_ms);
 	if (uv_timer_init(loop, &w->timer) < 0)
 		goto fail;
 	w->open_handles = 1;
