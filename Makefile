@@ -3,6 +3,7 @@
 #   make              build build/tenant-router
 #   make test         install what is missing, build, run every test
 #   make test SAN=1   the same under ASan + UBSan (objects in build/san)
+#   make test-citus   tests/citus against real Citus clusters on loopback (skips without Citus)
 #   make pgext        the tenant_guard PostgreSQL library, build/pgext/tenant_guard.so (PGXS)
 #   make demo         two local PostgreSQL clusters and the router in front
 #   make install      PREFIX=/usr/local DESTDIR= (SYSCONFDIR=/etc MANDIR UNITDIR DOCDIR)
@@ -18,8 +19,8 @@ CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route query auth gframe federation stats
-IO      := log config health client client_local client_guard splice cancel main sdnotify tls \
-           http metrics peer
+IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
+           tls http metrics peer
 
 ifeq ($(SAN),1)
 BUILD   := build/san
@@ -51,7 +52,7 @@ UNITS     := $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNITS:%=$(BUILD)/tests/%)
 
 .PHONY: all deps test unit integration fuzz demo install clean lint format format-check check-headers bench \
-	pgext
+	pgext test-citus
 
 all: $(BIN)
 
@@ -98,6 +99,13 @@ unit: $(UNIT_BINS)
 test: deps
 	@$(MAKE) --no-print-directory all unit pgext SAN=$(SAN)
 	@SAN=$(SAN) BUILD=$(BUILD) tests/run.sh
+
+# Not part of `make test`: needs Citus installed for PostgreSQL 15 (README, "Citus"); skips
+# with the reason where it is not. Two clusters of four servers each, a few minutes.
+test-citus: deps
+	@$(MAKE) --no-print-directory all SAN=$(SAN)
+	@TR_BIN=$(BUILD)/tenant-router SAN=$(SAN) $(or $(PYTHON),/usr/bin/python3) -m pytest -q \
+		tests/citus -p no:cacheprovider -rs
 
 fuzz:
 	@tests/fuzz/run.sh $(FUZZ_SECONDS)

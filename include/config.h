@@ -116,6 +116,8 @@ struct config {
 	uint64_t health_timeout_ms;
 	uint32_t health_fail_after;
 	char *health_conninfo; /* owned; may be "" */
+	uint64_t health_worker_interval_ms; /* Citus worker check; 0: off */
+	uint64_t health_worker_timeout_ms;
 
 	/* [ring] */
 	uint32_t vnodes;

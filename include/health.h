@@ -19,6 +19,12 @@
  * guard_server_check on, a host that lacks tenant_guard (or guards another
  * setting than tenant_key) is never the writer either.
  *
+ * On a Citus coordinator (the probe finds citus_check_connection_to_node),
+ * the writer's checker also watches the workers, every worker_interval on a
+ * second connection (citus.c), so a slow worker never delays the writer
+ * probe. A cluster whose writer cannot reach all its workers is degraded:
+ * still routed, logged once per change.
+ *
  * Checkers are keyed by (cluster, host, port): a reload that keeps a host
  * keeps its checker and its state, so routing never blinks.
  */
@@ -38,6 +44,9 @@ struct config;
 struct health;
 
 enum health_state { HEALTH_UNKNOWN, HEALTH_UP, HEALTH_DOWN };
+
+/* A cluster as a whole: down has no writer; degraded has one that misses Citus workers. */
+enum health_cluster { HEALTH_CLUSTER_UP, HEALTH_CLUSTER_DEGRADED, HEALTH_CLUSTER_DOWN };
 
 /* What a session needs to reach a cluster's writer (a copy, not a reference). */
 struct health_target {
@@ -70,6 +79,14 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
  */
 bool health_writer(struct health *h, const char *cluster, struct health_target *t, char *why,
 		   size_t whylen);
+
+/*
+ * The named cluster's state, for the console and metrics. why gets the
+ * reason for down (as health_writer gives it) or degraded ("worker H:P
+ * unreachable"), "" for up. Safe from any thread.
+ */
+enum health_cluster health_cluster_state(struct health *h, const char *cluster, char *why,
+					 size_t whylen);
 
 /*
  * ParameterStatus messages ('S', framed) as a healthy coordinator reported

@@ -672,6 +672,10 @@ static void health_key(struct loader *L, const char *key, const char *value)
 		set_duration(L, "health", key, value, &c->health_timeout_ms);
 	} else if (strcmp(key, "fail_after") == 0) {
 		set_uint(L, "health", key, value, 1, 100, &c->health_fail_after);
+	} else if (strcmp(key, "worker_interval") == 0) {
+		set_duration(L, "health", key, value, &c->health_worker_interval_ms);
+	} else if (strcmp(key, "worker_timeout") == 0) {
+		set_duration(L, "health", key, value, &c->health_worker_timeout_ms);
 	} else if (strcmp(key, "conninfo") == 0) {
 		char *perr = NULL;
 		PQconninfoOption *opts = PQconninfoParse(value, &perr);
@@ -1136,6 +1140,8 @@ static void set_defaults(struct config *c)
 	c->health_interval_ms = 1000;
 	c->health_timeout_ms = 2000;
 	c->health_fail_after = 2;
+	c->health_worker_interval_ms = 5000;
+	c->health_worker_timeout_ms = 10000;
 	c->vnodes = 256;
 	c->guard = GUARD_ON;
 	c->guard_max_statement = 1u << 20;
@@ -1281,6 +1287,8 @@ static void validate(struct loader *L)
 		problem(L, 0, "[health] interval: must be more than 0");
 	if (c->health_timeout_ms == 0)
 		problem(L, 0, "[health] timeout: must be more than 0");
+	if (c->health_worker_timeout_ms == 0)
+		problem(L, 0, "[health] worker_timeout: must be more than 0");
 	if (c->client_login_timeout_ms == 0)
 		problem(L, 0, "[router] client_login_timeout: must be more than 0");
 	if (c->server_connect_timeout_ms == 0)

@@ -41,6 +41,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "citus.h"
 #include "config.h"
 #include "log.h"
 #include "proto.h"
@@ -96,6 +97,16 @@ struct checker {
 	bool result_recovery;
 	uint32_t result_tli;
 	uint64_t result_sysid;
+	bool result_citus; /* the probe found Citus's worker check function */
+	bool citus;
+	/*
+	 * Citus: the watch of this host's workers, while it is its cluster's
+	 * writer, and what its last check found (under the lock).
+	 */
+	struct citus_watch *watch; /* owned until its close callback */
+	bool worker_bad;
+	char worker_why[256];
+	char worker_failed[256]; /* the last CITUS_CHECK_FAILED reason logged ("": none) */
 	/* guard_server_check: why the last good check found the host unguarded ("": it is not). */
 	char result_unguarded[160];
 	char unguarded[160]; /* under the lock */
@@ -146,6 +157,9 @@ struct cluster_map {
 	struct checker *writer; /* borrowed: one of hosts, or NULL */
 	struct checker *tie[2]; /* borrowed: two of the primaries none of which wins */
 	size_t ntie;		/* how many primaries tie (0: no tie) */
+	/* Citus: the writer's workers are not all reachable (worker_why of the writer). */
+	bool degraded;
+	char degraded_why[256];
 };
 
 /*
@@ -160,6 +174,9 @@ struct writer_change {
 	size_t ntie;
 	struct checker *stale[CONFIG_MAX_HOSTS]; /* borrowed: primaries stale since this call */
 	size_t nstale;
+	/* Citus: degraded changed (1: now degraded, with why; -1: healthy again; 0: no). */
+	int degraded;
+	char degraded_why[256];
 };
 
 struct health {
@@ -173,6 +190,7 @@ struct health {
 	struct cluster_map *map;  /* owned; index = cluster index of the last cfg */
 	size_t nmap;
 	uint64_t interval_ms, timeout_ms;
+	uint64_t worker_interval_ms, worker_timeout_ms; /* Citus worker watch; interval 0: off */
 	uint32_t fail_after;
 	char *conninfo; /* owned */
 	bool guard_check;     /* guard_server_check */
@@ -192,6 +210,7 @@ struct health {
 
 static void start_check(struct checker *ck);
 static void timer_cb(uv_timer_t *t);
+static void sync_watches(struct cluster_map *m);
 
 /* Hands an answered request back to its loop; the last touch of a on this thread. */
 static void auth_finish(struct health_auth *a, bool ok, const char *secret, const char *why)
@@ -307,6 +326,30 @@ static uint32_t seen_floor(const struct cluster_map *m, uint64_t sysid)
 }
 
 /*
+ * A cluster is degraded while its writer's watch finds workers it cannot
+ * reach: sessions are still routed there (reads go on, and writes to other
+ * shards), but operators need to know. Losing the writer is not "healthy
+ * again": the host-down line says what happened.
+ */
+static void update_degraded(struct cluster_map *m, struct writer_change *ch)
+{
+	const struct checker *w = m->writer;
+	bool now = w && w->watch && w->worker_bad;
+
+	ch->degraded = 0;
+	if (now && (!m->degraded || strcmp(m->degraded_why, w->worker_why) != 0)) {
+		snprintf(m->degraded_why, sizeof(m->degraded_why), "%s", w->worker_why);
+		memcpy(ch->degraded_why, m->degraded_why, sizeof(ch->degraded_why));
+		ch->degraded = 1;
+	} else if (!now && m->degraded && w) {
+		ch->degraded = -1;
+	}
+	m->degraded = now;
+	if (!now)
+		m->degraded_why[0] = '\0';
+}
+
+/*
  * Picks m's writer from its hosts' states (health loop, under the write
  * lock) and notes in ch what changed. Timelines rank primaries only within
  * one database (one system identifier, one WAL history): a promotion moves
@@ -354,6 +397,7 @@ static void choose_writer(struct cluster_map *m, struct writer_change *ch)
 	ch->tie_now[0] = m->tie[0];
 	ch->tie_now[1] = m->tie[1];
 	ch->ntie = m->ntie;
+	update_degraded(m, ch);
 }
 
 static bool same_pair(struct checker *const a[2], struct checker *const b[2])
@@ -385,6 +429,10 @@ static void log_change(const struct writer_change *ch)
 	if (ch->now && ch->now != ch->was)
 		log_info("health: writer cluster=%s host=%s:%u timeline=%u", ch->cluster,
 			 ch->now->host, ch->now->port, ch->now->tli);
+	if (ch->degraded > 0)
+		log_warn("health: cluster %s degraded: %s", ch->cluster, ch->degraded_why);
+	else if (ch->degraded < 0)
+		log_info("health: cluster %s healthy again", ch->cluster);
 }
 
 /*
@@ -442,8 +490,10 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	else
 		log_debug("health: check failed cluster=%s host=%s:%u failures=%u reason=\"%s\"",
 			  ck->cluster, ck->host, ck->port, ck->fails, ck->why);
-	if (m)
+	if (m) {
 		log_change(&ch);
+		sync_watches(m);
+	}
 	first_round_done(ck);
 	/* A connection lost between checks is one failure; look again now. */
 	schedule_next(ck, lost ? 0 : until_next(ck));
@@ -503,6 +553,7 @@ static void succeed(struct checker *ck)
 	ck->in_recovery = ck->result_recovery;
 	ck->tli = tli;
 	ck->sysid = ck->result_sysid;
+	ck->citus = ck->result_citus;
 	memcpy(ck->unguarded, ck->result_unguarded, sizeof(ck->unguarded));
 	/* Another system identifier is another database: its timelines start afresh. */
 	if (tli && ck->seen_sysid != ck->sysid) {
@@ -518,8 +569,10 @@ static void succeed(struct checker *ck)
 	uv_rwlock_wrunlock(&h->lock);
 	if (took)
 		stats_observe(STATS_CHECK, took);
-	if (m)
+	if (m) {
 		log_change(&ch);
+		sync_watches(m);
+	}
 	ck->fails = 0;
 	ck->phase = PH_IDLE;
 	first_round_done(ck);
@@ -587,13 +640,15 @@ static void flush_and_watch(struct checker *ck)
  * The last column is what tenant_guard guards (guard_server_check); a
  * placeholder that postgresql.conf or ALTER ROLE ... SET made without the
  * library loaded has context "user", the library's own setting "sighup".
+ * The last column says whether the host is a Citus coordinator whose
+ * workers we can watch (citus.h).
  */
 #define PROBE_SQL                                                              \
 	"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL " \
 	"ELSE pg_walfile_name(pg_current_wal_lsn()) END, "                     \
 	"(SELECT system_identifier FROM pg_control_system()), "                \
 	"(SELECT setting FROM pg_settings WHERE name = 'tenant_guard.key' "    \
-	"AND context = 'sighup')"
+	"AND context = 'sighup'), " CITUS_PROBE_COLUMN
 
 static void send_query(struct checker *ck)
 {
@@ -716,6 +771,7 @@ static const char *read_probe(struct checker *ck, const PGresult *res)
 	    errno != 0)
 		return "the probe returned no system identifier";
 	ck->result_sysid = v;
+	ck->result_citus = !PQgetisnull(res, 0, 4) && PQgetvalue(res, 0, 4)[0] == 't';
 	ck->result_unguarded[0] = '\0';
 	if (!ck->h->guard_check)
 		return NULL;
@@ -758,7 +814,7 @@ static void read_results(struct checker *ck)
 			return;
 		}
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-		    PQnfields(res) == 4) {
+		    PQnfields(res) == 5) {
 			const char *bad = read_probe(ck, res);
 
 			if (bad) {
@@ -889,14 +945,17 @@ static void add_param(const char **keys, const char **vals, int *n, const char *
 	vals[(*n)++] = val;
 }
 
-static void connect_start(struct checker *ck)
+/*
+ * libpq keywords for a connection to ck's host (NULL-terminated; the
+ * strings are borrowed from ck and h, port from the caller's buffer).
+ */
+static void conn_params(struct checker *ck, const char **keys, const char **vals, char *port,
+			size_t portcap, const char *appname)
 {
 	struct health *h = ck->h;
-	char port[8];
-	const char *keys[16], *vals[16];
 	int n = 0;
 
-	snprintf(port, sizeof(port), "%u", ck->port);
+	snprintf(port, portcap, "%u", ck->port);
 	if (h->conninfo[0]) {
 		keys[n] = "dbname";
 		vals[n++] = h->conninfo;
@@ -908,7 +967,7 @@ static void connect_start(struct checker *ck)
 	keys[n] = "port";
 	vals[n++] = port;
 	keys[n] = "fallback_application_name";
-	vals[n++] = "tenant-router-health";
+	vals[n++] = appname;
 	add_param(keys, vals, &n, "sslmode", ck->sslmode);
 	add_param(keys, vals, &n, "sslrootcert", ck->sslrootcert);
 	add_param(keys, vals, &n, "sslcert", ck->sslcert);
@@ -917,6 +976,14 @@ static void connect_start(struct checker *ck)
 	add_param(keys, vals, &n, "ssl_max_protocol_version", ck->sslmax);
 	keys[n] = NULL;
 	vals[n] = NULL;
+}
+
+static void connect_start(struct checker *ck)
+{
+	char port[8];
+	const char *keys[16], *vals[16];
+
+	conn_params(ck, keys, vals, port, sizeof(port), "tenant-router-health");
 	ck->phase = PH_CONNECT;
 	ck->conn = PQconnectStartParams(keys, vals, 1);
 	if (ck->conn == NULL) {
@@ -931,6 +998,91 @@ static void connect_start(struct checker *ck)
 	/* libpq: after PQconnectStart, wait until the socket is writable. */
 	if (watch(ck, UV_WRITABLE) < 0)
 		fail(ck, false, "poll failed");
+}
+
+/* The watch's report (health loop): record it and log what changed for the cluster. */
+static void worker_report_cb(void *arg, const struct citus_report *r)
+{
+	struct checker *ck = arg;
+	struct health *h = ck->h;
+	struct writer_change ch;
+	struct cluster_map *m;
+	bool bad = r->result == CITUS_WORKERS_UNREACHABLE;
+
+	/* A check that could not run says nothing of the workers: keep the last verdict. */
+	if (r->result == CITUS_CHECK_FAILED) {
+		if (strcmp(ck->worker_failed, r->why) != 0)
+			log_warn("health: cluster %s: %s (host %s:%u)", ck->cluster, r->why, ck->host,
+				 ck->port);
+		snprintf(ck->worker_failed, sizeof(ck->worker_failed), "%s", r->why);
+		return;
+	}
+	ck->worker_failed[0] = '\0';
+	uv_rwlock_wrlock(&h->lock);
+	ck->worker_bad = bad;
+	snprintf(ck->worker_why, sizeof(ck->worker_why), "%s", bad ? r->why : "");
+	m = map_find(h, ck->cluster);
+	if (m)
+		choose_writer(m, &ch);
+	uv_rwlock_wrunlock(&h->lock);
+	if (m)
+		log_change(&ch);
+}
+
+static void maybe_stopped(struct health *h);
+
+static void watch_closed_cb(void *arg)
+{
+	struct health *h = arg;
+
+	h->closing--;
+	maybe_stopped(h);
+}
+
+/* Ends ck's watch and forgets what it found (the caller re-evaluates the cluster). */
+static void watch_stop(struct checker *ck)
+{
+	struct health *h = ck->h;
+
+	if (ck->watch == NULL)
+		return;
+	h->closing++;
+	citus_watch_close(ck->watch, watch_closed_cb, h);
+	uv_rwlock_wrlock(&h->lock);
+	ck->watch = NULL;
+	ck->worker_bad = false;
+	ck->worker_why[0] = '\0';
+	uv_rwlock_wrunlock(&h->lock);
+	ck->worker_failed[0] = '\0';
+}
+
+/*
+ * Only a cluster's writer has its workers watched, and only when it is a
+ * Citus coordinator: a standby's view of the workers does not matter to
+ * sessions, and without Citus nothing but the probe's one column changes.
+ */
+static void sync_watches(struct cluster_map *m)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		struct checker *ck = m->hosts[i];
+		struct health *h = ck->h;
+		bool want = !ck->stopping && ck->citus && m->writer == ck &&
+			    h->worker_interval_ms > 0;
+
+		if (!want && ck->watch) {
+			watch_stop(ck);
+		} else if (want && ck->watch == NULL) {
+			char port[8];
+			const char *keys[16], *vals[16];
+
+			conn_params(ck, keys, vals, port, sizeof(port), "tenant-router-citus");
+			ck->watch = citus_watch_start(h->loop, keys, vals, h->worker_interval_ms,
+						      h->worker_timeout_ms, worker_report_cb, ck);
+			if (ck->watch == NULL)
+				log_error("health: out of memory starting the worker check cluster=%s",
+					  ck->cluster);
+		}
+	}
 }
 
 static void checker_release(struct checker *ck);
@@ -1214,6 +1366,7 @@ static void checker_stop(struct checker *ck)
 {
 	auth_fail_all(ck, "the router is stopping");
 	ck->stopping = true;
+	watch_stop(ck);
 	drop_conn(ck);
 	if (!ck->first_done)
 		first_round_done(ck);
@@ -1370,6 +1523,8 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 			map[i].writer = was->writer;
 			map[i].tie[0] = was->tie[0];
 			map[i].tie[1] = was->tie[1];
+			map[i].degraded = was->degraded;
+			memcpy(map[i].degraded_why, was->degraded_why, sizeof(map[i].degraded_why));
 		}
 		choose_writer(&map[i], &ch[i]);
 	}
@@ -1396,6 +1551,16 @@ int health_apply(struct health *h, const struct config *cfg, health_ready_fn rea
 	h->interval_ms = cfg->health_interval_ms;
 	h->timeout_ms = cfg->health_timeout_ms;
 	h->fail_after = cfg->health_fail_after;
+	/* New worker check settings: watches start afresh with them. */
+	if (h->worker_interval_ms != cfg->health_worker_interval_ms ||
+	    h->worker_timeout_ms != cfg->health_worker_timeout_ms) {
+		h->worker_interval_ms = cfg->health_worker_interval_ms;
+		h->worker_timeout_ms = cfg->health_worker_timeout_ms;
+		for (struct checker *ck = h->checkers; ck; ck = ck->next)
+			watch_stop(ck);
+	}
+	for (size_t i = 0; i < h->nmap; i++)
+		sync_watches(&h->map[i]);
 	/* Both apply from each host's next check. */
 	h->guard_check = cfg->guard_server_check;
 	snprintf(h->tenant_key, sizeof(h->tenant_key), "%s", cfg->rule.key);
@@ -1520,6 +1685,27 @@ void health_hosts(struct health *h, health_host_fn fn, void *arg)
 		}
 	}
 	uv_rwlock_rdunlock(&h->lock);
+}
+
+enum health_cluster health_cluster_state(struct health *h, const char *cluster, char *why,
+					 size_t whylen)
+{
+	struct health_target t;
+	struct cluster_map *m;
+	enum health_cluster st = HEALTH_CLUSTER_UP;
+
+	if (!health_writer(h, cluster, &t, why, whylen))
+		return HEALTH_CLUSTER_DOWN;
+	uv_rwlock_rdlock(&h->lock);
+	m = map_find(h, cluster);
+	if (m && m->degraded) {
+		st = HEALTH_CLUSTER_DEGRADED;
+		snprintf(why, whylen, "%s", m->degraded_why);
+	} else {
+		snprintf(why, whylen, "%s", "");
+	}
+	uv_rwlock_rdunlock(&h->lock);
+	return st;
 }
 
 void health_stop(struct health *h, void (*done)(void *arg), void *arg)
