@@ -171,7 +171,8 @@ static size_t hit_offset(const struct gscan *sc, unsigned before, const uint8_t 
 	return a < 0 ? 0 : (size_t)a;
 }
 
-size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
+/* gscan_feed; the offset (a byte-by-byte search) only when want_at, else 0 for a hit. */
+static size_t scan_feed(struct gscan *sc, const uint8_t *p, size_t n, bool want_at)
 {
 	uint8_t win[2 * (GSCAN_MAX_PAT - 1)];
 	unsigned before = sc->seen;
@@ -199,7 +200,7 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 	if (hit_of(sc, before))
 		at = 0;
 	else if (hit_of(sc, sc->seen))
-		at = hit_offset(sc, before, p, n);
+		at = want_at ? hit_offset(sc, before, p, n) : 0;
 	/* Keep the last bytes of tail + p for the next cut. */
 	if (n >= sizeof(sc->tail)) {
 		memcpy(sc->tail, p + n - sizeof(sc->tail), sizeof(sc->tail));
@@ -211,6 +212,11 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 	memcpy(sc->tail + keep, p, n);
 	sc->taillen = (uint8_t)(keep + n);
 	return at;
+}
+
+size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
+{
+	return scan_feed(sc, p, n, true);
 }
 
 bool gscan_hit(const struct gscan *sc)
@@ -229,7 +235,7 @@ bool gscan_text(struct gscan *sc, const char *p, size_t n)
 	if (!query_mentions(p, n, sc->pat[PAT_WORD], sc->len[PAT_WORD]) &&
 	    !query_mentions(p, n, "set", 3))
 		return false;
-	return gscan_feed(sc, (const uint8_t *)p, n) != SIZE_MAX;
+	return scan_feed(sc, (const uint8_t *)p, n, false) != SIZE_MAX;
 }
 
 struct gframe_error *gframe_error_new(const uint8_t *msg, size_t len)
