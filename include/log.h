@@ -23,6 +23,11 @@ enum log_level log_get_level(void);
 /* Parses "error".."trace"; returns false for anything else. */
 bool log_level_parse(const char *s, enum log_level *out);
 const char *log_level_name(enum log_level level);
+/*
+ * The first line of msg (a libpq error text, maybe NULL) into dst, for one
+ * log line; with strip_error also without libpq's "ERROR:  " prefix.
+ */
+void log_first_line(char *dst, size_t cap, const char *msg, bool strip_error);
 
 void log_msg(enum log_level level, const char *fmt, ...) PRINTF_LIKE(2, 3);
 void log_vmsg(enum log_level level, const char *prefix, const char *fmt, va_list ap)

@@ -124,22 +124,6 @@ static void drop_conn(struct citus_watch *w)
 	}
 }
 
-static void first_line(char *dst, size_t cap, const char *msg)
-{
-	size_t n;
-
-	if (msg == NULL || *msg == '\0')
-		msg = "unknown error";
-	n = strcspn(msg, "\n");
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, msg, n);
-	dst[n] = '\0';
-	/* libpq's "ERROR:  " prefix says nothing a log reader needs. */
-	if (strncmp(dst, "ERROR:  ", 8) == 0)
-		memmove(dst, dst + 8, strlen(dst + 8) + 1);
-}
-
 static void schedule(struct citus_watch *w)
 {
 	uint64_t elapsed = uv_now(w->loop) - w->started;
@@ -172,7 +156,7 @@ static void fail(struct citus_watch *w, const char *what, const char *msg)
 {
 	char line[200];
 
-	first_line(line, sizeof(line), msg);
+	log_first_line(line, sizeof(line), msg, true);
 	drop_conn(w);
 	finish(w, CITUS_CHECK_FAILED, "worker check failed: %s%s", what, line);
 }
@@ -306,7 +290,7 @@ static void read_results(struct citus_watch *w)
 
 			/* 57014: query_canceled, here our statement_timeout. */
 			w->timed_out = state && strcmp(state, "57014") == 0;
-			first_line(w->error, sizeof(w->error), PQresultErrorMessage(res));
+			log_first_line(w->error, sizeof(w->error), PQresultErrorMessage(res), true);
 		}
 		PQclear(res);
 	}
@@ -390,7 +374,7 @@ static void notice_cb(void *arg, const char *msg)
 	char line[200];
 
 	(void)arg;
-	first_line(line, sizeof(line), msg);
+	log_first_line(line, sizeof(line), msg, true);
 	log_debug("health: citus worker check notice: %s", line);
 }
 

@@ -253,20 +253,6 @@ static void drop_conn(struct checker *ck)
 	}
 }
 
-/* The first line of a libpq message, without "FATAL:  " style noise. */
-static void copy_reason(char *dst, size_t cap, const char *msg)
-{
-	size_t n;
-
-	if (msg == NULL || *msg == '\0')
-		msg = "unknown error";
-	n = strcspn(msg, "\n");
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, msg, n);
-	dst[n] = '\0';
-}
-
 static void first_round_done(struct checker *ck)
 {
 	struct health *h = ck->h;
@@ -473,7 +459,7 @@ static void fail(struct checker *ck, bool lost, const char *fmt, ...)
 	ck->fails++;
 	uv_rwlock_wrlock(&h->lock);
 	took = record_check(ck, false);
-	copy_reason(ck->why, sizeof(ck->why), msg);
+	log_first_line(ck->why, sizeof(ck->why), msg, false);
 	down = ck->state != HEALTH_DOWN &&
 	       (ck->state == HEALTH_UNKNOWN || ck->fails >= h->fail_after);
 	if (down)
@@ -720,7 +706,8 @@ static void read_auth(struct checker *ck)
 			a->why[0] = '\0';
 			if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 				a->ok = false;
-				copy_reason(a->why, sizeof(a->why), PQresultErrorMessage(res));
+				log_first_line(a->why, sizeof(a->why), PQresultErrorMessage(res),
+					       false);
 			} else if (PQnfields(res) < 2) {
 				a->ok = false;
 				snprintf(a->why, sizeof(a->why),
@@ -826,7 +813,7 @@ static void read_results(struct checker *ck)
 		} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 			char msg[256];
 
-			copy_reason(msg, sizeof(msg), PQresultErrorMessage(res));
+			log_first_line(msg, sizeof(msg), PQresultErrorMessage(res), false);
 			PQclear(res);
 			fail(ck, false, "%s", msg);
 			return;
@@ -930,7 +917,7 @@ static void notice_cb(void *arg, const char *msg)
 	struct checker *ck = arg;
 	char line[256];
 
-	copy_reason(line, sizeof(line), msg);
+	log_first_line(line, sizeof(line), msg, false);
 	log_debug("health: notice cluster=%s host=%s:%u: %s", ck->cluster, ck->host, ck->port,
 		  line);
 }

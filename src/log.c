@@ -127,3 +127,18 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	log_vmsg(level, NULL, fmt, ap);
 	va_end(ap);
 }
+
+void log_first_line(char *dst, size_t cap, const char *msg, bool strip_error)
+{
+	size_t n;
+
+	if (msg == NULL || *msg == '\0')
+		msg = "unknown error";
+	n = strcspn(msg, "\n");
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(dst, msg, n);
+	dst[n] = '\0';
+	if (strip_error && strncmp(dst, "ERROR:  ", 8) == 0)
+		memmove(dst, dst + 8, strlen(dst + 8) + 1);
+}
