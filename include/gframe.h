@@ -52,8 +52,7 @@ void gscan_reset(struct gscan *sc);
 /* The next chunk of the text. Returns the offset in p of the byte with which the pre-filter
  * fired (the same however the text was cut), 0 if it had fired already, SIZE_MAX if not. */
 size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n);
-bool gscan_hit(const struct gscan *sc);
-/* One whole text: gscan_reset, gscan_feed, gscan_hit. */
+/* One whole text, from a fresh start: does it make the pre-filter fire? */
 bool gscan_text(struct gscan *sc, const char *p, size_t n);
 
 /*

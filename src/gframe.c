@@ -219,11 +219,6 @@ size_t gscan_feed(struct gscan *sc, const uint8_t *p, size_t n)
 	return scan_feed(sc, p, n, true);
 }
 
-bool gscan_hit(const struct gscan *sc)
-{
-	return hit_of(sc, sc->seen);
-}
-
 bool gscan_text(struct gscan *sc, const char *p, size_t n)
 {
 	gscan_reset(sc);
