@@ -18,8 +18,9 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth gframe federation stats
+PURE    := proto startup ring pins directory route query auth gframe federation stats
 IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
+           dirsync dircli \
            tls http metrics peer
 
 ifeq ($(SAN),1)

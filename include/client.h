@@ -5,6 +5,8 @@
 #ifndef TR_CLIENT_H
 #define TR_CLIENT_H
 
+#include <stddef.h>
+
 #include <uv.h>
 
 struct router;
@@ -27,6 +29,14 @@ const char *client_state_name(enum client_state s);
 
 /* Accepts one pending connection on listener and starts its session. */
 void client_accept(struct router *rt, uv_stream_t *listener);
+
+/*
+ * Live sessions of a tenant (len bytes; tenant NULL: of every tenant) on
+ * this loop. With end_why, ends them instead (FATAL 57P01, end_why as the
+ * message) and returns 0. For the directory's fence and move drain.
+ */
+size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
+			      const char *end_why);
 
 /* Closes every session now (shutdown timeout or second signal). */
 void client_close_all(struct router *rt);

@@ -50,6 +50,12 @@ int pins_load_file(struct pins *p, const char *path, const struct pins_clusters 
 		   char *err, size_t errlen) MUSTCHECK;
 
 /*
+ * Makes room for n more pins, so a load of millions is sized once rather
+ * than rehashed as it grows. 0 or -ENOMEM (the table is unchanged).
+ */
+int pins_reserve(struct pins *p, size_t n) MUSTCHECK;
+
+/*
  * Makes the table read-only (releases slack memory). After this, pins_add
  * and pins_load_file are bugs (TR_ASSERT), and lookups may run concurrently.
  */
@@ -61,6 +67,10 @@ int pins_lookup(const struct pins *p, const void *tenant, size_t len);
 int pins_lookup_hashed(const struct pins *p, const void *tenant, size_t len, uint64_t hash);
 
 size_t pins_count(const struct pins *p);
+
+/* Calls fn for every pin, in no particular order (for plans and reports, not the data path). */
+typedef void (*pins_each_fn)(void *arg, const uint8_t *tenant, size_t len, uint16_t cluster);
+void pins_each(const struct pins *p, pins_each_fn fn, void *arg);
 
 /*
  * A digest of the table that does not depend on the order pins were added,

@@ -50,6 +50,8 @@
 
 #include "cancel.h"
 #include "config.h"
+#include "directory.h"
+#include "dirsync.h"
 #include "health.h"
 #include "log.h"
 #include "peer.h"
@@ -1005,6 +1007,37 @@ static void server_ssl_answer(struct session *s, struct block *b, size_t n)
 
 static void connect_server(struct session *s);
 
+/*
+ * The directory does not let the tenant through: 57P03 (clients retry it)
+ * with what to do. A moving tenant's sessions are refused for now; a hold
+ * (wait up to pause_timeout, then go on) belongs with the console's PAUSE.
+ */
+static void refuse_placement(struct session *s, const struct route_place *pl, bool sure)
+{
+	if (!sure)
+		client_refuse(s, "57P03",
+			      "The router has lost contact with the tenant directory for longer "
+			      "than directory_lease; check [directory] conninfo and the directory "
+			      "database. Retry once it is back.",
+			      "the placement of tenant \"%s\" cannot be confirmed: the tenant "
+			      "directory is out of reach",
+			      s->tenant);
+	else if (pl->state == DIR_MOVING)
+		client_refuse(s, "57P03", "Retry in a few seconds: the move switches it to its new "
+			      "cluster when its rows are copied.",
+			      "tenant \"%s\" is being moved; retry", s->tenant);
+	else if (pl->state == DIR_BLOCKED)
+		client_refuse(s, "57P03",
+			      "The tenant directory blocks this tenant; ask the operator to set its "
+			      "row active.",
+			      "tenant \"%s\" is blocked", s->tenant);
+	else
+		client_refuse(s, "57P03",
+			      "Fix the tenant's row in the tenant directory (an unknown cluster or "
+			      "state), or add the cluster to this router's configuration.",
+			      "tenant \"%s\" has a directory row this router cannot use", s->tenant);
+}
+
 /* The tenant is known: its cluster, that cluster's writer, and a connection to it. */
 void client_connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
 			   size_t len)
@@ -1014,16 +1047,25 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 	struct login *L = s->login;
 	const struct cluster_cfg *cl;
 	struct tenant t = *tp;
+	struct route_place pl;
 	char why[320];
 	size_t idx;
+	bool sure;
 
-	idx = route_lookup(cfg->pins, cfg->ring, t.name, t.len, &L->pinned);
+	/* Directory, pins, ring (dirsync.h); the directory's state may refuse the tenant. */
+	sure = dirsync_place(rt->dir, cfg, t.name, t.len, &pl);
+	L->pinned = pl.source == ROUTE_PIN;
 	s->tenant = strdup(t.name);
-	snprintf(s->cluster, sizeof(s->cluster), "%s", cfg->clusters[idx].name);
 	if (s->tenant == NULL) {
 		client_close(s);
 		return;
 	}
+	if (!sure || pl.cluster < 0 || pl.state == DIR_MOVING || pl.state == DIR_BLOCKED) {
+		refuse_placement(s, &pl, sure);
+		return;
+	}
+	idx = (size_t)pl.cluster;
+	snprintf(s->cluster, sizeof(s->cluster), "%s", cfg->clusters[idx].name);
 	if (!health_writer(rt->health, s->cluster, &L->target, why, sizeof(why))) {
 		char hint[256];
 
@@ -1055,7 +1097,7 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 	}
 	L->extra_off = len;
 	client_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
-	     L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
+	     pl.source == ROUTE_DIRECTORY ? "directory" : L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
 	s->stc = stats_cluster(s->cluster);
 	stats_session_routed(s->stc, L->pinned, s->state);
 	connect_server(s);
@@ -1768,6 +1810,27 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	else
 		arm_timer(s, rt->cfg->client_login_timeout_ms);
 	client_start_reading(s, &s->cl);
+}
+
+size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
+			      const char *end_why)
+{
+	struct session *s, *next;
+	size_t n = 0;
+
+	for (s = rt->sessions; s; s = next) {
+		next = s->next; /* client_refuse frees nothing before its close callbacks */
+		if (s->tenant == NULL || s->route[0] || s->closed || s->state == CLIENT_CLOSING)
+			continue;
+		if (tenant && (strlen(s->tenant) != len || memcmp(s->tenant, tenant, len) != 0))
+			continue;
+		if (end_why)
+			client_refuse(s, "57P01", "Reconnect: new sessions go where the tenant lives now.",
+				      "%s", end_why);
+		else
+			n++;
+	}
+	return n;
 }
 
 void client_close_all(struct router *rt)

@@ -23,6 +23,8 @@
 #include <strings.h>
 
 #include "config.h"
+#include "directory.h"
+#include "dirsync.h"
 #include "route.h"
 #include "router.h"
 
@@ -149,6 +151,7 @@ static void guard_refuse(struct session *s, const char *sqlstate, const char *hi
 static bool guard_allows(struct session *s, const char *tenant, size_t len)
 {
 	const struct config *cfg = s->rt->cfg;
+	struct route_place pl;
 	size_t idx;
 	const char *owner;
 
@@ -166,7 +169,19 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 			     s->route, cfg->rule.key);
 		return false;
 	}
-	idx = route_lookup(cfg->pins, cfg->ring, tenant, len, NULL);
+	/* The same placement a new session would get: directory, pins, ring. */
+	if (!dirsync_place(s->rt->dir, cfg, tenant, len, &pl) || pl.cluster < 0 ||
+	    pl.state == DIR_MOVING || pl.state == DIR_BLOCKED) {
+		guard_refuse(s, GUARD_SQLSTATE, NULL,
+			     "tenant \"%s\" cannot be switched to now: the tenant directory has it "
+			     "%s",
+			     tenant, !dirsync_sure(s->rt->dir) ? "out of reach"
+				     : pl.state == DIR_MOVING ? "moving"
+				     : pl.state == DIR_BLOCKED ? "blocked" : "on a row this router "
+										 "cannot use");
+		return false;
+	}
+	idx = (size_t)pl.cluster;
 	owner = cfg->clusters[idx].name;
 	if (strcmp(owner, s->cluster) != 0) {
 		guard_refuse(s, GUARD_SQLSTATE, NULL,

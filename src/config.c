@@ -705,6 +705,133 @@ static void health_key(struct loader *L, const char *key, const char *value)
 	}
 }
 
+/* An SQL identifier we may write unquoted: [a-z_][a-z0-9_]*, optionally schema.name. */
+static bool valid_sql_name(const char *s, bool dotted)
+{
+	const char *p = s;
+
+	for (int part = 0; part < 2; part++) {
+		if (!((*p >= 'a' && *p <= 'z') || *p == '_'))
+			return false;
+		while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')
+			p++;
+		if (*p == '\0')
+			return p - s <= 127;
+		if (*p != '.' || !dotted || part == 1)
+			return false;
+		p++;
+	}
+	return false;
+}
+
+static void set_string(struct loader *L, char **dst, const char *value)
+{
+	free(*dst);
+	*dst = strdup(value);
+	if (*dst == NULL)
+		L->oom = true;
+}
+
+static void directory_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+
+	if (strcmp(key, "conninfo") == 0) {
+		char *perr = NULL;
+		PQconninfoOption *opts = PQconninfoParse(value, &perr);
+
+		if (opts == NULL) {
+			problem(L, L->line, "[directory] conninfo: %s",
+				perr ? strtok(perr, "\n") : "out of memory");
+			PQfreemem(perr);
+			return;
+		}
+		PQconninfoFree(opts);
+		set_string(L, &c->dir_conninfo, value);
+	} else if (strcmp(key, "schema") == 0) {
+		if (!valid_sql_name(value, false))
+			problem(L, L->line,
+				"[directory] schema: \"%s\" is not a lower-case SQL name "
+				"([a-z_][a-z0-9_]*)",
+				value);
+		else
+			set_string(L, &c->dir_schema, value);
+	} else if (strcmp(key, "refresh") == 0) {
+		set_duration(L, "directory", key, value, &c->dir_refresh_ms);
+	} else if (strcmp(key, "heartbeat") == 0) {
+		set_duration(L, "directory", key, value, &c->dir_heartbeat_ms);
+	} else if (strcmp(key, "directory_lease") == 0) {
+		set_duration(L, "directory", key, value, &c->dir_lease_ms);
+	} else if (strcmp(key, "move_drain_timeout") == 0) {
+		set_duration(L, "directory", key, value, &c->dir_move_drain_timeout_ms);
+	} else if (strcmp(key, "directory_stale") == 0) {
+		if (strcmp(value, "refuse") == 0)
+			c->dir_stale_serve = false;
+		else if (strcmp(value, "serve") == 0)
+			c->dir_stale_serve = true;
+		else
+			problem(L, L->line,
+				"[directory] directory_stale: \"%s\" is not refuse or serve", value);
+	} else if (strcmp(key, "cache_file") == 0) {
+		free(c->dir_cache_file);
+		c->dir_cache_file = resolve_path(L, value);
+	} else if (strcmp(key, "router_id") == 0) {
+		if (value[0] == '\0' || strlen(value) > 200)
+			problem(L, L->line, "[directory] router_id: 1 to 200 characters");
+		else
+			set_string(L, &c->dir_router_id, value);
+	} else {
+		problem(L, L->line, "[directory] %s: unknown setting", key);
+	}
+}
+
+static void move_key(struct loader *L, const char *key, const char *value)
+{
+	struct config *c = L->c;
+
+	if (strcmp(key, "tables") == 0) {
+		char *copy = strdup(value), *save = NULL;
+
+		if (copy == NULL) {
+			L->oom = true;
+			return;
+		}
+		for (char *t = strtok_r(copy, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+			char **v;
+
+			if (!valid_sql_name(t, true)) {
+				problem(L, L->line,
+					"[move] tables: \"%s\" is not a lower-case SQL name (table or "
+					"schema.table)",
+					t);
+				continue;
+			}
+			v = realloc(c->move_tables, (c->nmove_tables + 1) * sizeof(*v));
+			if (v == NULL || (v[c->nmove_tables] = strdup(t)) == NULL) {
+				if (v)
+					c->move_tables = v;
+				L->oom = true;
+				break;
+			}
+			c->move_tables = v;
+			c->nmove_tables++;
+		}
+		free(copy);
+	} else if (strcmp(key, "tenant_column") == 0) {
+		if (!valid_sql_name(value, false))
+			problem(L, L->line, "[move] tenant_column: \"%s\" is not a lower-case SQL name",
+				value);
+		else
+			set_string(L, &c->move_tenant_column, value);
+	} else if (strcmp(key, "conninfo") == 0) {
+		set_string(L, &c->move_conninfo, value);
+	} else if (strcmp(key, "fence_timeout") == 0) {
+		set_duration(L, "move", key, value, &c->move_fence_timeout_ms);
+	} else {
+		problem(L, L->line, "[move] %s: unknown setting", key);
+	}
+}
+
 /*
  * Canonical spelling of a host for comparison: one address has many IPv6
  * spellings ("::1", "0:0::1"), and names are case-insensitive. Names are not
@@ -873,7 +1000,8 @@ static const char *cur_section(const struct loader *L)
 
 static bool is_known_section(const char *name)
 {
-	static const char *const fixed[] = {"router", "auth", "health", "ring", "pins"};
+	static const char *const fixed[] = {"router", "auth", "health", "ring", "pins",
+					    "directory", "move"};
 
 	for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
 		if (strcmp(name, fixed[i]) == 0)
@@ -930,7 +1058,7 @@ static void section_start(struct loader *L, char *name)
 	if (!is_known_section(name)) {
 		problem(L, L->line,
 			"[%s]: unknown section (sections are router, auth, health, ring, pins, "
-			"cluster.NAME and route.NAME)",
+			"directory, move, cluster.NAME and route.NAME)",
 			name);
 		return;
 	}
@@ -1039,6 +1167,10 @@ static int handler(void *user, const char *section, const char *key, const char 
 		set_uint(L, "ring", key, value, 1, RING_MAX_VNODES, &L->c->vnodes);
 	else if (strcmp(sec, "ring") == 0)
 		problem(L, L->line, "[ring] %s: unknown setting", key);
+	else if (strcmp(sec, "directory") == 0)
+		directory_key(L, key, value);
+	else if (strcmp(sec, "move") == 0)
+		move_key(L, key, value);
 	else if (strncmp(sec, "cluster.", 8) == 0)
 		cluster_key(L, sec, key, value);
 	else if (strncmp(sec, "route.", 6) == 0)
@@ -1147,6 +1279,11 @@ static void set_defaults(struct config *c)
 	c->guard_max_statement = 1u << 20;
 	c->guard_max_held = 64u << 20;
 	c->auth_type = AUTH_SCRAM;
+	c->dir_refresh_ms = 60000;
+	c->dir_heartbeat_ms = 1000;
+	c->dir_lease_ms = 10000;
+	c->dir_move_drain_timeout_ms = 10000;
+	c->move_fence_timeout_ms = 60000;
 }
 
 /* Line of the first "[name]" header, or 0. */
@@ -1285,6 +1422,16 @@ static void validate(struct loader *L)
 		L->oom = true;
 	if (c->health_interval_ms == 0)
 		problem(L, 0, "[health] interval: must be more than 0");
+	if (c->dir_schema == NULL && (c->dir_schema = strdup("tenant_router")) == NULL)
+		L->oom = true;
+	if (c->move_tenant_column == NULL && (c->move_tenant_column = strdup("tenant_id")) == NULL)
+		L->oom = true;
+	if (c->dir_refresh_ms == 0 || c->dir_heartbeat_ms == 0 || c->dir_lease_ms == 0)
+		problem(L, 0, "[directory] refresh, heartbeat and directory_lease: must be more than 0");
+	else if (c->dir_lease_ms <= c->dir_heartbeat_ms * 2)
+		problem(L, 0,
+			"[directory] directory_lease: must be more than twice heartbeat (one lost "
+			"heartbeat must not make the copy stale)");
 	if (c->health_timeout_ms == 0)
 		problem(L, 0, "[health] timeout: must be more than 0");
 	if (c->health_worker_timeout_ms == 0)
@@ -1477,6 +1624,15 @@ static void free_config(struct config *c)
 	free(c->routes);
 	free((char *)c->rule.key);
 	free(c->health_conninfo);
+	free(c->dir_conninfo);
+	free(c->dir_schema);
+	free(c->dir_cache_file);
+	free(c->dir_router_id);
+	for (size_t i = 0; i < c->nmove_tables; i++)
+		free(c->move_tables[i]);
+	free(c->move_tables);
+	free(c->move_tenant_column);
+	free(c->move_conninfo);
 	free(c->pins_file);
 	free(c->tenant_column);
 	free(c->auth_file);

@@ -45,6 +45,8 @@
 #include "cancel.h"
 #include "client.h"
 #include "config.h"
+#include "dircli.h"
+#include "dirsync.h"
 #include "federation.h"
 #include "health.h"
 #include "log.h"
@@ -75,6 +77,7 @@ struct worker {
 	size_t nlisteners;
 	struct log_limit accept_log; /* failed accepts, one line per second */
 	uv_async_t wake; /* workers > 0 */
+	uv_timer_t dir_tick; /* with a directory: counts (and ends) sessions of moving tenants */
 	uv_thread_t thread;
 	bool started;
 	/* Mailbox from the main loop, under lock. */
@@ -105,6 +108,8 @@ struct daemon {
 	bool finishing;
 	int exit_code;
 	struct metrics *metrics; /* owned; NULL unless metrics_listen */
+	struct dirsync *dir;	 /* owned; NULL without [directory] conninfo */
+	bool health_ready, dir_ready; /* both before we listen */
 };
 
 static struct daemon D;
@@ -116,6 +121,10 @@ static void usage(FILE *f)
 		   "       tenant-router route -c FILE TENANT...  show where tenants go\n"
 		   "       tenant-router federation -c FILE --dbname DB [--schema S]... [--apply DSN]\n"
 		   "                                           SQL of a read federation (see README)\n"
+		   "       tenant-router directory init -c FILE  create the tenant directory schema\n"
+		   "       tenant-router move TENANT --to CLUSTER -c FILE [--no-copy] [--delete-source]\n"
+		   "       tenant-router plan -c FILE [--add-cluster NAME[:W]] [--remove-cluster NAME]\n"
+		   "                      [--weight NAME:W] [--tenants FILE] [--freeze]\n"
 		   "       tenant-router --version\n");
 }
 
@@ -233,6 +242,10 @@ static void finish(void)
 		if (D.workers[i].started)
 			post(&D.workers[i], NULL, false, false, true);
 	}
+	if (D.dir) {
+		dirsync_stop(D.dir);
+		uv_close((uv_handle_t *)&D.workers[0].dir_tick, close_noop_cb);
+	}
 	health_stop(D.health, health_stopped_cb, NULL);
 }
 
@@ -301,6 +314,46 @@ static void wake_cb(uv_async_t *a)
 		client_close_all(&w->rt);
 	if (stop)
 		uv_walk(w->loop, walk_close_cb, NULL);
+}
+
+/* How often each loop counts its sessions of moving tenants for the fence. */
+#define DIR_TICK_MS 100
+
+/*
+ * On each worker's loop: its live sessions of each moving tenant, for this
+ * router's heartbeat (the fence), and the end of those past
+ * move_drain_timeout. With a stale copy and directory_stale = refuse, every
+ * tenant session ends: the router cannot know whether its tenant was moved.
+ */
+static void dir_tick_cb(uv_timer_t *t)
+{
+	struct worker *w = t->data;
+	struct dirsync_moving *mv;
+	uint64_t now = uv_hrtime() / 1000000u;
+	int64_t version;
+	size_t n = dirsync_moving(D.dir, &mv, &version), *counts = NULL;
+
+	if (n > 0 && (counts = calloc(n, sizeof(*counts))) == NULL) {
+		free(mv);
+		return; /* no report: the fence waits for the next tick */
+	}
+	for (size_t i = 0; i < n; i++) {
+		char why[400];
+		bool end = now - mv[i].since_ms >= w->rt.cfg->dir_move_drain_timeout_ms;
+
+		snprintf(why, sizeof(why),
+			 "tenant \"%s\" is being moved to another cluster; this session was ended "
+			 "after move_drain_timeout",
+			 (const char *)mv[i].tenant);
+		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len, end ? why : NULL);
+	}
+	if (!dirsync_sure(D.dir))
+		client_tenant_sessions(&w->rt, NULL, 0,
+				       "the tenant directory has been out of reach for longer than "
+				       "directory_lease; placement cannot be confirmed");
+	dirsync_report(D.dir, (size_t)w->index, version, mv, counts, n);
+	free(counts);
+	free(mv);
 }
 
 static void worker_thread(void *arg)
@@ -476,6 +529,10 @@ static void reload_after_cb(uv_work_t *work, int status)
 	    (old->peer_socket_dir && strcmp(old->peer_socket_dir, nc->peer_socket_dir) != 0))
 		log_warn("reload: peer_socket_dir changed; restart to apply it");
 	D.cfg = nc;
+	if (D.dir)
+		dirsync_reconfigure(D.dir, nc);
+	if ((D.dir != NULL) != (nc->dir_conninfo != NULL))
+		log_warn("reload: [directory] conninfo was added or removed; restart to apply it");
 	release_config(&D.loop, D.workers[0].rt.cfg);
 	D.workers[0].rt.cfg = config_ref(nc);
 	for (size_t i = 1; i < D.nworkers; i++) {
@@ -729,7 +786,25 @@ static void metrics_begin(void)
 		D.metrics = metrics_start(&D.loop, &D.cfg->metrics_listen, &src);
 }
 
+static void serve(void);
+
 static void health_ready_cb(void *arg)
+{
+	D.health_ready = true;
+	if (D.dir_ready || D.dir == NULL)
+		serve();
+}
+
+static void dir_ready_cb(void *arg)
+{
+	D.dir_ready = true;
+	log_info("directory: first copy loaded");
+	if (D.health_ready)
+		serve();
+}
+
+/* Health checkers have had their first round and the directory (if any) is loaded: listen. */
+static void serve(void)
 {
 	const struct config *cfg = D.cfg;
 	int inh[WORKER_MAX_LISTENERS];
@@ -788,7 +863,14 @@ static int workers_init(struct config *cfg)
 		w->rt.loop = w->loop;
 		w->rt.cfg = config_ref(cfg);
 		w->rt.health = D.health;
+		w->rt.dir = D.dir;
 		w->rt.cancels = D.cancels;
+		if (D.dir) {
+			if (uv_timer_init(w->loop, &w->dir_tick) != 0)
+				return UV_ENOMEM;
+			w->dir_tick.data = w;
+			uv_timer_start(&w->dir_tick, dir_tick_cb, DIR_TICK_MS, DIR_TICK_MS);
+		}
 		w->rt.live = &D.live;
 		w->rt.held = &D.held;
 		w->rt.limits = &D.limits;
@@ -856,6 +938,10 @@ static int run(const char *path)
 	}
 	D.cancels = cancel_map_new();
 	D.health = health_new(&D.loop);
+	if (cfg->dir_conninfo && (D.dir = dirsync_new(cfg, cfg->threads)) == NULL) {
+		log_error("out of memory at start-up");
+		return 1;
+	}
 	if (D.cancels == NULL || D.health == NULL || workers_init(cfg) < 0) {
 		log_error("out of memory at start-up");
 		return 1;
@@ -878,6 +964,10 @@ static int run(const char *path)
 	uv_signal_start(&D.sigint, signal_cb, SIGINT);
 	log_info("tenant-router %s starting: clusters=%zu pins=%zu vnodes=%u threads=%u",
 		 TR_VERSION, cfg->nclusters, pins_count(cfg->pins), cfg->vnodes, cfg->threads);
+	if (D.dir && dirsync_start(D.dir, &D.loop, dir_ready_cb, NULL) < 0) {
+		log_error("could not start the directory thread");
+		return 1;
+	}
 	if (health_apply(D.health, cfg, health_ready_cb, NULL) < 0) {
 		log_error("out of memory starting health checks");
 		return 1;
@@ -887,6 +977,7 @@ static int run(const char *path)
 	uv_walk(&D.loop, walk_close_cb, NULL);
 	uv_run(&D.loop, UV_RUN_DEFAULT);
 	workers_free();
+	dirsync_free(D.dir);
 	if (uv_loop_close(&D.loop) != 0)
 		log_warn("event loop closed with handles still open");
 	health_free(D.health);
@@ -1132,6 +1223,12 @@ int main(int argc, char **argv)
 	log_init();
 	if (argc > 1 && strcmp(argv[1], "federation") == 0)
 		return federation_cmd(argc, argv);
+	if (argc > 1 && strcmp(argv[1], "directory") == 0)
+		return dircli_directory(argc - 2, argv + 2);
+	if (argc > 1 && strcmp(argv[1], "move") == 0)
+		return dircli_move(argc - 2, argv + 2);
+	if (argc > 1 && strcmp(argv[1], "plan") == 0)
+		return dircli_plan(argc - 2, argv + 2);
 	if (argc > 1 && strcmp(argv[1], "route") == 0) {
 		do_route = true;
 		i = 2;

@@ -240,6 +240,12 @@ static int add_pin(struct pins *p, const uint8_t *t, size_t len, uint64_t h, uin
 	return 0;
 }
 
+int pins_reserve(struct pins *p, size_t n)
+{
+	TR_ASSERT(!p->sealed);
+	return reserve_slots(p, n);
+}
+
 int pins_add(struct pins *p, const void *tenant, size_t len, uint16_t cluster)
 {
 	uint16_t old;
@@ -267,6 +273,19 @@ int pins_lookup_hashed(const struct pins *p, const void *tenant, size_t len, uin
 size_t pins_count(const struct pins *p)
 {
 	return p->count;
+}
+
+void pins_each(const struct pins *p, pins_each_fn fn, void *arg)
+{
+	for (size_t i = 0; p != NULL && i <= p->mask; i++) {
+		uint64_t s = p->slots[i];
+		const uint8_t *rec;
+
+		if (s == 0)
+			continue;
+		rec = p->arena + slot_off(s);
+		fn(arg, rec + 1, rec[0], slot_cluster(s));
+	}
 }
 
 size_t pins_memory(const struct pins *p)

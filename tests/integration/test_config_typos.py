@@ -65,7 +65,7 @@ CASES = [
     ("section-cluster-without-name",
      lambda r: replace_section(cluster_ini(r), "[cluster.b]", "[cluster]"),
      [r"\d+: \[cluster\]: unknown section \(sections are router, auth, health, ring, pins, "
-      r"cluster\.NAME and route\.NAME\)$"]),
+      r"directory, move, cluster\.NAME and route\.NAME\)$"]),
     ("section-clusters-plural",
      lambda r: replace_section(cluster_ini(r), "[cluster.b]", "[clusters.b]"),
      [r"\d+: \[clusters\.b\]: unknown section"]),

@@ -167,7 +167,7 @@ static void test_config_reports_every_problem(void **state)
 		 "[cluster.NAME] hosts\n"
 		 "%1$s:9: [cluster.a] weight: \"0\" is not a whole number from 1 to 1000\n"
 		 "%1$s:12: [weird]: unknown section (sections are router, auth, health, ring, "
-		 "pins, cluster.NAME and route.NAME)\n"
+		 "pins, directory, move, cluster.NAME and route.NAME)\n"
 		 "%1$s:11: [pins] 7: unknown cluster \"zz\"\n"
 		 "%1$s:8: [cluster.a] hosts: missing (every cluster needs hosts; to remove a "
 		 "cluster, delete its section)\n",
@@ -251,7 +251,7 @@ static void test_config_typos_refused(void **state)
 		/* Section names that are not ours, with keys or without. */
 		{A "[cluster]\nhosts = 127.0.0.1:5434\n",
 		 {":3: [cluster]: unknown section (sections are router, auth, health, ring, pins, "
-		  "cluster.NAME and route.NAME)\n"}},
+		  "directory, move, cluster.NAME and route.NAME)\n"}},
 		{A "[clusters.b]\nhosts = 127.0.0.1:5434\n", {":3: [clusters.b]: unknown section"}},
 		{A "[Cluster.b]\n", {":3: [Cluster.b]: unknown section"}},
 		{A "[ cluster.b ]\nhosts = 127.0.0.1:5434\n",
