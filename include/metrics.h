@@ -17,6 +17,7 @@
 #include "common.h"
 
 struct config;
+struct dirsync;
 struct health;
 struct host_port;
 struct metrics;
@@ -24,6 +25,7 @@ struct metrics;
 struct metrics_source {
 	const char *version;   /* borrowed: a literal */
 	struct health *health; /* borrowed: outlives the metrics */
+	struct dirsync *dir;   /* borrowed; NULL without a tenant directory */
 	/* The current configuration snapshot, borrowed for the request. */
 	const struct config *(*config)(void *arg);
 	/* True while the router listens for clients (false before start-up and while draining). */

@@ -779,6 +779,7 @@ static void metrics_begin(void)
 {
 	struct metrics_source src = {.version = TR_VERSION,
 				     .health = D.health,
+				     .dir = D.dir,
 				     .config = metrics_config,
 				     .accepting = metrics_accepting};
 

@@ -27,6 +27,7 @@
 
 #include "client.h"
 #include "config.h"
+#include "dirsync.h"
 #include "health.h"
 #include "http.h"
 #include "log.h"
@@ -187,6 +188,54 @@ static void cluster_label(struct http_response *res, const char *metric, const c
 	APPEND_LIT(res, "\"");
 }
 
+
+/* The tenant directory's copy (dirsync.h), when there is one. */
+static void directory_metrics(struct metrics *m, struct http_response *res)
+{
+	struct dirsync_status st;
+
+	dirsync_status(m->src.dir, &st);
+	family(res, "tenant_router_directory_loaded", "gauge",
+	       "1 once a copy of the tenant directory is loaded (from the directory or cache_file).");
+	http_printf(res, "tenant_router_directory_loaded %d\n", st.loaded);
+	family(res, "tenant_router_directory_connected", "gauge",
+	       "1 while the router holds a connection to the tenant directory.");
+	http_printf(res, "tenant_router_directory_connected %d\n", st.connected);
+	family(res, "tenant_router_directory_stale", "gauge",
+	       "1 when the last accepted heartbeat is older than directory_lease.");
+	http_printf(res, "tenant_router_directory_stale %d\n", st.stale);
+	family(res, "tenant_router_directory_age_seconds", "gauge",
+	       "Seconds since the directory last accepted this router's heartbeat.");
+	http_printf(res, "tenant_router_directory_age_seconds %.3f\n", (double)st.age_ms / 1e3);
+	family(res, "tenant_router_directory_version", "gauge",
+	       "The highest row version in this router's copy of the directory.");
+	http_printf(res, "tenant_router_directory_version %" PRId64 "\n", st.version);
+	family(res, "tenant_router_directory_rows", "gauge", "Rows in the copy of the directory.");
+	http_printf(res, "tenant_router_directory_rows %zu\n", st.rows);
+	family(res, "tenant_router_directory_ignored_rows", "gauge",
+	       "Rows naming an unknown cluster or state: their tenants are refused.");
+	http_printf(res, "tenant_router_directory_ignored_rows %zu\n", st.ignored);
+	family(res, "tenant_router_directory_moving_tenants", "gauge", "Tenants in state moving.");
+	http_printf(res, "tenant_router_directory_moving_tenants %zu\n", st.moving);
+	family(res, "tenant_router_directory_memory_bytes", "gauge", "Bytes of the copy.");
+	http_printf(res, "tenant_router_directory_memory_bytes %zu\n", st.memory);
+	family(res, "tenant_router_directory_loads_total", "counter",
+	       "Directory fetches, by kind (full: the whole table; incremental: changed rows).");
+	http_printf(res,
+		    "tenant_router_directory_loads_total{kind=\"full\"} %" PRIu64 "\n"
+		    "tenant_router_directory_loads_total{kind=\"incremental\"} %" PRIu64 "\n",
+		    st.loads, st.incrementals);
+	family(res, "tenant_router_directory_failures_total", "counter",
+	       "Failed connections or statements to the directory.");
+	http_printf(res, "tenant_router_directory_failures_total %" PRIu64 "\n", st.failures);
+	family(res, "tenant_router_directory_routers", "gauge",
+	       "Live routers in the directory's routers table (this one included).");
+	http_printf(res, "tenant_router_directory_routers %zu\n", st.routers);
+	family(res, "tenant_router_directory_fingerprint_mismatch", "gauge",
+	       "Live routers whose configuration fingerprint differs from this one's.");
+	http_printf(res, "tenant_router_directory_fingerprint_mismatch %zu\n", st.mismatched);
+}
+
 static void render_metrics(struct metrics *m, struct http_response *res)
 {
 	const struct config *cfg = m->src.config(m->src.arg);
@@ -315,6 +364,8 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	            "tenant_router_reloads_total{result=\"ok\"} %" PRIu64 "\n"
 	            "tenant_router_reloads_total{result=\"failed\"} %" PRIu64 "\n",
 	            stats_reloads(true), stats_reloads(false));
+	if (m->src.dir)
+		directory_metrics(m, res);
 	free(cv);
 }
 
