@@ -76,7 +76,8 @@ static void first_line(char *dst, size_t cap, const char *msg)
 static PGresult *run(PGconn *c, const char *what, const char *sql, int n, const char *const *v,
 		     ExecStatusType want)
 {
-	PGresult *res = PQexecParams(c, sql, n, NULL, v, NULL, NULL, 0);
+	/* Without parameters, PQexec: several statements may go in one string. */
+	PGresult *res = n > 0 ? PQexecParams(c, sql, n, NULL, v, NULL, NULL, 0) : PQexec(c, sql);
 	char line[512];
 
 	if (PQresultStatus(res) == want)
