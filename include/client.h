@@ -5,6 +5,7 @@
 #ifndef TR_CLIENT_H
 #define TR_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <uv.h>
@@ -32,11 +33,14 @@ void client_accept(struct router *rt, uv_stream_t *listener);
 
 /*
  * Live sessions of a tenant (len bytes; tenant NULL: of every tenant) on
- * this loop. With end_why, ends them instead (FATAL 57P01, end_why as the
- * message) and returns 0. For the directory's fence and move drain.
+ * this loop. With end_why, ends them (FATAL 57P01, end_why as the message):
+ * a spliced one only when nothing is in flight (its last statement was
+ * answered), unless force; it closes without a message when the splice is
+ * not framed (guard = off). Returns the sessions still live. For the
+ * directory's fence and move drain.
  */
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-			      const char *end_why);
+			      const char *end_why, bool force);
 
 /* Closes every session now (shutdown timeout or second signal). */
 void client_close_all(struct router *rt);

@@ -350,11 +350,27 @@ void client_forward(struct session *s, struct side *dst, struct block *b, size_t
  * splicing we only ever send it whole messages, but mid-handshake there is
  * no channel to send one on.
  */
+/*
+ * A spliced session with nothing in flight, as the guard's framer sees it:
+ * every Query, Sync and FunctionCall answered by its ReadyForQuery, and no
+ * message half through in either direction. Ending it there cannot leave a
+ * client unsure whether its last statement committed. Without the guard
+ * nothing frames the splice: never idle.
+ */
+static bool spliced_idle(const struct session *s)
+{
+	const struct gframe *f = &s->g.f;
+
+	return s->state == CLIENT_SPLICING && s->g.on && !f->blind && !f->sblind &&
+	       f->syncs == f->zs && f->chlen == 0 && f->cleft == 0 && f->shlen == 0 &&
+	       f->sleft == 0 && !f->ehold && f->errors == NULL;
+}
+
 static bool client_at_boundary(struct session *s)
 {
 	if (s->cl.tls && !s->cl.tls_ready)
 		return false;
-	return s->state == CLIENT_STARTUP || s->state == CLIENT_TLS ||
+	return spliced_idle(s) || s->state == CLIENT_STARTUP || s->state == CLIENT_TLS ||
 	       s->state == CLIENT_ROUTING || s->state == CLIENT_CONNECTING ||
 	       s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_LOCAL_AUTH ||
 	       s->state == CLIENT_NO_TENANT || s->state == CLIENT_SERVER_LOGIN;
@@ -1813,7 +1829,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 }
 
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-			      const char *end_why)
+			      const char *end_why, bool force)
 {
 	struct session *s, *next;
 	size_t n = 0;
@@ -1824,7 +1840,8 @@ size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
 			continue;
 		if (tenant && (strlen(s->tenant) != len || memcmp(s->tenant, tenant, len) != 0))
 			continue;
-		if (end_why)
+		/* A spliced session ends between statements, or when forced, at once. */
+		if (end_why && (force || s->state != CLIENT_SPLICING || spliced_idle(s)))
 			client_refuse(s, "57P01", "Reconnect: new sessions go where the tenant lives now.",
 				      "%s", end_why);
 		else

@@ -339,18 +339,22 @@ static void dir_tick_cb(uv_timer_t *t)
 	}
 	for (size_t i = 0; i < n; i++) {
 		char why[400];
-		bool end = now - mv[i].since_ms >= w->rt.cfg->dir_move_drain_timeout_ms;
+		uint64_t drain = w->rt.cfg->dir_move_drain_timeout_ms, age = now - mv[i].since_ms;
+		bool end = age >= drain;
 
 		snprintf(why, sizeof(why),
 			 "tenant \"%s\" is being moved to another cluster; this session was ended "
 			 "after move_drain_timeout",
 			 (const char *)mv[i].tenant);
-		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len, end ? why : NULL);
+		/* Between statements from the drain timeout on; whatever they do, at twice it. */
+		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len, end ? why : NULL,
+						   age >= 2 * drain);
 	}
 	if (!dirsync_sure(D.dir))
 		client_tenant_sessions(&w->rt, NULL, 0,
 				       "the tenant directory has been out of reach for longer than "
-				       "directory_lease; placement cannot be confirmed");
+				       "directory_lease; placement cannot be confirmed",
+				       true);
 	dirsync_report(D.dir, (size_t)w->index, version, mv, counts, n);
 	free(counts);
 	free(mv);
