@@ -586,8 +586,16 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 		if (got < 0)
 			break;
 		if (PQputCopyData(m->dst, row, got) != 1) {
+			char line[400];
+
 			PQfreemem(row);
-			break;
+			first_line(line, sizeof(line), PQerrorMessage(m->dst));
+			fprintf(stderr, "%stenant-router: writing %s: %s\n", m->tty ? "\n" : "", table,
+				line);
+			/* The source is mid-COPY: drop that connection rather than read it all. */
+			PQfinish(m->src);
+			m->src = NULL;
+			goto out;
 		}
 		PQfreemem(row);
 		rows++;

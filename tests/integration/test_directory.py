@@ -190,10 +190,13 @@ class Cuttable:
 
     def _accept(self):
         while not self.stop:
-            r, _, _ = select.select([self.sock], [], [], 0.1)
-            if not r:
-                continue
-            c, _ = self.sock.accept()
+            try:
+                r, _, _ = select.select([self.sock], [], [], 0.1)
+                if not r:
+                    continue
+                c, _ = self.sock.accept()
+            except (OSError, ValueError):
+                return
             if self.cut:
                 c.close()
                 continue
