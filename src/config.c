@@ -1279,7 +1279,7 @@ static void set_defaults(struct config *c)
 	c->guard_max_statement = 1u << 20;
 	c->guard_max_held = 64u << 20;
 	c->auth_type = AUTH_SCRAM;
-	c->dir_refresh_ms = 60000;
+	c->dir_refresh_ms = 300000;
 	c->dir_heartbeat_ms = 1000;
 	c->dir_lease_ms = 10000;
 	c->dir_move_drain_timeout_ms = 10000;

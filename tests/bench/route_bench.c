@@ -23,7 +23,7 @@
  *
  * Build (tests/bench/run.sh does this):
  *   cc -std=c11 -D_GNU_SOURCE -O2 -Iinclude tests/bench/route_bench.c \
- *      src/ring.c src/pins.c src/route.c -lxxhash -o build/bench/route_bench
+ *      src/ring.c src/pins.c src/route.c src/directory.c -lxxhash -o build/bench/route_bench
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -72,7 +72,7 @@ say "building $OUT/route_bench"
 # shellcheck disable=SC2046 # pkg-config output is meant to split
 cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Iinclude \
 	$(pkg-config --cflags libxxhash 2>/dev/null) tests/bench/route_bench.c src/ring.c src/pins.c \
-	src/route.c $(pkg-config --libs libxxhash 2>/dev/null || echo -lxxhash) \
+	src/route.c src/directory.c $(pkg-config --libs libxxhash 2>/dev/null || echo -lxxhash) \
 	-o "$OUT/route_bench"
 export ROUTE_BENCH_BIN=$OUT/route_bench
 export BENCH_RESULTS_DIR=$OUT
