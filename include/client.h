@@ -10,6 +10,7 @@
 
 #include <uv.h>
 
+struct config;
 struct router;
 
 enum client_state {
@@ -41,6 +42,14 @@ void client_accept(struct router *rt, uv_stream_t *listener);
  */
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
 			      const char *end_why, bool force);
+
+/*
+ * Live sessions of this loop whose tenant the ring of nc would place on
+ * another cluster than the one they are on (tenants placed by a directory
+ * row or a pin do not count). The first one is described in first (cap
+ * bytes: tenant and clusters). For a reload, which is refused then.
+ */
+size_t client_ring_moves(struct router *rt, const struct config *nc, char *first, size_t cap);
 
 /* Closes every session now (shutdown timeout or second signal). */
 void client_close_all(struct router *rt);

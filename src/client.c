@@ -1850,6 +1850,31 @@ size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
 	return n;
 }
 
+size_t client_ring_moves(struct router *rt, const struct config *nc, char *first, size_t cap)
+{
+	size_t n = 0;
+
+	for (struct session *s = rt->sessions; s; s = s->next) {
+		struct route_place pl;
+		const char *to;
+
+		if (s->tenant == NULL || s->route[0] || s->cluster[0] == '\0' || s->closed ||
+		    s->state == CLIENT_CLOSING)
+			continue;
+		(void)dirsync_place(rt->dir, nc, s->tenant, strlen(s->tenant), &pl);
+		/* Directory rows and pins do not move with the ring. */
+		if (pl.source != ROUTE_RING)
+			continue;
+		to = nc->clusters[pl.cluster].name;
+		if (strcmp(to, s->cluster) == 0)
+			continue;
+		if (n++ == 0)
+			snprintf(first, cap, "\"%s\" (from cluster \"%s\" to \"%s\")", s->tenant,
+				 s->cluster, to);
+	}
+	return n;
+}
+
 void client_close_all(struct router *rt)
 {
 	for (struct session *s = rt->sessions; s; s = s->next)

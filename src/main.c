@@ -84,6 +84,11 @@ struct worker {
 	uv_mutex_t lock;
 	struct config *pending; /* owned reference */
 	bool drain, close_all, stop;
+	/* A reload's ring change to check against this loop's sessions (reload_check). */
+	struct config *check; /* owned reference */
+	bool checked;
+	size_t moved;		 /* sessions whose tenant the new ring would move */
+	char moved_tenant[400];	 /* the first of them, with its clusters */
 };
 
 struct daemon {
@@ -103,6 +108,8 @@ struct daemon {
 	uv_timer_t shutdown_timer;
 	uv_work_t reload_work;
 	bool reloading, reload_again;
+	struct config *checking; /* owned reference: a reload waiting for the loops' check */
+	uv_async_t check_async;	 /* a loop has checked */
 	struct config *reload_result;
 	char reload_err[RELOAD_ERR_CAP];
 	bool finishing;
@@ -207,6 +214,7 @@ static void health_stopped_cb(void *arg)
 	uv_close((uv_handle_t *)&D.sigint, close_noop_cb);
 	uv_close((uv_handle_t *)&D.shutdown_timer, close_noop_cb);
 	uv_close((uv_handle_t *)&D.empty_async, close_noop_cb);
+	uv_close((uv_handle_t *)&D.check_async, close_noop_cb);
 }
 
 /*
@@ -290,6 +298,33 @@ static void worker_drain(struct worker *w)
 		on_empty(&w->rt);
 }
 
+/*
+ * On the worker's loop: would the configuration in w->check move the tenant
+ * of a live session of this loop by a ring change? Answered under the lock,
+ * then the main loop is told (check_async).
+ */
+static void worker_check(struct worker *w)
+{
+	struct config *cfg;
+	char first[sizeof(w->moved_tenant)] = "";
+	size_t moved;
+
+	uv_mutex_lock(&w->lock);
+	cfg = w->check;
+	w->check = NULL;
+	uv_mutex_unlock(&w->lock);
+	if (cfg == NULL)
+		return;
+	moved = client_ring_moves(&w->rt, cfg, first, sizeof(first));
+	config_unref(cfg); /* D.checking holds another reference: never the last */
+	uv_mutex_lock(&w->lock);
+	w->moved = moved;
+	memcpy(w->moved_tenant, first, sizeof(first));
+	w->checked = true;
+	uv_mutex_unlock(&w->lock);
+	uv_async_send(&D.check_async);
+}
+
 static void wake_cb(uv_async_t *a)
 {
 	struct worker *w = a->data;
@@ -308,6 +343,7 @@ static void wake_cb(uv_async_t *a)
 		release_config(w->loop, w->rt.cfg);
 		w->rt.cfg = cfg;
 	}
+	worker_check(w);
 	if (drain)
 		worker_drain(w);
 	if (close_all)
@@ -473,6 +509,7 @@ static void fd_budget_update(const struct config *cfg, bool at_start)
 }
 
 static void reload_start(void);
+static void worker_check(struct worker *w);
 
 static void reload_work_cb(uv_work_t *w)
 {
@@ -500,30 +537,29 @@ static bool same_metrics_listen(const struct config *a, const struct config *b)
 	return x->port == y->port && strcmp(x->host, y->host) == 0;
 }
 
-static void reload_after_cb(uv_work_t *work, int status)
+static void reload_done(bool ok)
 {
-	struct config *nc = D.reload_result, *old = D.cfg;
+	D.reloading = false;
+	notify_serving("READY=1", ok ? "serving" : "serving (reload failed, configuration kept)");
+	if (D.reload_again && !D.draining) {
+		D.reload_again = false;
+		reload_start();
+	}
+}
+
+/* The new configuration passed every check: swap it in everywhere. */
+static void reload_apply(struct config *nc)
+{
+	struct config *old = D.cfg;
 	int rc;
 
-	D.reloading = false;
-	D.reload_result = NULL;
-	if (nc == NULL) {
-		one_line(D.reload_err);
-		log_error("reload failed, keeping the running configuration: %s", D.reload_err);
-		stats_reload(false);
-		goto done;
-	}
-	if (D.draining) {
-		config_unref(nc);
-		return;
-	}
 	rc = health_apply(D.health, nc, NULL, NULL);
 	if (rc < 0) {
 		log_error("reload failed, keeping the running configuration: %s", uv_strerror(rc));
 		stats_reload(false);
 		config_unref(nc);
-		nc = NULL;
-		goto done;
+		reload_done(false);
+		return;
 	}
 	if (!same_listen(old, nc))
 		log_warn("reload: listen addresses or threads changed; restart to apply them");
@@ -549,12 +585,125 @@ static void reload_after_cb(uv_work_t *work, int status)
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));
 	stats_reload(true);
-done:
-	notify_serving("READY=1", nc ? "serving" : "serving (reload failed, configuration kept)");
-	if (D.reload_again && !D.draining) {
-		D.reload_again = false;
-		reload_start();
+	reload_done(true);
+}
+
+/* Do the two configurations build the same ring (names, weights, vnodes; order aside)? */
+static bool same_ring(const struct config *a, const struct config *b)
+{
+	if (a->nclusters != b->nclusters || a->vnodes != b->vnodes)
+		return false;
+	for (size_t i = 0; i < a->nclusters; i++) {
+		int j = config_cluster_index(b, a->clusters[i].name);
+
+		if (j < 0 || b->clusters[j].weight != a->clusters[i].weight)
+			return false;
 	}
+	return true;
+}
+
+/* Every loop has answered reload_check (or this is called again when the next one does). */
+static void check_collect(void)
+{
+	struct config *nc = D.checking;
+	char first[sizeof(D.workers[0].moved_tenant)] = "";
+	size_t moved = 0;
+
+	if (nc == NULL)
+		return;
+	for (size_t i = 0; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+		bool done;
+
+		if (i > 0 && !w->started)
+			continue;
+		uv_mutex_lock(&w->lock);
+		done = w->checked;
+		if (done) {
+			moved += w->moved;
+			if (first[0] == '\0')
+				memcpy(first, w->moved_tenant, sizeof(first));
+		}
+		uv_mutex_unlock(&w->lock);
+		if (!done)
+			return;
+	}
+	D.checking = NULL;
+	for (size_t i = 0; i < D.nworkers; i++)
+		D.workers[i].checked = false;
+	if (D.draining) {
+		config_unref(nc);
+		D.reloading = false;
+		return;
+	}
+	if (moved > 0) {
+		log_error("reload failed, keeping the running configuration: its ring change would "
+			  "move tenant %s, which has live sessions on this router (%zu sessions in "
+			  "all); keep such tenants where they are first (tenant-router plan --freeze, "
+			  "or pins), or let their sessions end",
+			  first, moved);
+		stats_reload(false);
+		config_unref(nc);
+		reload_done(false);
+		return;
+	}
+	reload_apply(nc);
+}
+
+static void check_async_cb(uv_async_t *a)
+{
+	check_collect();
+}
+
+/*
+ * A ring change must not move a tenant that has live sessions here: its
+ * new sessions would go to another cluster while the old ones write on.
+ * Each loop checks its own sessions (they are its own to walk); the reload
+ * goes on when all have answered.
+ */
+static void reload_check(struct config *nc)
+{
+	D.checking = nc;
+	for (size_t i = 0; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+
+		if (i > 0 && !w->started)
+			continue;
+		uv_mutex_lock(&w->lock);
+		config_unref(w->check);
+		w->check = config_ref(nc);
+		w->checked = false;
+		uv_mutex_unlock(&w->lock);
+		if (i == 0)
+			worker_check(w);
+		else
+			uv_async_send(&w->wake);
+	}
+	check_collect();
+}
+
+static void reload_after_cb(uv_work_t *work, int status)
+{
+	struct config *nc = D.reload_result;
+
+	D.reload_result = NULL;
+	if (nc == NULL) {
+		one_line(D.reload_err);
+		log_error("reload failed, keeping the running configuration: %s", D.reload_err);
+		stats_reload(false);
+		reload_done(false);
+		return;
+	}
+	if (D.draining) {
+		config_unref(nc);
+		D.reloading = false;
+		return;
+	}
+	if (!same_ring(D.cfg, nc)) {
+		reload_check(nc);
+		return;
+	}
+	reload_apply(nc);
 }
 
 static void reload_start(void)
@@ -901,6 +1050,7 @@ static void workers_free(void)
 				log_warn("event loop %zu closed with handles still open", i);
 		}
 		config_unref(w->pending);
+		config_unref(w->check);
 		config_unref(w->rt.cfg);
 		uv_mutex_destroy(&w->lock);
 	}
@@ -964,6 +1114,7 @@ static int run(const char *path)
 	uv_signal_init(&D.loop, &D.sigint);
 	uv_timer_init(&D.loop, &D.shutdown_timer);
 	uv_async_init(&D.loop, &D.empty_async, empty_async_cb);
+	uv_async_init(&D.loop, &D.check_async, check_async_cb);
 	uv_signal_start(&D.sighup, signal_cb, SIGHUP);
 	uv_signal_start(&D.sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&D.sigint, signal_cb, SIGINT);
@@ -988,6 +1139,7 @@ static int run(const char *path)
 	health_free(D.health);
 	cancel_map_free(D.cancels);
 	config_unref(D.cfg);
+	config_unref(D.checking);
 	splice_pool_drain();
 	return D.exit_code;
 }

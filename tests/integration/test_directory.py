@@ -464,3 +464,34 @@ def test_directory_plan_add_cluster_freeze(make_router, clusters, extra):
         p = port_of(r, t)
         newcomers[p] = newcomers.get(p, 0) + 1
     assert set(newcomers) == {s.port for s in abc.values()}, newcomers
+
+
+def test_reload_refused_when_ring_change_moves_live_tenant(make_router, clusters, extra):
+    ab = {"a": clusters["a"], "b": clusters["b"]}
+    r = make_router(cluster_set=ab, overrides={"router": {"threads": "2"}})
+    cfg_abc = harness.merge(r.cfg, {"cluster.c": {"hosts": f"127.0.0.1:{extra['c'].port}",
+                                                  "weight": "1"}})
+    r2 = harness.Router(dict(ab, c=extra["c"]), overrides=cfg_abc)
+    try:
+        movers = [t for t, (c, _) in r2.route([f"rl{i}" for i in range(200)]).items()
+                  if c == "c"]
+    finally:
+        r2.close()
+    assert movers
+    t = movers[0]
+    held = [r.connect(t) for _ in range(4)]  # on both loops, most likely
+    try:
+        r.write_config(cfg_abc)
+        off = r.log_size()
+        assert r.reload() == "failed"
+        line = r.wait_log(r"reload failed, keeping the running configuration: its ring "
+                          r"change.*", off).group(0)
+        assert f'tenant "{t}"' in line and 'to "c"' in line, line
+        for c in held:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        for c in held:
+            c.close()
+    time.sleep(0.3)
+    assert r.reload() == "ok"
+    assert r.server_port(t) == extra["c"].port
