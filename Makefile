@@ -19,8 +19,8 @@ CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins directory route query auth gframe federation stats
-IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
-           dirsync dircli \
+IO      := log config health citus conn server session link client client_local client_guard splice \
+           cancel main sdnotify dirsync dircli \
            tls http metrics peer
 
 ifeq ($(SAN),1)
