@@ -41,7 +41,7 @@ void client_accept(struct router *rt, uv_stream_t *listener);
  * directory's fence and move drain.
  */
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-			      const char *end_why, bool force);
+                              const char *end_why, bool force);
 
 /*
  * Live sessions of this loop whose tenant the ring of nc would place on

@@ -122,22 +122,23 @@ struct config {
 	/* [ring] */
 	uint32_t vnodes;
 
-	/* [directory]: the shared tenant directory (README, "Tenant directory"); off without conninfo. */
-	char *dir_conninfo;	  /* owned; NULL: no directory */
-	char *dir_schema;	  /* owned; an SQL identifier, default tenant_router */
-	uint64_t dir_refresh_ms;  /* full refresh, besides LISTEN + incremental fetches */
+	/* [directory]: the shared tenant directory (README, "Tenant directory"); off without
+	 * conninfo. */
+	char *dir_conninfo;        /* owned; NULL: no directory */
+	char *dir_schema;          /* owned; an SQL identifier, default tenant_router */
+	uint64_t dir_refresh_ms;   /* full refresh, besides LISTEN + incremental fetches */
 	uint64_t dir_heartbeat_ms; /* the routers row */
-	uint64_t dir_lease_ms;	  /* without a heartbeat that long, the copy is stale */
-	bool dir_stale_serve;	  /* directory_stale = serve: route by a stale copy anyway */
-	char *dir_cache_file;	  /* owned; resolved path or NULL */
+	uint64_t dir_lease_ms;     /* without a heartbeat that long, the copy is stale */
+	bool dir_stale_serve;      /* directory_stale = serve: route by a stale copy anyway */
+	char *dir_cache_file;      /* owned; resolved path or NULL */
 	uint64_t dir_move_drain_timeout_ms; /* live sessions of a moving tenant, then FATAL */
-	char *dir_router_id;	  /* owned; NULL: HOSTNAME:PID */
+	char *dir_router_id;                /* owned; NULL: HOSTNAME:PID */
 
 	/* [move]: what `tenant-router move` copies. */
-	char **move_tables;	  /* owned: SQL identifiers (schema.table allowed) */
+	char **move_tables; /* owned: SQL identifiers (schema.table allowed) */
 	size_t nmove_tables;
 	char *move_tenant_column; /* owned; NULL: tenant_id */
-	char *move_conninfo;	  /* owned; NULL: [health] conninfo (hosts from each cluster) */
+	char *move_conninfo;      /* owned; NULL: [health] conninfo (hosts from each cluster) */
 	uint64_t move_fence_timeout_ms; /* how long move waits for every router */
 
 	/* [cluster.NAME], in file order; the ring's member i is clusters[i]. */

@@ -31,7 +31,7 @@
 
 #define DIR_MAX_TENANT_LEN 255
 #define DIR_MAX_CLUSTERS   4096 /* a cluster index fits 12 bits */
-#define DIR_MAX_MOVING	   4096 /* moving tenants a snapshot lists (the fence's) */
+#define DIR_MAX_MOVING     4096 /* moving tenants a snapshot lists (the fence's) */
 
 enum dir_state {
 	DIR_NONE,    /* no row: pins, then the ring decide */
@@ -64,7 +64,7 @@ struct dir_row {
  */
 #define DIR_ROW_BUF 1024
 enum proto_status dir_parse_row(const uint8_t *p, size_t n, uint8_t *buf, size_t cap,
-				struct dir_row *out) MUSTCHECK;
+                                struct dir_row *out) MUSTCHECK;
 
 /*
  * Cuts a byte stream into '\n'-terminated lines (a cache file, read in
@@ -97,8 +97,8 @@ typedef void (*dir_bad_fn)(void *arg, const struct dir_row *r, const char *why);
  * copied). expect: rows to size the table for (0: grow as needed). bad may
  * be NULL. NULL when out of memory or with more than DIR_MAX_CLUSTERS.
  */
-struct dir_builder *dir_builder_new(const char *const *clusters, size_t nclusters,
-				    size_t expect, dir_bad_fn bad, void *arg) MUSTCHECK;
+struct dir_builder *dir_builder_new(const char *const *clusters, size_t nclusters, size_t expect,
+                                    dir_bad_fn bad, void *arg) MUSTCHECK;
 /* Adds a row: 0 kept, 1 kept as DIR_INVALID, -ENOMEM (the builder is then only freeable). */
 int dir_builder_add(struct dir_builder *b, const struct dir_row *r) MUSTCHECK;
 /*
@@ -107,7 +107,7 @@ int dir_builder_add(struct dir_builder *b, const struct dir_row *r) MUSTCHECK;
  * first seen moving; now_ms stamps the new ones. NULL when out of memory.
  */
 struct dir *dir_builder_finish(struct dir_builder *b, const struct dir *prev,
-			       uint64_t now_ms) MUSTCHECK;
+                               uint64_t now_ms) MUSTCHECK;
 void dir_builder_free(struct dir_builder *b);
 
 /*
@@ -115,8 +115,8 @@ void dir_builder_free(struct dir_builder *b);
  * tenant wins). Shares old's base; copies old's delta (small) and adds the
  * rows. bad as for the builder. NULL when out of memory.
  */
-struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t n,
-		      uint64_t now_ms, dir_bad_fn bad, void *arg) MUSTCHECK;
+struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t n, uint64_t now_ms,
+                      dir_bad_fn bad, void *arg) MUSTCHECK;
 
 struct dir *dir_ref(struct dir *d);
 /* Drops a reference; the last one frees (a base of millions of rows: off the loop). */
@@ -128,7 +128,7 @@ void dir_unref(struct dir *d);
  * XXH3_64bits(tenant, len), the hash pins and ring use. d may be NULL.
  */
 enum dir_state dir_lookup(const struct dir *d, const void *tenant, size_t len, uint64_t hash,
-			  const char **cluster);
+                          const char **cluster);
 
 /* The highest version among the rows (0: none). */
 int64_t dir_version(const struct dir *d);

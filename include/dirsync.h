@@ -35,8 +35,7 @@ typedef void (*dirsync_ready_fn)(void *arg);
 /* nworkers: event loops that report their sessions (dirsync_report). NULL: out of memory. */
 struct dirsync *dirsync_new(const struct config *cfg, size_t nworkers) MUSTCHECK;
 /* Starts the thread. ready runs on loop when the first copy (or the cache file) is loaded. */
-int dirsync_start(struct dirsync *ds, uv_loop_t *loop, dirsync_ready_fn ready,
-		  void *arg) MUSTCHECK;
+int dirsync_start(struct dirsync *ds, uv_loop_t *loop, dirsync_ready_fn ready, void *arg) MUSTCHECK;
 /* A reload: new clusters, fingerprint or timings; the thread reloads the whole table. */
 void dirsync_reconfigure(struct dirsync *ds, const struct config *cfg);
 /* Stops and joins the thread (a blocked libpq call ends within its timeout). */
@@ -50,7 +49,7 @@ void dirsync_free(struct dirsync *ds);
  * out->dir_cluster is NULL on return (the snapshot is not held). Any thread.
  */
 bool dirsync_place(struct dirsync *ds, const struct config *cfg, const void *tenant, size_t len,
-		   struct route_place *out);
+                   struct route_place *out);
 
 /* False when the copy is stale and directory_stale = refuse. Any thread. */
 bool dirsync_sure(struct dirsync *ds);
@@ -69,18 +68,18 @@ size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *
  * the lowest version all workers have reported, and the sum of the counts.
  */
 void dirsync_report(struct dirsync *ds, size_t worker, int64_t version,
-		    const struct dirsync_moving *moving, const size_t *counts, size_t n);
+                    const struct dirsync_moving *moving, const size_t *counts, size_t n);
 
 /* For logs, metrics and admin. Any thread. */
 struct dirsync_status {
-	bool loaded;	     /* a copy is there */
-	bool connected;	     /* the thread holds a connection */
-	bool stale;	     /* past the lease (whatever directory_stale) */
-	bool from_cache;     /* the copy came from cache_file and no load has replaced it */
-	int64_t version;     /* of the copy */
+	bool loaded;     /* a copy is there */
+	bool connected;  /* the thread holds a connection */
+	bool stale;      /* past the lease (whatever directory_stale) */
+	bool from_cache; /* the copy came from cache_file and no load has replaced it */
+	int64_t version; /* of the copy */
 	size_t rows, ignored, moving;
-	size_t memory;	     /* bytes of the copy */
-	uint64_t age_ms;     /* since the last contact (heartbeat accepted) */
+	size_t memory;   /* bytes of the copy */
+	uint64_t age_ms; /* since the last contact (heartbeat accepted) */
 	uint64_t loads, incrementals, failures;
 	uint64_t last_load_ms, last_apply_us; /* how long the last full load / change took */
 	size_t routers, mismatched; /* live routers seen, with another config fingerprint */

@@ -26,8 +26,8 @@ enum route_source { ROUTE_DIRECTORY, ROUTE_PIN, ROUTE_RING };
 /* Where a tenant goes, and why. */
 struct route_place {
 	enum route_source source;
-	enum dir_state state; /* DIR_NONE unless source is ROUTE_DIRECTORY */
-	int cluster;	      /* index in names; -1: the directory names a cluster not there */
+	enum dir_state state;    /* DIR_NONE unless source is ROUTE_DIRECTORY */
+	int cluster;             /* index in names; -1: the directory names a cluster not there */
 	const char *dir_cluster; /* borrowed from the snapshot: the directory's cluster name */
 };
 
@@ -40,7 +40,7 @@ struct route_place {
  * -1: the caller refuses the tenant.
  */
 void route_place(const struct dir *d, const struct pins *pins, const struct ring *ring,
-		 const char *const *names, size_t n, const void *tenant, size_t len,
-		 struct route_place *out);
+                 const char *const *names, size_t n, const void *tenant, size_t len,
+                 struct route_place *out);
 
 #endif /* TR_ROUTE_H */

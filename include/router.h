@@ -42,7 +42,7 @@ struct router {
 	uv_loop_t *loop;	   /* borrowed */
 	struct config *cfg;	   /* owned reference: the current snapshot */
 	struct health *health;	   /* owned */
-	struct dirsync *dir;	   /* borrowed: the tenant directory, NULL without one */
+	struct dirsync *dir;       /* borrowed: the tenant directory, NULL without one */
 	struct cancel_map *cancels; /* owned */
 	struct session *sessions;  /* intrusive list of live sessions */
 	size_t nsessions;	   /* on this loop */

@@ -561,26 +561,29 @@ static void refuse_placement(struct session *s, const struct route_place *pl, bo
 {
 	if (!sure)
 		session_refuse(s, "57P03",
-			      "The router has lost contact with the tenant directory for longer "
-			      "than directory_lease; check [directory] conninfo and the directory "
-			      "database. Retry once it is back.",
-			      "the placement of tenant \"%s\" cannot be confirmed: the tenant "
-			      "directory is out of reach",
-			      s->tenant);
+		               "The router has lost contact with the tenant directory for longer "
+		               "than directory_lease; check [directory] conninfo and the directory "
+		               "database. Retry once it is back.",
+		               "the placement of tenant \"%s\" cannot be confirmed: the tenant "
+		               "directory is out of reach",
+		               s->tenant);
 	else if (pl->state == DIR_MOVING)
-		session_refuse(s, "57P03", "Retry in a few seconds: the move switches it to its new "
-			      "cluster when its rows are copied.",
-			      "tenant \"%s\" is being moved; retry", s->tenant);
+		session_refuse(s, "57P03",
+		               "Retry in a few seconds: the move switches it to its new "
+		               "cluster when its rows are copied.",
+		               "tenant \"%s\" is being moved; retry", s->tenant);
 	else if (pl->state == DIR_BLOCKED)
-		session_refuse(s, "57P03",
-			      "The tenant directory blocks this tenant; ask the operator to set its "
-			      "row active.",
-			      "tenant \"%s\" is blocked", s->tenant);
+		session_refuse(
+		        s, "57P03",
+		        "The tenant directory blocks this tenant; ask the operator to set its "
+		        "row active.",
+		        "tenant \"%s\" is blocked", s->tenant);
 	else
-		session_refuse(s, "57P03",
-			      "Fix the tenant's row in the tenant directory (an unknown cluster or "
-			      "state), or add the cluster to this router's configuration.",
-			      "tenant \"%s\" has a directory row this router cannot use", s->tenant);
+		session_refuse(
+		        s, "57P03",
+		        "Fix the tenant's row in the tenant directory (an unknown cluster or "
+		        "state), or add the cluster to this router's configuration.",
+		        "tenant \"%s\" has a directory row this router cannot use", s->tenant);
 }
 
 /* The tenant is known: its cluster, that cluster's writer, and a connection to it. */
@@ -642,8 +645,10 @@ static void connect_tenant(struct session *s, const struct startup *st, const st
 	}
 	L->extra_off = len;
 	session_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
-	     pl.source == ROUTE_DIRECTORY ? "directory" : L->pinned ? "pin" : "ring",
-	     L->lc ? " tenant_from=query" : "");
+	            pl.source == ROUTE_DIRECTORY ? "directory"
+	            : L->pinned                  ? "pin"
+	                                         : "ring",
+	            L->lc ? " tenant_from=query" : "");
 	s->stc = stats_cluster(s->cluster);
 	stats_session_routed(s->stc, L->pinned, s->state);
 	connect_server(s);
@@ -1385,7 +1390,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 }
 
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-			      const char *end_why, bool force)
+                              const char *end_why, bool force)
 {
 	struct session *s, *next;
 	size_t n = 0;
@@ -1398,8 +1403,9 @@ size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
 			continue;
 		/* A spliced session ends between statements, or when forced, at once. */
 		if (end_why && (force || s->state != CLIENT_SPLICING || spliced_idle(s)))
-			session_refuse(s, "57P01", "Reconnect: new sessions go where the tenant lives now.",
-				      "%s", end_why);
+			session_refuse(s, "57P01",
+			               "Reconnect: new sessions go where the tenant lives now.",
+			               "%s", end_why);
 		else
 			n++;
 	}
@@ -1426,7 +1432,7 @@ size_t client_ring_moves(struct router *rt, const struct config *nc, char *first
 			continue;
 		if (n++ == 0)
 			snprintf(first, cap, "\"%s\" (from cluster \"%s\" to \"%s\")", s->tenant,
-				 s->cluster, to);
+			         s->cluster, to);
 	}
 	return n;
 }

@@ -173,12 +173,14 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 	if (!dirsync_place(s->rt->dir, cfg, tenant, len, &pl) || pl.cluster < 0 ||
 	    pl.state == DIR_MOVING || pl.state == DIR_BLOCKED) {
 		guard_refuse(s, GUARD_SQLSTATE, NULL,
-			     "tenant \"%s\" cannot be switched to now: the tenant directory has it "
-			     "%s",
-			     tenant, !dirsync_sure(s->rt->dir) ? "out of reach"
-				     : pl.state == DIR_MOVING ? "moving"
-				     : pl.state == DIR_BLOCKED ? "blocked" : "on a row this router "
-										 "cannot use");
+		             "tenant \"%s\" cannot be switched to now: the tenant directory has it "
+		             "%s",
+		             tenant,
+		             !dirsync_sure(s->rt->dir) ? "out of reach"
+		             : pl.state == DIR_MOVING  ? "moving"
+		             : pl.state == DIR_BLOCKED ? "blocked"
+		                                       : "on a row this router "
+		                                         "cannot use");
 		return false;
 	}
 	idx = (size_t)pl.cluster;

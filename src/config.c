@@ -742,7 +742,7 @@ static void directory_key(struct loader *L, const char *key, const char *value)
 
 		if (opts == NULL) {
 			problem(L, L->line, "[directory] conninfo: %s",
-				perr ? strtok(perr, "\n") : "out of memory");
+			        perr ? strtok(perr, "\n") : "out of memory");
 			PQfreemem(perr);
 			return;
 		}
@@ -751,9 +751,9 @@ static void directory_key(struct loader *L, const char *key, const char *value)
 	} else if (strcmp(key, "schema") == 0) {
 		if (!valid_sql_name(value, false))
 			problem(L, L->line,
-				"[directory] schema: \"%s\" is not a lower-case SQL name "
-				"([a-z_][a-z0-9_]*)",
-				value);
+			        "[directory] schema: \"%s\" is not a lower-case SQL name "
+			        "([a-z_][a-z0-9_]*)",
+			        value);
 		else
 			set_string(L, &c->dir_schema, value);
 	} else if (strcmp(key, "refresh") == 0) {
@@ -771,7 +771,8 @@ static void directory_key(struct loader *L, const char *key, const char *value)
 			c->dir_stale_serve = true;
 		else
 			problem(L, L->line,
-				"[directory] directory_stale: \"%s\" is not refuse or serve", value);
+			        "[directory] directory_stale: \"%s\" is not refuse or serve",
+			        value);
 	} else if (strcmp(key, "cache_file") == 0) {
 		free(c->dir_cache_file);
 		c->dir_cache_file = resolve_path(L, value);
@@ -796,14 +797,16 @@ static void move_key(struct loader *L, const char *key, const char *value)
 			L->oom = true;
 			return;
 		}
-		for (char *t = strtok_r(copy, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+		for (char *t = strtok_r(copy, ", \t", &save); t;
+		     t = strtok_r(NULL, ", \t", &save)) {
 			char **v;
 
 			if (!valid_sql_name(t, true)) {
 				problem(L, L->line,
-					"[move] tables: \"%s\" is not a lower-case SQL name (table or "
-					"schema.table)",
-					t);
+				        "[move] tables: \"%s\" is not a lower-case SQL name (table "
+				        "or "
+				        "schema.table)",
+				        t);
 				continue;
 			}
 			v = realloc(c->move_tables, (c->nmove_tables + 1) * sizeof(*v));
@@ -819,8 +822,8 @@ static void move_key(struct loader *L, const char *key, const char *value)
 		free(copy);
 	} else if (strcmp(key, "tenant_column") == 0) {
 		if (!valid_sql_name(value, false))
-			problem(L, L->line, "[move] tenant_column: \"%s\" is not a lower-case SQL name",
-				value);
+			problem(L, L->line,
+			        "[move] tenant_column: \"%s\" is not a lower-case SQL name", value);
 		else
 			set_string(L, &c->move_tenant_column, value);
 	} else if (strcmp(key, "conninfo") == 0) {
@@ -1000,8 +1003,8 @@ static const char *cur_section(const struct loader *L)
 
 static bool is_known_section(const char *name)
 {
-	static const char *const fixed[] = {"router", "auth", "health", "ring", "pins",
-					    "directory", "move"};
+	static const char *const fixed[] = {"router", "auth",      "health", "ring",
+	                                    "pins",   "directory", "move"};
 
 	for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
 		if (strcmp(name, fixed[i]) == 0)
@@ -1057,9 +1060,9 @@ static void section_start(struct loader *L, char *name)
 	L->headers[L->nheaders++] = (struct header){name, L->line};
 	if (!is_known_section(name)) {
 		problem(L, L->line,
-			"[%s]: unknown section (sections are router, auth, health, ring, pins, "
-			"directory, move, cluster.NAME and route.NAME)",
-			name);
+		        "[%s]: unknown section (sections are router, auth, health, ring, pins, "
+		        "directory, move, cluster.NAME and route.NAME)",
+		        name);
 		return;
 	}
 	for (size_t i = 0; i + 1 < L->nheaders; i++) {
@@ -1427,11 +1430,12 @@ static void validate(struct loader *L)
 	if (c->move_tenant_column == NULL && (c->move_tenant_column = strdup("tenant_id")) == NULL)
 		L->oom = true;
 	if (c->dir_refresh_ms == 0 || c->dir_heartbeat_ms == 0 || c->dir_lease_ms == 0)
-		problem(L, 0, "[directory] refresh, heartbeat and directory_lease: must be more than 0");
+		problem(L, 0,
+		        "[directory] refresh, heartbeat and directory_lease: must be more than 0");
 	else if (c->dir_lease_ms <= c->dir_heartbeat_ms * 2)
 		problem(L, 0,
-			"[directory] directory_lease: must be more than twice heartbeat (one lost "
-			"heartbeat must not make the copy stale)");
+		        "[directory] directory_lease: must be more than twice heartbeat (one lost "
+		        "heartbeat must not make the copy stale)");
 	if (c->health_timeout_ms == 0)
 		problem(L, 0, "[health] timeout: must be more than 0");
 	if (c->health_worker_timeout_ms == 0)

@@ -74,7 +74,7 @@ static void first_line(char *dst, size_t cap, const char *msg)
 
 /* Runs sql; the result if its status is want, else NULL with the error on stderr. */
 static PGresult *run(PGconn *c, const char *what, const char *sql, int n, const char *const *v,
-		     ExecStatusType want)
+                     ExecStatusType want)
 {
 	/* Without parameters, PQexec: several statements may go in one string. */
 	PGresult *res = n > 0 ? PQexecParams(c, sql, n, NULL, v, NULL, NULL, 0) : PQexec(c, sql);
@@ -82,8 +82,8 @@ static PGresult *run(PGconn *c, const char *what, const char *sql, int n, const 
 
 	if (PQresultStatus(res) == want)
 		return res;
-	first_line(line, sizeof(line), PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
-								     : PQerrorMessage(c));
+	first_line(line, sizeof(line),
+	           PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res) : PQerrorMessage(c));
 	fprintf(stderr, "tenant-router: %s: %s\n", what, line);
 	PQclear(res);
 	return NULL;
@@ -121,8 +121,9 @@ static PGconn *connect_dir(const struct config *cfg)
 static PGconn *connect_cluster(const struct config *cfg, size_t i)
 {
 	const struct cluster_cfg *cl = &cfg->clusters[i];
-	const char *kw[] = {"dbname", "host", "port", "target_session_attrs", "connect_timeout",
-			    "application_name", NULL};
+	const char *kw[] = {
+	        "dbname",           "host", "port", "target_session_attrs", "connect_timeout",
+	        "application_name", NULL};
 	char hosts[CONFIG_MAX_HOSTS * 260] = "", ports[CONFIG_MAX_HOSTS * 8] = "", line[512];
 	const char *val[7];
 	PGconn *c;
@@ -154,42 +155,42 @@ static char *sqlf(const struct config *cfg, const char *fmt);
 /* ---- directory init ------------------------------------------------------ */
 
 static const char schema_sql[] =
-	"CREATE SCHEMA IF NOT EXISTS %1$s;\n"
-	"CREATE SEQUENCE IF NOT EXISTS %1$s.version_seq;\n"
-	"CREATE TABLE IF NOT EXISTS %1$s.tenants (\n"
-	"  tenant text PRIMARY KEY,\n"
-	"  cluster text NOT NULL,\n"
-	"  state text NOT NULL DEFAULT 'active',\n"
-	"  version bigint NOT NULL DEFAULT 0,\n"
-	"  updated_at timestamptz NOT NULL DEFAULT now());\n"
-	"CREATE INDEX IF NOT EXISTS tenants_version_idx ON %1$s.tenants (version);\n"
-	"CREATE TABLE IF NOT EXISTS %1$s.routers (\n"
-	"  id text PRIMARY KEY,\n"
-	"  host text NOT NULL,\n"
-	"  pid integer NOT NULL,\n"
-	"  started timestamptz NOT NULL,\n"
-	"  fingerprint text NOT NULL,\n"
-	"  version bigint NOT NULL DEFAULT 0,\n"
-	"  moving jsonb NOT NULL DEFAULT '{}',\n"
-	"  heartbeat timestamptz NOT NULL DEFAULT now());\n"
-	/* Writers of tenants take turns, so versions become visible in the order drawn. */
-	"CREATE OR REPLACE FUNCTION %1$s.serialize() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
-	"BEGIN PERFORM pg_advisory_xact_lock(hashtext('%1$s.tenants')); RETURN NULL; END $f$;\n"
-	"CREATE OR REPLACE FUNCTION %1$s.stamp() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
-	"BEGIN NEW.version := nextval('%1$s.version_seq'); NEW.updated_at := now(); "
-	"RETURN NEW; END $f$;\n"
-	"CREATE OR REPLACE FUNCTION %1$s.notify() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
-	"BEGIN PERFORM pg_notify('%1$s', CASE WHEN TG_OP IN ('DELETE', 'TRUNCATE') THEN 'full' "
-	"ELSE '' END); RETURN NULL; END $f$;\n"
-	"DROP TRIGGER IF EXISTS a_serialize ON %1$s.tenants;\n"
-	"CREATE TRIGGER a_serialize BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "
-	"%1$s.tenants FOR EACH STATEMENT EXECUTE FUNCTION %1$s.serialize();\n"
-	"DROP TRIGGER IF EXISTS b_stamp ON %1$s.tenants;\n"
-	"CREATE TRIGGER b_stamp BEFORE INSERT OR UPDATE ON %1$s.tenants FOR EACH ROW "
-	"EXECUTE FUNCTION %1$s.stamp();\n"
-	"DROP TRIGGER IF EXISTS c_notify ON %1$s.tenants;\n"
-	"CREATE TRIGGER c_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %1$s.tenants "
-	"FOR EACH STATEMENT EXECUTE FUNCTION %1$s.notify();\n";
+        "CREATE SCHEMA IF NOT EXISTS %1$s;\n"
+        "CREATE SEQUENCE IF NOT EXISTS %1$s.version_seq;\n"
+        "CREATE TABLE IF NOT EXISTS %1$s.tenants (\n"
+        "  tenant text PRIMARY KEY,\n"
+        "  cluster text NOT NULL,\n"
+        "  state text NOT NULL DEFAULT 'active',\n"
+        "  version bigint NOT NULL DEFAULT 0,\n"
+        "  updated_at timestamptz NOT NULL DEFAULT now());\n"
+        "CREATE INDEX IF NOT EXISTS tenants_version_idx ON %1$s.tenants (version);\n"
+        "CREATE TABLE IF NOT EXISTS %1$s.routers (\n"
+        "  id text PRIMARY KEY,\n"
+        "  host text NOT NULL,\n"
+        "  pid integer NOT NULL,\n"
+        "  started timestamptz NOT NULL,\n"
+        "  fingerprint text NOT NULL,\n"
+        "  version bigint NOT NULL DEFAULT 0,\n"
+        "  moving jsonb NOT NULL DEFAULT '{}',\n"
+        "  heartbeat timestamptz NOT NULL DEFAULT now());\n"
+        /* Writers of tenants take turns, so versions become visible in the order drawn. */
+        "CREATE OR REPLACE FUNCTION %1$s.serialize() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+        "BEGIN PERFORM pg_advisory_xact_lock(hashtext('%1$s.tenants')); RETURN NULL; END $f$;\n"
+        "CREATE OR REPLACE FUNCTION %1$s.stamp() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+        "BEGIN NEW.version := nextval('%1$s.version_seq'); NEW.updated_at := now(); "
+        "RETURN NEW; END $f$;\n"
+        "CREATE OR REPLACE FUNCTION %1$s.notify() RETURNS trigger LANGUAGE plpgsql AS $f$\n"
+        "BEGIN PERFORM pg_notify('%1$s', CASE WHEN TG_OP IN ('DELETE', 'TRUNCATE') THEN 'full' "
+        "ELSE '' END); RETURN NULL; END $f$;\n"
+        "DROP TRIGGER IF EXISTS a_serialize ON %1$s.tenants;\n"
+        "CREATE TRIGGER a_serialize BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "
+        "%1$s.tenants FOR EACH STATEMENT EXECUTE FUNCTION %1$s.serialize();\n"
+        "DROP TRIGGER IF EXISTS b_stamp ON %1$s.tenants;\n"
+        "CREATE TRIGGER b_stamp BEFORE INSERT OR UPDATE ON %1$s.tenants FOR EACH ROW "
+        "EXECUTE FUNCTION %1$s.stamp();\n"
+        "DROP TRIGGER IF EXISTS c_notify ON %1$s.tenants;\n"
+        "CREATE TRIGGER c_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %1$s.tenants "
+        "FOR EACH STATEMENT EXECUTE FUNCTION %1$s.notify();\n";
 
 int dircli_directory(int argc, char **argv)
 {
@@ -202,7 +203,8 @@ int dircli_directory(int argc, char **argv)
 	if (argc < 1 || strcmp(argv[0], "init") != 0)
 		goto usage;
 	for (int i = 1; i < argc; i++) {
-		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) &&
+		    i + 1 < argc)
 			path = argv[++i];
 		else
 			goto usage;
@@ -254,14 +256,16 @@ static void move_rollback_sql(struct move *m, const char *sql, const char *why)
 	if (m->dir && PQstatus(m->dir) != CONNECTION_OK)
 		PQreset(m->dir);
 	if (m->dir && run_ok(m->dir, "putting the tenant back", sql, 2, v))
-		fprintf(stderr, "tenant-router: move of \"%s\" failed (%s); it is active on \"%s\" "
-				"again, nothing was written on \"%s\"\n",
-			m->tenant, why, m->cfg->clusters[m->from].name,
-			m->cfg->clusters[m->to].name);
+		fprintf(stderr,
+		        "tenant-router: move of \"%s\" failed (%s); it is active on \"%s\" "
+		        "again, nothing was written on \"%s\"\n",
+		        m->tenant, why, m->cfg->clusters[m->from].name,
+		        m->cfg->clusters[m->to].name);
 	else
-		fprintf(stderr, "tenant-router: move of \"%s\" failed (%s) and its row could not be "
-				"put back: it stays moving (refused); set it active on \"%s\" by hand\n",
-			m->tenant, why, m->cfg->clusters[m->from].name);
+		fprintf(stderr,
+		        "tenant-router: move of \"%s\" failed (%s) and its row could not be "
+		        "put back: it stays moving (refused); set it active on \"%s\" by hand\n",
+		        m->tenant, why, m->cfg->clusters[m->from].name);
 }
 
 /* SQL text with every "%1$s" replaced by the schema's name (owned), or NULL. */
@@ -292,12 +296,13 @@ static bool move_begin(struct move *m)
 {
 	const char *v[3] = {m->tenant, NULL, NULL};
 	char *sel = sqlf(m->cfg, "SELECT cluster, state FROM %1$s.tenants WHERE tenant = $1 FOR "
-				 "UPDATE");
-	char *up = sqlf(m->cfg, "INSERT INTO %1$s.tenants (tenant, cluster, state) VALUES ($1, $2, "
-				"'moving') ON CONFLICT (tenant) DO UPDATE SET cluster = excluded.cluster, "
-				"state = 'moving' RETURNING version");
+	                         "UPDATE");
+	char *up = sqlf(m->cfg,
+	                "INSERT INTO %1$s.tenants (tenant, cluster, state) VALUES ($1, $2, "
+	                "'moving') ON CONFLICT (tenant) DO UPDATE SET cluster = excluded.cluster, "
+	                "state = 'moving' RETURNING version");
 	char *fps = sqlf(m->cfg, "SELECT id, fingerprint FROM %1$s.routers WHERE heartbeat > now() "
-				 "- $1::bigint * interval '1 millisecond' AND fingerprint <> $2");
+	                         "- $1::bigint * interval '1 millisecond' AND fingerprint <> $2");
 	char lease[24], fp[24];
 	PGresult *res = NULL;
 	bool ok = false;
@@ -313,11 +318,12 @@ static bool move_begin(struct move *m)
 		goto out;
 	if (PQntuples(res) > 0) {
 		fprintf(stderr,
-			"tenant-router: move refused: %d live routers have another configuration "
-			"fingerprint than %s (%016" PRIx64 "), e.g. %s with %s; make their clusters, "
-			"weights, vnodes and pins agree first\n",
-			PQntuples(res), m->cfg->path, m->cfg->fingerprint, PQgetvalue(res, 0, 0),
-			PQgetvalue(res, 0, 1));
+		        "tenant-router: move refused: %d live routers have another configuration "
+		        "fingerprint than %s (%016" PRIx64
+		        "), e.g. %s with %s; make their clusters, "
+		        "weights, vnodes and pins agree first\n",
+		        PQntuples(res), m->cfg->path, m->cfg->fingerprint, PQgetvalue(res, 0, 0),
+		        PQgetvalue(res, 0, 1));
 		goto out;
 	}
 	PQclear(res);
@@ -333,37 +339,40 @@ static bool move_begin(struct move *m)
 
 		m->had_row = true;
 		if (strcmp(st, "moving") == 0) {
-			fprintf(stderr, "tenant-router: move refused: tenant \"%s\" is being moved "
-					"already (its row is moving)\n",
-				m->tenant);
+			fprintf(stderr,
+			        "tenant-router: move refused: tenant \"%s\" is being moved "
+			        "already (its row is moving)\n",
+			        m->tenant);
 			goto fail;
 		}
 		if (strcmp(st, "active") != 0) {
-			fprintf(stderr, "tenant-router: move refused: tenant \"%s\" is %s; set it "
-					"active first\n",
-				m->tenant, st);
+			fprintf(stderr,
+			        "tenant-router: move refused: tenant \"%s\" is %s; set it "
+			        "active first\n",
+			        m->tenant, st);
 			goto fail;
 		}
 		m->from = config_cluster_index(m->cfg, cl);
 		if (m->from < 0) {
-			fprintf(stderr, "tenant-router: move refused: the directory has tenant \"%s\" "
-					"on cluster \"%s\", which %s does not have\n",
-				m->tenant, cl, m->cfg->path);
+			fprintf(stderr,
+			        "tenant-router: move refused: the directory has tenant \"%s\" "
+			        "on cluster \"%s\", which %s does not have\n",
+			        m->tenant, cl, m->cfg->path);
 			goto fail;
 		}
 	} else {
 		struct route_place pl;
 
 		route_place(NULL, m->cfg->pins, m->cfg->ring,
-			    (const char *const *)m->cfg->cluster_names, m->cfg->nclusters,
-			    m->tenant, strlen(m->tenant), &pl);
+		            (const char *const *)m->cfg->cluster_names, m->cfg->nclusters,
+		            m->tenant, strlen(m->tenant), &pl);
 		m->from = pl.cluster;
 	}
 	PQclear(res);
 	res = NULL;
 	if (m->from == m->to) {
 		fprintf(stderr, "tenant-router: tenant \"%s\" is on cluster \"%s\" already\n",
-			m->tenant, m->cfg->clusters[m->to].name);
+		        m->tenant, m->cfg->clusters[m->to].name);
 		goto fail;
 	}
 	v[1] = m->cfg->clusters[m->from].name;
@@ -395,10 +404,11 @@ out:
  */
 static bool move_fence(struct move *m)
 {
-	char *q = sqlf(m->cfg,
-		       "SELECT id, version, coalesce((moving ->> $1)::bigint, -1) FROM %1$s.routers "
-		       "WHERE heartbeat > now() - $2::bigint * interval '1 millisecond' AND "
-		       "(version < $3::bigint OR coalesce((moving ->> $1)::bigint, -1) <> 0) ORDER BY id");
+	char *q = sqlf(
+	        m->cfg,
+	        "SELECT id, version, coalesce((moving ->> $1)::bigint, -1) FROM %1$s.routers "
+	        "WHERE heartbeat > now() - $2::bigint * interval '1 millisecond' AND "
+	        "(version < $3::bigint OR coalesce((moving ->> $1)::bigint, -1) <> 0) ORDER BY id");
 	char window[24];
 	const char *v[3] = {m->tenant, window, m->version};
 	double t0 = mono(), deadline = t0 + (double)m->cfg->move_fence_timeout_ms / 1000.0;
@@ -407,7 +417,8 @@ static bool move_fence(struct move *m)
 
 	if (q == NULL)
 		return false;
-	snprintf(window, sizeof(window), "%" PRIu64, m->cfg->dir_lease_ms + m->cfg->dir_heartbeat_ms);
+	snprintf(window, sizeof(window), "%" PRIu64,
+	         m->cfg->dir_lease_ms + m->cfg->dir_heartbeat_ms);
 	for (;;) {
 		PGresult *res = run(m->dir, "waiting for the routers", q, 3, v, PGRES_TUPLES_OK);
 		char what[600] = "";
@@ -425,22 +436,24 @@ static bool move_fence(struct move *m)
 			long long n = atoll(PQgetvalue(res, i, 2));
 
 			if (ver < atoll(m->version))
-				snprintf(what + l, sizeof(what) - l, "%s%s (version %lld)", i ? ", " : "",
-					 PQgetvalue(res, i, 0), ver);
+				snprintf(what + l, sizeof(what) - l, "%s%s (version %lld)",
+				         i ? ", " : "", PQgetvalue(res, i, 0), ver);
 			else
-				snprintf(what + l, sizeof(what) - l, "%s%s (%lld sessions)", i ? ", " : "",
-					 PQgetvalue(res, i, 0), n < 0 ? 0 : n);
+				snprintf(what + l, sizeof(what) - l, "%s%s (%lld sessions)",
+				         i ? ", " : "", PQgetvalue(res, i, 0), n < 0 ? 0 : n);
 		}
 		if (m->tty)
-			fprintf(stderr, "\r  waiting for %d routers: %s\033[K", PQntuples(res), what);
+			fprintf(stderr, "\r  waiting for %d routers: %s\033[K", PQntuples(res),
+			        what);
 		else if (strcmp(what, last) != 0)
 			fprintf(stderr, "  waiting for %d routers: %s\n", PQntuples(res), what);
 		snprintf(last, sizeof(last), "%s", what);
 		PQclear(res);
 		if (mono() >= deadline) {
-			fprintf(stderr, "%stenant-router: the fence did not close within fence_timeout: "
-					"%s\n",
-				m->tty ? "\n" : "", last);
+			fprintf(stderr,
+			        "%stenant-router: the fence did not close within fence_timeout: "
+			        "%s\n",
+			        m->tty ? "\n" : "", last);
 			break;
 		}
 		usleep(50000);
@@ -455,7 +468,8 @@ static bool move_fence(struct move *m)
 
 static void quote_ident_into(char *dst, size_t cap, const char *name)
 {
-	/* Names are checked by config.c ([a-z_][a-z0-9_]*, optionally dotted): no quoting needed. */
+	/* Names are checked by config.c ([a-z_][a-z0-9_]*, optionally dotted): no quoting needed.
+	 */
 	snprintf(dst, cap, "%s", name);
 }
 
@@ -502,7 +516,7 @@ static char *columns_of(PGconn *c, const char *table)
 
 /* count and an order-independent checksum of the tenant's rows of table, as text. */
 static bool table_sum(PGconn *c, const char *table, const char *cols, const char *col,
-		      const char *lit, char *count, char *sum, size_t cap)
+                      const char *lit, char *count, char *sum, size_t cap)
 {
 	size_t n = strlen(table) + strlen(cols) + strlen(col) + strlen(lit) + 200;
 	char *sql = malloc(n);
@@ -511,9 +525,9 @@ static bool table_sum(PGconn *c, const char *table, const char *cols, const char
 	if (sql == NULL)
 		return false;
 	snprintf(sql, n,
-		 "SELECT count(*), coalesce(sum(hashtext(ROW(%s)::text)::bigint), 0) FROM %s WHERE "
-		 "%s = %s",
-		 cols, table, col, lit);
+	         "SELECT count(*), coalesce(sum(hashtext(ROW(%s)::text)::bigint), 0) FROM %s WHERE "
+	         "%s = %s",
+	         cols, table, col, lit);
 	res = run(c, "verifying", sql, 0, NULL, PGRES_TUPLES_OK);
 	free(sql);
 	if (res == NULL)
@@ -525,15 +539,15 @@ static bool table_sum(PGconn *c, const char *table, const char *cols, const char
 }
 
 static void progress(struct move *m, const char *table, long long rows, double bytes, double t0,
-		     bool done)
+                     bool done)
 {
 	double dt = mono() - t0;
 
 	if (!m->tty && !done)
 		return;
 	fprintf(stderr, "%s  %-24s %10lld rows %9.1f MB %7.1f MB/s%s", m->tty ? "\r" : "", table,
-		rows, bytes / 1e6, dt > 0 ? bytes / 1e6 / dt : 0.0,
-		done ? (m->tty ? "\033[K\n" : "\n") : "\033[K");
+	        rows, bytes / 1e6, dt > 0 ? bytes / 1e6 / dt : 0.0,
+	        done ? (m->tty ? "\033[K\n" : "\n") : "\033[K");
 }
 
 /* Step 3 and 4 for one table: COPY out of the source into the target's transaction, then verify. */
@@ -556,9 +570,10 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 	if (!table_sum(m->dst, table, cols, col, lit, c2, s2, sizeof(c2)))
 		goto out;
 	if (strcmp(c2, "0") != 0) {
-		fprintf(stderr, "tenant-router: %s on \"%s\" has %s rows of the tenant already; "
-				"nothing is copied over them\n",
-			table, m->cfg->clusters[m->to].name, c2);
+		fprintf(stderr,
+		        "tenant-router: %s on \"%s\" has %s rows of the tenant already; "
+		        "nothing is copied over them\n",
+		        table, m->cfg->clusters[m->to].name, c2);
 		goto out;
 	}
 	snprintf(sql, n, "COPY (SELECT %s FROM %s WHERE %s = %s) TO STDOUT", cols, table, col, lit);
@@ -590,8 +605,8 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 
 			PQfreemem(row);
 			first_line(line, sizeof(line), PQerrorMessage(m->dst));
-			fprintf(stderr, "%stenant-router: writing %s: %s\n", m->tty ? "\n" : "", table,
-				line);
+			fprintf(stderr, "%stenant-router: writing %s: %s\n", m->tty ? "\n" : "",
+			        table, line);
 			/* The source is mid-COPY: drop that connection rather than read it all. */
 			PQfinish(m->src);
 			m->src = NULL;
@@ -621,9 +636,9 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 			char line[400];
 
-			first_line(line, sizeof(line), PQresultErrorMessage(res)[0]
-								? PQresultErrorMessage(res)
-								: PQerrorMessage(m->dst));
+			first_line(line, sizeof(line),
+			           PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
+			                                        : PQerrorMessage(m->dst));
 			fprintf(stderr, "tenant-router: writing %s: %s\n", table, line);
 			ok = false;
 		}
@@ -631,7 +646,7 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 	}
 	if (PQstatus(m->dst) != CONNECTION_OK) {
 		fprintf(stderr, "tenant-router: writing %s: connection to \"%s\" lost\n", table,
-			m->cfg->clusters[m->to].name);
+		        m->cfg->clusters[m->to].name);
 		ok = false;
 	}
 	if (!ok)
@@ -642,9 +657,10 @@ static bool move_table(struct move *m, const char *table, const char *lit)
 	    !table_sum(m->dst, table, cols, col, lit, c2, s2, sizeof(c2)))
 		goto out;
 	if (strcmp(c1, c2) != 0 || strcmp(s1, s2) != 0) {
-		fprintf(stderr, "tenant-router: %s does not verify: source %s rows (checksum %s), "
-				"target %s rows (checksum %s)\n",
-			table, c1, s1, c2, s2);
+		fprintf(stderr,
+		        "tenant-router: %s does not verify: source %s rows (checksum %s), "
+		        "target %s rows (checksum %s)\n",
+		        table, c1, s1, c2, s2);
 		goto out;
 	}
 	printf("  %s: %s rows, checksum %s on both sides\n", table, c1, s1);
@@ -658,10 +674,11 @@ out:
 /* Step 5: the target commits, then the row points at the new cluster. */
 static bool move_switch(struct move *m)
 {
-	char *lock = sqlf(m->cfg, "SELECT 1 FROM %1$s.tenants WHERE tenant = $1 AND state = 'moving' "
-				  "AND version = $2::bigint FOR UPDATE");
+	char *lock =
+	        sqlf(m->cfg, "SELECT 1 FROM %1$s.tenants WHERE tenant = $1 AND state = 'moving' "
+	                     "AND version = $2::bigint FOR UPDATE");
 	char *sw = sqlf(m->cfg, "UPDATE %1$s.tenants SET cluster = $3, state = 'active' WHERE "
-				"tenant = $1 AND version = $2::bigint");
+	                        "tenant = $1 AND version = $2::bigint");
 	const char *v[3] = {m->tenant, m->version, m->cfg->clusters[m->to].name};
 	PGresult *res = NULL;
 	bool ok = false;
@@ -674,7 +691,7 @@ static bool move_switch(struct move *m)
 	if (res == NULL || PQntuples(res) != 1) {
 		if (res)
 			fprintf(stderr, "tenant-router: the tenant's row changed during the move; "
-					"nothing switched\n");
+			                "nothing switched\n");
 		PQclear(PQexec(m->dir, "ROLLBACK"));
 		goto out;
 	}
@@ -684,11 +701,13 @@ static bool move_switch(struct move *m)
 	}
 	if (m->dst)
 		m->dst = NULL; /* committed: a rollback must not touch it (closed by the caller) */
-	if (!run_ok(m->dir, "switching", sw, 3, v) || !run_ok(m->dir, "switching", "COMMIT", 0, NULL)) {
-		fprintf(stderr, "tenant-router: the rows of \"%s\" are committed on \"%s\" but its row "
-				"could not be switched: it stays moving (refused everywhere); set it "
-				"active on \"%s\" with plain SQL\n",
-			m->tenant, m->cfg->clusters[m->to].name, m->cfg->clusters[m->to].name);
+	if (!run_ok(m->dir, "switching", sw, 3, v) ||
+	    !run_ok(m->dir, "switching", "COMMIT", 0, NULL)) {
+		fprintf(stderr,
+		        "tenant-router: the rows of \"%s\" are committed on \"%s\" but its row "
+		        "could not be switched: it stays moving (refused everywhere); set it "
+		        "active on \"%s\" with plain SQL\n",
+		        m->tenant, m->cfg->clusters[m->to].name, m->cfg->clusters[m->to].name);
 		goto out;
 	}
 	ok = true;
@@ -710,7 +729,8 @@ int dircli_move(int argc, char **argv)
 	int rc = 1;
 
 	for (int i = 0; i < argc; i++) {
-		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) &&
+		    i + 1 < argc)
 			path = argv[++i];
 		else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
 			to = argv[++i];
@@ -726,7 +746,8 @@ int dircli_move(int argc, char **argv)
 	if (path == NULL || to == NULL || tenant == NULL)
 		goto usage;
 	if (strlen(tenant) > STARTUP_MAX_TENANT_LEN) {
-		fprintf(stderr, "tenant-router: a tenant is 1 to %d bytes\n", STARTUP_MAX_TENANT_LEN);
+		fprintf(stderr, "tenant-router: a tenant is 1 to %d bytes\n",
+		        STARTUP_MAX_TENANT_LEN);
 		return 2;
 	}
 	cfg = load(path);
@@ -741,8 +762,9 @@ int dircli_move(int argc, char **argv)
 		goto out;
 	}
 	if (!no_copy && cfg->nmove_tables == 0) {
-		fprintf(stderr, "tenant-router: [move] tables is empty: list the tables to copy, or "
-				"copy them yourself and give --no-copy\n");
+		fprintf(stderr,
+		        "tenant-router: [move] tables is empty: list the tables to copy, or "
+		        "copy them yourself and give --no-copy\n");
 		goto out;
 	}
 	m.dir = connect_dir(cfg);
@@ -750,7 +772,7 @@ int dircli_move(int argc, char **argv)
 		goto out;
 	/* The rollback statement, with the schema in it. */
 	rb = sqlf(cfg, "UPDATE %1$s.tenants SET state = 'active' WHERE tenant = $1 AND version = "
-		       "$2::bigint");
+	               "$2::bigint");
 	if (rb == NULL)
 		goto out;
 	if (!move_fence(&m)) {
@@ -784,22 +806,25 @@ int dircli_move(int argc, char **argv)
 			move_rollback_sql(&m, rb, "the switch failed");
 		goto out;
 	}
-	printf("tenant %s: active on %s (version %s)\n", tenant, cfg->clusters[m.to].name, m.version);
+	printf("tenant %s: active on %s (version %s)\n", tenant, cfg->clusters[m.to].name,
+	       m.version);
 	rc = 0;
 	if (delete_source && !no_copy) {
 		for (size_t i = 0; i < cfg->nmove_tables; i++) {
 			size_t n = strlen(cfg->move_tables[i]) + strlen(cfg->move_tenant_column) +
-				   strlen(lit) + 40;
+			           strlen(lit) + 40;
 			char *sql = malloc(n);
 			PGresult *res;
 
 			if (sql == NULL)
 				break;
-			/* Children first would be needed with foreign keys: delete in reverse order. */
+			/* Children first would be needed with foreign keys: delete in reverse
+			 * order. */
 			snprintf(sql, n, "DELETE FROM %s WHERE %s = %s",
-				 cfg->move_tables[cfg->nmove_tables - 1 - i], cfg->move_tenant_column,
-				 lit);
-			res = run(m.src, "deleting the source rows", sql, 0, NULL, PGRES_COMMAND_OK);
+			         cfg->move_tables[cfg->nmove_tables - 1 - i],
+			         cfg->move_tenant_column, lit);
+			res = run(m.src, "deleting the source rows", sql, 0, NULL,
+			          PGRES_COMMAND_OK);
 			if (res) {
 				printf("  deleted %s rows from %s on %s\n", PQcmdTuples(res),
 				       cfg->move_tables[cfg->nmove_tables - 1 - i],
@@ -821,7 +846,7 @@ out:
 	return rc;
 usage:
 	fprintf(stderr, "usage: tenant-router move TENANT --to CLUSTER -c FILE [--no-copy] "
-			"[--delete-source]\n");
+	                "[--delete-source]\n");
 	return 2;
 }
 
@@ -833,7 +858,7 @@ struct plan {
 	size_t nmem;
 	struct ring *ring; /* owned: the new ring */
 	int *old_to_new;   /* owned: cluster index in cfg -> member index, -1: removed */
-	size_t *moves;	   /* owned: [from * nmem + to] */
+	size_t *moves;     /* owned: [from * nmem + to] */
 	struct pins *dir;  /* owned: the directory's tenants (value: 0), NULL without one */
 	size_t known, affected, frozen_skipped;
 	bool freeze;
@@ -961,16 +986,18 @@ static bool plan_tenants_file(struct plan *p, const char *path)
 /* --freeze: the affected tenants get active rows on the cluster they are on today. */
 static bool plan_freeze(struct plan *p, PGconn *c)
 {
-	char *ins = sqlf(p->cfg, "INSERT INTO %1$s.tenants (tenant, cluster, state) SELECT tenant, "
-				 "cluster, 'active' FROM tr_freeze ON CONFLICT (tenant) DO NOTHING");
+	char *ins =
+	        sqlf(p->cfg, "INSERT INTO %1$s.tenants (tenant, cluster, state) SELECT tenant, "
+	                     "cluster, 'active' FROM tr_freeze ON CONFLICT (tenant) DO NOTHING");
 	PGresult *res;
 	bool ok = false;
 
 	fflush(p->freeze_rows);
 	if (ins == NULL || !run_ok(c, "freeze", "BEGIN", 0, NULL) ||
-	    !run_ok(c, "freeze", "CREATE TEMP TABLE tr_freeze (tenant text, cluster text) ON "
-				 "COMMIT DROP",
-		    0, NULL))
+	    !run_ok(c, "freeze",
+	            "CREATE TEMP TABLE tr_freeze (tenant text, cluster text) ON "
+	            "COMMIT DROP",
+	            0, NULL))
 		goto out;
 	res = run(c, "freeze", "COPY tr_freeze FROM STDIN", 0, NULL, PGRES_COPY_IN);
 	if (res == NULL)
@@ -1031,16 +1058,17 @@ int dircli_plan(int argc, char **argv)
 	int rc = 1;
 
 	for (int i = 0; i < argc; i++) {
-		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) &&
+		    i + 1 < argc)
 			path = argv[++i];
 		else if (strcmp(argv[i], "--tenants") == 0 && i + 1 < argc)
 			tenants = argv[++i];
 		else if (strcmp(argv[i], "--freeze") == 0)
 			p.freeze = true;
 		else if ((strcmp(argv[i], "--add-cluster") == 0 ||
-			  strcmp(argv[i], "--remove-cluster") == 0 ||
-			  strcmp(argv[i], "--weight") == 0) &&
-			 i + 1 < argc)
+		          strcmp(argv[i], "--remove-cluster") == 0 ||
+		          strcmp(argv[i], "--weight") == 0) &&
+		         i + 1 < argc)
 			i++; /* applied below, once the config is loaded */
 		else
 			goto usage;
@@ -1057,7 +1085,8 @@ int dircli_plan(int argc, char **argv)
 	if (p.mem == NULL || names == NULL || p.old_to_new == NULL)
 		goto out;
 	for (size_t i = 0; i < cfg->nclusters; i++)
-		p.mem[p.nmem++] = (struct ring_member){cfg->clusters[i].name, cfg->clusters[i].weight};
+		p.mem[p.nmem++] =
+		        (struct ring_member){cfg->clusters[i].name, cfg->clusters[i].weight};
 	for (int i = 0; i < argc; i++) {
 		const char *name;
 		size_t nlen;
@@ -1070,21 +1099,23 @@ int dircli_plan(int argc, char **argv)
 			bool add = strcmp(argv[i], "--add-cluster") == 0;
 
 			if (!parse_weight(argv[i + 1], &name, &nlen, &w)) {
-				fprintf(stderr, "tenant-router: %s %s: give NAME or NAME:WEIGHT (1 to "
-						"1000)\n",
-					argv[i], argv[i + 1]);
+				fprintf(stderr,
+				        "tenant-router: %s %s: give NAME or NAME:WEIGHT (1 to "
+				        "1000)\n",
+				        argv[i], argv[i + 1]);
 				rc = 2;
 				goto out;
 			}
 			k = member_index(&p, name, nlen);
 			if (add && k >= 0) {
-				fprintf(stderr, "tenant-router: cluster \"%.*s\" is on the ring already\n",
-					(int)nlen, name);
+				fprintf(stderr,
+				        "tenant-router: cluster \"%.*s\" is on the ring already\n",
+				        (int)nlen, name);
 				goto out;
 			}
 			if (!add && k < 0) {
-				fprintf(stderr, "tenant-router: --weight: no cluster \"%.*s\"\n", (int)nlen,
-					name);
+				fprintf(stderr, "tenant-router: --weight: no cluster \"%.*s\"\n",
+				        (int)nlen, name);
 				goto out;
 			}
 			if (add) {
@@ -1099,15 +1130,17 @@ int dircli_plan(int argc, char **argv)
 		} else if (strcmp(argv[i], "--remove-cluster") == 0) {
 			k = member_index(&p, argv[i + 1], strlen(argv[i + 1]));
 			if (k < 0) {
-				fprintf(stderr, "tenant-router: --remove-cluster: no cluster \"%s\"\n",
-					argv[i + 1]);
+				fprintf(stderr,
+				        "tenant-router: --remove-cluster: no cluster \"%s\"\n",
+				        argv[i + 1]);
 				goto out;
 			}
-			memmove(&p.mem[k], &p.mem[k + 1], (p.nmem - (size_t)k - 1) * sizeof(*p.mem));
+			memmove(&p.mem[k], &p.mem[k + 1],
+			        (p.nmem - (size_t)k - 1) * sizeof(*p.mem));
 			p.nmem--;
 			i++;
 		} else if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0 ||
-			   strcmp(argv[i], "--tenants") == 0) {
+		           strcmp(argv[i], "--tenants") == 0) {
 			i++;
 		}
 	}
@@ -1118,12 +1151,13 @@ int dircli_plan(int argc, char **argv)
 	p.ring = ring_build(p.mem, p.nmem, cfg->vnodes, err, sizeof(err));
 	p.moves = calloc((p.nmem + 1) * (p.nmem + 1), sizeof(size_t));
 	if (p.ring == NULL || p.moves == NULL) {
-		fprintf(stderr, "tenant-router: the new ring: %s\n", p.ring ? "out of memory" : err);
+		fprintf(stderr, "tenant-router: the new ring: %s\n",
+		        p.ring ? "out of memory" : err);
 		goto out;
 	}
 	for (size_t i = 0; i < cfg->nclusters; i++)
-		p.old_to_new[i] = (int)member_index(&p, cfg->clusters[i].name,
-						    strlen(cfg->clusters[i].name));
+		p.old_to_new[i] =
+		        (int)member_index(&p, cfg->clusters[i].name, strlen(cfg->clusters[i].name));
 	if (p.freeze) {
 		if (cfg->dir_conninfo == NULL) {
 			fprintf(stderr, "tenant-router: --freeze needs [directory] conninfo\n");
@@ -1147,15 +1181,16 @@ int dircli_plan(int argc, char **argv)
 			size_t n = p.moves[f * (p.nmem + 1) + t];
 
 			if (n > 0)
-				printf("# %s -> %s: %zu\n", f < p.nmem ? p.mem[f].name : "(removed)",
-				       p.mem[t].name, n);
+				printf("# %s -> %s: %zu\n",
+				       f < p.nmem ? p.mem[f].name : "(removed)", p.mem[t].name, n);
 		}
 	}
 	if (p.freeze) {
 		if (p.frozen_skipped > 0)
-			fprintf(stderr, "tenant-router: %zu tenants of removed clusters cannot be "
-					"frozen: move them first\n",
-				p.frozen_skipped);
+			fprintf(stderr,
+			        "tenant-router: %zu tenants of removed clusters cannot be "
+			        "frozen: move them first\n",
+			        p.frozen_skipped);
 		if (!plan_freeze(&p, dir))
 			goto out;
 	}
@@ -1177,7 +1212,7 @@ out:
 	return rc;
 usage:
 	fprintf(stderr, "usage: tenant-router plan -c FILE [--add-cluster NAME[:WEIGHT]]... "
-			"[--remove-cluster NAME]...\n"
-			"         [--weight NAME:WEIGHT]... [--tenants FILE] [--freeze]\n");
+	                "[--remove-cluster NAME]...\n"
+	                "         [--weight NAME:WEIGHT]... [--tenants FILE] [--freeze]\n");
 	return 2;
 }

@@ -29,10 +29,10 @@
 #include "common.h"
 #include "pins.h"
 
-#define STATE_SHIFT   12
-#define CLUSTER_MASK  0x0fffu
-#define MAX_FIELD     255 /* cluster and state names */
-#define MAX_VERSION   20  /* digits and sign of an int64 */
+#define STATE_SHIFT  12
+#define CLUSTER_MASK 0x0fffu
+#define MAX_FIELD    255 /* cluster and state names */
+#define MAX_VERSION  20  /* digits and sign of an int64 */
 
 struct moving {
 	uint64_t since_ms;
@@ -43,7 +43,7 @@ struct moving {
 struct dir_base {
 	atomic_int refs;
 	struct pins *pins; /* owned; sealed */
-	char **names;	   /* owned: cluster names, index = value & CLUSTER_MASK */
+	char **names;      /* owned: cluster names, index = value & CLUSTER_MASK */
 	size_t nnames;
 	size_t ignored;
 	int64_t version;
@@ -63,7 +63,7 @@ struct dir {
 
 struct dir_builder {
 	struct dir_base *base; /* owned until finish */
-	size_t *lens;	       /* owned: strlen of each name */
+	size_t *lens;          /* owned: strlen of each name */
 	dir_bad_fn bad;
 	void *arg;
 	struct moving *moving; /* owned */
@@ -147,7 +147,8 @@ static long unescape(const uint8_t *p, const uint8_t *end, uint8_t *out, size_t 
 				if (c >= '0' && c <= '7') {
 					int v = c - '0';
 
-					for (int k = 0; k < 2 && p < end && *p >= '0' && *p <= '7'; k++)
+					for (int k = 0; k < 2 && p < end && *p >= '0' && *p <= '7';
+					     k++)
 						v = v * 8 + (*p++ - '0');
 					c = (uint8_t)v;
 				}
@@ -185,7 +186,7 @@ static bool parse_version(const uint8_t *p, size_t n, int64_t *v)
 }
 
 enum proto_status dir_parse_row(const uint8_t *p, size_t n, uint8_t *buf, size_t cap,
-				struct dir_row *out)
+                                struct dir_row *out)
 {
 	static const size_t max[3] = {DIR_MAX_TENANT_LEN, MAX_FIELD, MAX_FIELD};
 	const uint8_t *end = p + n, *f[4], *fe[4];
@@ -297,7 +298,7 @@ static void base_unref(struct dir_base *b)
 
 /* The value a row is kept with; *why says why it is DIR_INVALID. */
 static uint16_t row_value(const char *const *names, const size_t *lens, size_t n,
-			  const struct dir_row *r, const char **why)
+                          const struct dir_row *r, const char **why)
 {
 	static const struct {
 		const char *name;
@@ -324,7 +325,7 @@ static uint16_t row_value(const char *const *names, const size_t *lens, size_t n
 }
 
 static int moving_add(struct moving **v, size_t *n, size_t *cap, const uint8_t *t, size_t len,
-		      uint64_t since)
+                      uint64_t since)
 {
 	struct moving *m;
 
@@ -358,8 +359,8 @@ static uint64_t moving_since(const struct dir *prev, const uint8_t *t, size_t le
 	return now;
 }
 
-struct dir_builder *dir_builder_new(const char *const *clusters, size_t nclusters,
-				    size_t expect, dir_bad_fn bad, void *arg)
+struct dir_builder *dir_builder_new(const char *const *clusters, size_t nclusters, size_t expect,
+                                    dir_bad_fn bad, void *arg)
 {
 	struct dir_builder *b;
 
@@ -448,7 +449,7 @@ struct dir *dir_builder_finish(struct dir_builder *b, const struct dir *prev, ui
 	d->nmoving = b->nmoving;
 	for (size_t i = 0; i < d->nmoving; i++)
 		d->moving[i].since_ms =
-			moving_since(prev, d->moving[i].tenant, d->moving[i].len, now_ms);
+		        moving_since(prev, d->moving[i].tenant, d->moving[i].len, now_ms);
 	b->base = NULL;
 	b->moving = NULL;
 	dir_builder_free(b);
@@ -483,8 +484,8 @@ static void put_record(uint8_t *a, size_t *off, const uint8_t *t, size_t len, ui
 	*off += 3 + len;
 }
 
-struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t n,
-		      uint64_t now_ms, dir_bad_fn bad, void *arg)
+struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t n, uint64_t now_ms,
+                      dir_bad_fn bad, void *arg)
 {
 	const struct dir_base *base = old->base;
 	size_t add = 0, nrec = 0, cap = 0, off, *offs = NULL;
@@ -516,7 +517,7 @@ struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t 
 			if (rows[i].tlen == 0 || rows[i].tlen > DIR_MAX_TENANT_LEN)
 				continue;
 			v = row_value((const char *const *)base->names, lens, base->nnames,
-				      &rows[i], &why);
+			              &rows[i], &why);
 			if (why != NULL && bad)
 				bad(arg, &rows[i], why);
 			put_record(d->darena, &off, rows[i].tenant, rows[i].tlen, v);
@@ -549,7 +550,7 @@ struct dir *dir_apply(const struct dir *old, const struct dir_row *rows, size_t 
 			d->dignored++;
 		if (v >> STATE_SHIFT == DIR_MOVING &&
 		    moving_add(&d->moving, &d->nmoving, &cap, r + 1, r[0],
-			       moving_since(old, r + 1, r[0], now_ms)) < 0)
+		               moving_since(old, r + 1, r[0], now_ms)) < 0)
 			goto fail;
 	}
 	/* The other moving tenants (base or older delta) that the new delta does not override. */
@@ -577,7 +578,7 @@ fail:
 }
 
 enum dir_state dir_lookup(const struct dir *d, const void *tenant, size_t len, uint64_t hash,
-			  const char **cluster)
+                          const char **cluster)
 {
 	int v = -1;
 	enum dir_state st;

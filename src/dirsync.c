@@ -49,22 +49,22 @@
 #include "log.h"
 #include "route.h"
 
-#define DELTA_MAX	    65536 /* rows in a delta before a full load replaces it */
-#define QUERY_TIMEOUT_MS    10000 /* one statement, or a COPY without progress */
-#define RETRY_MS	    1000
-#define BAD_ROW_LOGS	    20 /* per load, then a count */
-#define CONNECT_TIMEOUT_S   "5"
+#define DELTA_MAX         65536 /* rows in a delta before a full load replaces it */
+#define QUERY_TIMEOUT_MS  10000 /* one statement, or a COPY without progress */
+#define RETRY_MS          1000
+#define BAD_ROW_LOGS      20 /* per load, then a count */
+#define CONNECT_TIMEOUT_S "5"
 
 struct worker_report {
 	int64_t version; /* -1: none yet */
 	size_t n;
 	struct dirsync_moving *moving; /* owned */
-	size_t *counts;		       /* owned */
+	size_t *counts;                /* owned */
 };
 
 struct settings {
 	char *conninfo, *schema, *cache_file, *router_id; /* owned */
-	char **clusters;				  /* owned */
+	char **clusters;                                  /* owned */
 	size_t nclusters;
 	uint64_t refresh_ms, heartbeat_ms, lease_ms;
 	bool stale_serve;
@@ -72,10 +72,10 @@ struct settings {
 };
 
 struct dirsync {
-	uv_rwlock_t lock;     /* cur */
-	struct dir *cur;      /* owned reference; NULL until loaded */
-	uv_mutex_t mu;	      /* everything below that other threads read or write */
-	struct settings set;  /* the thread copies it at each cycle */
+	uv_rwlock_t lock;    /* cur */
+	struct dir *cur;     /* owned reference; NULL until loaded */
+	uv_mutex_t mu;       /* everything below that other threads read or write */
+	struct settings set; /* the thread copies it at each cycle */
 	bool reconfigured;
 	struct worker_report *reports; /* owned: one per worker */
 	size_t nworkers;
@@ -89,13 +89,13 @@ struct dirsync {
 	atomic_bool stopping;
 	int wake[2]; /* pipe: stop and reconfigure wake poll() */
 	PGconn *conn;
-	struct settings my; /* a copy of set for this cycle */
+	struct settings my;    /* a copy of set for this cycle */
 	uint64_t started_at_s; /* wall clock, for the routers row */
 	char host[256];
 	bool have_loaded; /* a load (not the cache) succeeded once */
 	size_t bad_logged;
-	FILE *cache;	    /* open for appending the rows fetched since the last load */
-	uv_async_t ready;   /* on the loop given to dirsync_start */
+	FILE *cache;      /* open for appending the rows fetched since the last load */
+	uv_async_t ready; /* on the loop given to dirsync_start */
 	dirsync_ready_fn ready_fn;
 	void *ready_arg;
 	bool ready_sent;
@@ -261,7 +261,7 @@ bool dirsync_sure(struct dirsync *ds)
 }
 
 bool dirsync_place(struct dirsync *ds, const struct config *cfg, const void *tenant, size_t len,
-		   struct route_place *out)
+                   struct route_place *out)
 {
 	const char *const *names = (const char *const *)cfg->cluster_names;
 
@@ -289,7 +289,8 @@ size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *
 	*version = dir_version(ds->cur);
 	if (n > 0 && (*out = malloc(n * sizeof(**out))) != NULL) {
 		for (size_t i = 0; i < n; i++) {
-			const uint8_t *t = dir_moving(ds->cur, i, &(*out)[i].len, &(*out)[i].since_ms);
+			const uint8_t *t =
+			        dir_moving(ds->cur, i, &(*out)[i].len, &(*out)[i].since_ms);
 
 			memcpy((*out)[i].tenant, t, (*out)[i].len);
 			(*out)[i].tenant[(*out)[i].len] = '\0';
@@ -302,7 +303,7 @@ size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *
 }
 
 void dirsync_report(struct dirsync *ds, size_t worker, int64_t version,
-		    const struct dirsync_moving *moving, const size_t *counts, size_t n)
+                    const struct dirsync_moving *moving, const size_t *counts, size_t n)
 {
 	struct worker_report *r;
 	struct dirsync_moving *m = NULL;
@@ -356,7 +357,7 @@ static int nap(struct dirsync *ds, uint64_t ms);
 static int wait_sock(struct dirsync *ds, int fd, bool for_write, uint64_t timeout_ms)
 {
 	struct pollfd p[2] = {{.fd = fd, .events = for_write ? POLLOUT : POLLIN},
-			      {.fd = ds->wake[0], .events = POLLIN}};
+	                      {.fd = ds->wake[0], .events = POLLIN}};
 	int rc;
 
 	if (fd < 0)
@@ -399,8 +400,8 @@ static void drop_conn(struct dirsync *ds, const char *what)
 		return;
 	log_first_line(line, sizeof(line), PQerrorMessage(ds->conn), false);
 	log_warn("directory: %s failed: %s; serving from the copy of version %" PRId64
-		 " and reconnecting",
-		 what, line[0] ? line : "timeout", dir_version(ds->cur));
+	         " and reconnecting",
+	         what, line[0] ? line : "timeout", dir_version(ds->cur));
 	PQfinish(ds->conn);
 	ds->conn = NULL;
 	uv_mutex_lock(&ds->mu);
@@ -449,7 +450,7 @@ static PGresult *next_result(struct dirsync *ds, bool *failed)
 
 /* Runs a statement; its one result (NULL on failure: the connection is dropped). */
 static PGresult *exec_params(struct dirsync *ds, const char *sql, int n, const char *const *v,
-			     ExecStatusType want, const char *what)
+                             ExecStatusType want, const char *what)
 {
 	PGresult *res, *keep = NULL;
 	bool failed;
@@ -495,7 +496,8 @@ static bool do_connect(struct dirsync *ds)
 
 		if (ps == PGRES_POLLING_FAILED || PQstatus(ds->conn) == CONNECTION_BAD ||
 		    t >= deadline ||
-		    wait_sock(ds, PQsocket(ds->conn), ps == PGRES_POLLING_WRITING, deadline - t) < 0)
+		    wait_sock(ds, PQsocket(ds->conn), ps == PGRES_POLLING_WRITING, deadline - t) <
+		            0)
 			goto fail;
 		ps = PQconnectPoll(ds->conn);
 	}
@@ -511,7 +513,7 @@ static bool do_connect(struct dirsync *ds)
 	uv_mutex_unlock(&ds->mu);
 	log_info("directory: connected, listening on channel %s", ds->my.schema);
 	return true;
-fail: {
+fail : {
 	char line[256];
 
 	log_first_line(line, sizeof(line), ds->conn ? PQerrorMessage(ds->conn) : "", false);
@@ -540,13 +542,13 @@ static void bad_row_cb(void *arg, const struct dir_row *r, const char *why)
 		t[i] = r->tenant[i] >= 0x20 && r->tenant[i] < 0x7f ? (char)r->tenant[i] : '?';
 	t[n] = '\0';
 	log_warn("directory: row of tenant \"%s\" ignored (%s: cluster \"%.*s\", state \"%.*s\"); "
-		 "the tenant is refused until the row is fixed",
-		 t, why, (int)(r->clen > 64 ? 64 : r->clen), r->cluster,
-		 (int)(r->slen > 32 ? 32 : r->slen), r->state);
+	         "the tenant is refused until the row is fixed",
+	         t, why, (int)(r->clen > 64 ? 64 : r->clen), r->cluster,
+	         (int)(r->slen > 32 ? 32 : r->slen), r->state);
 }
 
 static void publish(struct dirsync *ds, struct dir *d, bool from_cache, uint64_t load_ms,
-		    uint64_t apply_us, bool full)
+                    uint64_t apply_us, bool full)
 {
 	struct dir *old;
 
@@ -580,7 +582,7 @@ static void publish(struct dirsync *ds, struct dir *d, bool from_cache, uint64_t
 /* Row text for the cache file: as COPY sent it, with its '\n'. */
 static void cache_put(struct dirsync *ds, FILE *f, const char *p, size_t n)
 {
-	if (f != NULL)
+	if (f != NULL && p != NULL)
 		(void)fwrite(p, 1, n, f);
 }
 
@@ -630,7 +632,8 @@ static bool copy_rows(struct dirsync *ds, const char *sql, row_fn fn, void *arg,
 
 			if (len > 0 && row[len - 1] == '\n')
 				len--;
-			if (dir_parse_row((const uint8_t *)row, len, buf, sizeof(buf), &r) != PROTO_OK) {
+			if (dir_parse_row((const uint8_t *)row, len, buf, sizeof(buf), &r) !=
+			    PROTO_OK) {
 				(*bad)++;
 			} else if (fn(arg, &r, row, (size_t)n) < 0) {
 				PQfreemem(row);
@@ -690,9 +693,9 @@ static bool full_load(struct dirsync *ds)
 
 	/* The planner's estimate sizes the table once (a hint: wrong costs time only). */
 	snprintf(sql, sizeof(sql),
-		 "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
-		 "'%s.tenants'::regclass",
-		 ds->my.schema);
+	         "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
+	         "'%s.tenants'::regclass",
+	         ds->my.schema);
 	res = exec_params(ds, sql, 0, NULL, PGRES_TUPLES_OK, "sizing the directory");
 	if (res == NULL)
 		return false;
@@ -701,15 +704,15 @@ static bool full_load(struct dirsync *ds)
 	PQclear(res);
 	ds->bad_logged = 0;
 	fc.b = dir_builder_new((const char *const *)ds->my.clusters, ds->my.nclusters,
-			       expect + expect / 16, bad_row_cb, ds);
+	                       expect + expect / 16, bad_row_cb, ds);
 	if (fc.b == NULL) {
 		log_error("directory: out of memory for a table of %zu rows", expect);
 		return false;
 	}
 	fc.cache = cache_open_tmp(ds, tmp, sizeof(tmp));
 	snprintf(sql, sizeof(sql),
-		 "COPY (SELECT tenant, cluster, state, version FROM %s.tenants) TO STDOUT",
-		 ds->my.schema);
+	         "COPY (SELECT tenant, cluster, state, version FROM %s.tenants) TO STDOUT",
+	         ds->my.schema);
 	if (!copy_rows(ds, sql, full_row_cb, &fc, &bad)) {
 		dir_builder_free(fc.b);
 		if (fc.cache) {
@@ -737,7 +740,7 @@ static bool full_load(struct dirsync *ds)
 		if (fputs("\\.\n", fc.cache) < 0 || fflush(fc.cache) != 0 ||
 		    rename(tmp, ds->my.cache_file) == -1) {
 			log_warn("directory: could not write cache_file %s: %s", ds->my.cache_file,
-				 strerror(errno));
+			         strerror(errno));
 			fclose(fc.cache);
 			unlink(tmp);
 		} else {
@@ -748,9 +751,9 @@ static bool full_load(struct dirsync *ds)
 		log_warn("directory: %zu rows could not be parsed and were skipped", bad);
 	ds->have_loaded = true;
 	log_info("directory: loaded version %" PRId64 " rows=%zu ignored=%zu moving=%zu in %" PRIu64
-		 " ms (%zu MB)",
-		 dir_version(d), dir_rows(d), dir_ignored(d), dir_nmoving(d), now_ms() - t0,
-		 dir_memory(d) >> 20);
+	         " ms (%zu MB)",
+	         dir_version(d), dir_rows(d), dir_ignored(d), dir_nmoving(d), now_ms() - t0,
+	         dir_memory(d) >> 20);
 	publish(ds, d, false, now_ms() - t0, 0, true);
 	return true;
 }
@@ -823,9 +826,9 @@ static bool incremental(struct dirsync *ds)
 	bool ok;
 
 	snprintf(sql, sizeof(sql),
-		 "COPY (SELECT tenant, cluster, state, version FROM %s.tenants WHERE version > "
-		 "%" PRId64 " ORDER BY version) TO STDOUT",
-		 ds->my.schema, have);
+	         "COPY (SELECT tenant, cluster, state, version FROM %s.tenants WHERE version > "
+	         "%" PRId64 " ORDER BY version) TO STDOUT",
+	         ds->my.schema, have);
 	ok = copy_rows(ds, sql, incr_row_cb, &ic, &bad);
 	if (!ok || ic.n == 0) {
 		free(ic.rows);
@@ -845,11 +848,12 @@ static bool incremental(struct dirsync *ds)
 	free(ic.rows);
 	free(ic.bytes);
 	if (d == NULL) {
-		log_error("directory: out of memory applying %zu rows; loading the whole table", ic.n);
+		log_error("directory: out of memory applying %zu rows; loading the whole table",
+		          ic.n);
 		return full_load(ds);
 	}
-	log_info("directory: applied version %" PRId64 " (%zu rows) in %" PRIu64 " us", dir_version(d),
-		 ic.n, (uv_hrtime() - t0) / 1000);
+	log_info("directory: applied version %" PRId64 " (%zu rows) in %" PRIu64 " us",
+	         dir_version(d), ic.n, (uv_hrtime() - t0) / 1000);
 	publish(ds, d, false, 0, (uv_hrtime() - t0) / 1000, false);
 	return true;
 }
@@ -900,7 +904,7 @@ static bool load_cache(struct dirsync *ds)
 		return false;
 	buf = malloc(1u << 20);
 	cc.b = dir_builder_new((const char *const *)ds->my.clusters, ds->my.nclusters, 0,
-			       bad_row_cb, ds);
+	                       bad_row_cb, ds);
 	if (buf == NULL || cc.b == NULL || fstat(fileno(f), &sb) == -1)
 		goto out;
 	dir_lines_init(&lines);
@@ -924,23 +928,23 @@ static bool load_cache(struct dirsync *ds)
 	{
 		/* The lease runs from when the cache was written, the last contact it shows. */
 		uint64_t age_s = (uint64_t)time(NULL) > (uint64_t)sb.st_mtime
-					 ? (uint64_t)time(NULL) - (uint64_t)sb.st_mtime
-					 : 0;
+		                         ? (uint64_t)time(NULL) - (uint64_t)sb.st_mtime
+		                         : 0;
 		uint64_t t = now_ms();
 
 		uv_mutex_lock(&ds->mu);
 		ds->last_hb_ms = age_s * 1000 < t ? t - age_s * 1000 : 0;
 		uv_mutex_unlock(&ds->mu);
-		log_warn("directory: unreachable at start; serving from cache_file %s (version %" PRId64
-			 ", %zu rows, written %" PRIu64 " s ago)",
-			 ds->my.cache_file, dir_version(d), dir_rows(d), age_s);
+		log_warn("directory: unreachable at start; serving from cache_file %s (version "
+		         "%" PRId64 ", %zu rows, written %" PRIu64 " s ago)",
+		         ds->my.cache_file, dir_version(d), dir_rows(d), age_s);
 	}
 	publish(ds, d, true, 0, 0, true);
 	d = NULL;
 out:
 	if (cc.bad > 0)
 		log_warn("directory: %zu lines of cache_file %s could not be parsed", cc.bad,
-			 ds->my.cache_file);
+		         ds->my.cache_file);
 	dir_builder_free(cc.b);
 	free(cc.ic.rows);
 	free(cc.ic.bytes);
@@ -1065,15 +1069,15 @@ static bool heartbeat(struct dirsync *ds)
 	v[6] = json;
 	v[7] = lease;
 	snprintf(sql, sizeof(sql),
-		 "WITH up AS (INSERT INTO %1$s.routers (id, host, pid, started, fingerprint, "
-		 "version, moving, heartbeat) VALUES ($1, $2, $3::int, to_timestamp($4::bigint), "
-		 "$5, $6::bigint, $7::jsonb, now()) ON CONFLICT (id) DO UPDATE SET host = "
-		 "excluded.host, pid = excluded.pid, started = excluded.started, fingerprint = "
-		 "excluded.fingerprint, version = excluded.version, moving = excluded.moving, "
-		 "heartbeat = excluded.heartbeat RETURNING 1) SELECT count(*), count(*) FILTER "
-		 "(WHERE fingerprint <> $5) FROM %1$s.routers WHERE id <> $1 AND heartbeat > "
-		 "now() - $8::bigint * interval '1 millisecond'",
-		 ds->my.schema);
+	         "WITH up AS (INSERT INTO %1$s.routers (id, host, pid, started, fingerprint, "
+	         "version, moving, heartbeat) VALUES ($1, $2, $3::int, to_timestamp($4::bigint), "
+	         "$5, $6::bigint, $7::jsonb, now()) ON CONFLICT (id) DO UPDATE SET host = "
+	         "excluded.host, pid = excluded.pid, started = excluded.started, fingerprint = "
+	         "excluded.fingerprint, version = excluded.version, moving = excluded.moving, "
+	         "heartbeat = excluded.heartbeat RETURNING 1) SELECT count(*), count(*) FILTER "
+	         "(WHERE fingerprint <> $5) FROM %1$s.routers WHERE id <> $1 AND heartbeat > "
+	         "now() - $8::bigint * interval '1 millisecond'",
+	         ds->my.schema);
 	res = exec_params(ds, sql, 8, v, PGRES_TUPLES_OK, "heartbeat");
 	free(json);
 	if (res == NULL)
@@ -1085,10 +1089,12 @@ static bool heartbeat(struct dirsync *ds)
 		size_t bad = (size_t)strtoull(PQgetvalue(res, 0, 1), NULL, 10);
 
 		if (bad > 0 && bad != ds->st.mismatched)
-			log_warn("directory: %zu other routers have another configuration fingerprint "
-				 "(clusters, weights, vnodes or pins differ); tenant-router move refuses "
-				 "to run until they agree",
-				 bad);
+			log_warn("directory: %zu other routers have another configuration "
+			         "fingerprint "
+			         "(clusters, weights, vnodes or pins differ); tenant-router move "
+			         "refuses "
+			         "to run until they agree",
+			         bad);
 		ds->st.routers = others + 1;
 		ds->st.mismatched = bad;
 	}
@@ -1109,9 +1115,9 @@ static void update_stale(struct dirsync *ds)
 	was = atomic_load(&ds->stale);
 	if (stale && !ds->my.stale_serve && !was) {
 		log_error("directory: no contact for more than directory_lease (%" PRIu64
-			  " ms): refusing tenant sessions until it is back (directory_stale = "
-			  "refuse)",
-			  ds->my.lease_ms);
+		          " ms): refusing tenant sessions until it is back (directory_stale = "
+		          "refuse)",
+		          ds->my.lease_ms);
 		atomic_store(&ds->stale, true);
 	} else if ((!stale || ds->my.stale_serve) && was) {
 		log_info("directory: contact is back (or directory_stale = serve): routing again");

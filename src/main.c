@@ -87,8 +87,8 @@ struct worker {
 	/* A reload's ring change to check against this loop's sessions (reload_check). */
 	struct config *check; /* owned reference */
 	bool checked;
-	size_t moved;		 /* sessions whose tenant the new ring would move */
-	char moved_tenant[400];	 /* the first of them, with its clusters */
+	size_t moved;           /* sessions whose tenant the new ring would move */
+	char moved_tenant[400]; /* the first of them, with its clusters */
 };
 
 struct daemon {
@@ -109,13 +109,13 @@ struct daemon {
 	uv_work_t reload_work;
 	bool reloading, reload_again;
 	struct config *checking; /* owned reference: a reload waiting for the loops' check */
-	uv_async_t check_async;	 /* a loop has checked */
+	uv_async_t check_async;  /* a loop has checked */
 	struct config *reload_result;
 	char reload_err[RELOAD_ERR_CAP];
 	bool finishing;
 	int exit_code;
 	struct metrics *metrics; /* owned; NULL unless metrics_listen */
-	struct dirsync *dir;	 /* owned; NULL without [directory] conninfo */
+	struct dirsync *dir;     /* owned; NULL without [directory] conninfo */
 	bool health_ready, dir_ready; /* both before we listen */
 };
 
@@ -123,16 +123,20 @@ static struct daemon D;
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: tenant-router -c FILE               run in the foreground\n"
-		   "       tenant-router --check -c FILE       validate a configuration\n"
-		   "       tenant-router route -c FILE TENANT...  show where tenants go\n"
-		   "       tenant-router federation -c FILE --dbname DB [--schema S]... [--apply DSN]\n"
-		   "                                           SQL of a read federation (see README)\n"
-		   "       tenant-router directory init -c FILE  create the tenant directory schema\n"
-		   "       tenant-router move TENANT --to CLUSTER -c FILE [--no-copy] [--delete-source]\n"
-		   "       tenant-router plan -c FILE [--add-cluster NAME[:W]] [--remove-cluster NAME]\n"
-		   "                      [--weight NAME:W] [--tenants FILE] [--freeze]\n"
-		   "       tenant-router --version\n");
+	fprintf(f,
+	        "usage: tenant-router -c FILE               run in the foreground\n"
+	        "       tenant-router --check -c FILE       validate a configuration\n"
+	        "       tenant-router route -c FILE TENANT...  show where tenants go\n"
+	        "       tenant-router federation -c FILE --dbname DB [--schema S]... [--apply "
+	        "DSN]\n"
+	        "                                           SQL of a read federation (see README)\n"
+	        "       tenant-router directory init -c FILE  create the tenant directory schema\n"
+	        "       tenant-router move TENANT --to CLUSTER -c FILE [--no-copy] "
+	        "[--delete-source]\n"
+	        "       tenant-router plan -c FILE [--add-cluster NAME[:W]] [--remove-cluster "
+	        "NAME]\n"
+	        "                      [--weight NAME:W] [--tenants FILE] [--freeze]\n"
+	        "       tenant-router --version\n");
 }
 
 /* Joins a multi-line problem report into one log line. */
@@ -379,18 +383,18 @@ static void dir_tick_cb(uv_timer_t *t)
 		bool end = age >= drain;
 
 		snprintf(why, sizeof(why),
-			 "tenant \"%s\" is being moved to another cluster; this session was ended "
-			 "after move_drain_timeout",
-			 (const char *)mv[i].tenant);
+		         "tenant \"%s\" is being moved to another cluster; this session was ended "
+		         "after move_drain_timeout",
+		         (const char *)mv[i].tenant);
 		/* Between statements from the drain timeout on; whatever they do, at twice it. */
-		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len, end ? why : NULL,
-						   age >= 2 * drain);
+		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len,
+		                                   end ? why : NULL, age >= 2 * drain);
 	}
 	if (!dirsync_sure(D.dir))
 		client_tenant_sessions(&w->rt, NULL, 0,
-				       "the tenant directory has been out of reach for longer than "
-				       "directory_lease; placement cannot be confirmed",
-				       true);
+		                       "the tenant directory has been out of reach for longer than "
+		                       "directory_lease; placement cannot be confirmed",
+		                       true);
 	dirsync_report(D.dir, (size_t)w->index, version, mv, counts, n);
 	free(counts);
 	free(mv);
@@ -638,10 +642,11 @@ static void check_collect(void)
 	}
 	if (moved > 0) {
 		log_error("reload failed, keeping the running configuration: its ring change would "
-			  "move tenant %s, which has live sessions on this router (%zu sessions in "
-			  "all); keep such tenants where they are first (tenant-router plan --freeze, "
-			  "or pins), or let their sessions end",
-			  first, moved);
+		          "move tenant %s, which has live sessions on this router (%zu sessions in "
+		          "all); keep such tenants where they are first (tenant-router plan "
+		          "--freeze, "
+		          "or pins), or let their sessions end",
+		          first, moved);
 		stats_reload(false);
 		config_unref(nc);
 		reload_done(false);
@@ -931,10 +936,10 @@ static bool metrics_accepting(void *arg)
 static void metrics_begin(void)
 {
 	struct metrics_source src = {.version = TR_VERSION,
-				     .health = D.health,
-				     .dir = D.dir,
-				     .config = metrics_config,
-				     .accepting = metrics_accepting};
+	                             .health = D.health,
+	                             .dir = D.dir,
+	                             .config = metrics_config,
+	                             .accepting = metrics_accepting};
 
 	if (D.cfg->metrics_listen.host)
 		D.metrics = metrics_start(&D.loop, &D.cfg->metrics_listen, &src);

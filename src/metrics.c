@@ -196,7 +196,8 @@ static void directory_metrics(struct metrics *m, struct http_response *res)
 
 	dirsync_status(m->src.dir, &st);
 	family(res, "tenant_router_directory_loaded", "gauge",
-	       "1 once a copy of the tenant directory is loaded (from the directory or cache_file).");
+	       "1 once a copy of the tenant directory is loaded (from the directory or "
+	       "cache_file).");
 	http_printf(res, "tenant_router_directory_loaded %d\n", st.loaded);
 	family(res, "tenant_router_directory_connected", "gauge",
 	       "1 while the router holds a connection to the tenant directory.");
@@ -222,9 +223,9 @@ static void directory_metrics(struct metrics *m, struct http_response *res)
 	family(res, "tenant_router_directory_loads_total", "counter",
 	       "Directory fetches, by kind (full: the whole table; incremental: changed rows).");
 	http_printf(res,
-		    "tenant_router_directory_loads_total{kind=\"full\"} %" PRIu64 "\n"
-		    "tenant_router_directory_loads_total{kind=\"incremental\"} %" PRIu64 "\n",
-		    st.loads, st.incrementals);
+	            "tenant_router_directory_loads_total{kind=\"full\"} %" PRIu64 "\n"
+	            "tenant_router_directory_loads_total{kind=\"incremental\"} %" PRIu64 "\n",
+	            st.loads, st.incrementals);
 	family(res, "tenant_router_directory_failures_total", "counter",
 	       "Failed connections or statements to the directory.");
 	http_printf(res, "tenant_router_directory_failures_total %" PRIu64 "\n", st.failures);

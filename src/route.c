@@ -37,8 +37,8 @@ size_t route_lookup(const struct pins *pins, const struct ring *ring, const void
 }
 
 void route_place(const struct dir *d, const struct pins *pins, const struct ring *ring,
-		 const char *const *names, size_t n, const void *tenant, size_t len,
-		 struct route_place *out)
+                 const char *const *names, size_t n, const void *tenant, size_t len,
+                 struct route_place *out)
 {
 	/* Directory, pins and ring all hash the tenant the same way: once. */
 	uint64_t h = XXH3_64bits(tenant, len);

@@ -71,13 +71,13 @@ static long rss_kib(void)
 static int row_name(char *buf, uint64_t i)
 {
 	return snprintf(buf, MAX_TENANT, "t%08" PRIx32 "-%" PRIu64,
-			(uint32_t)(i * UINT64_C(2654435761)), i);
+	                (uint32_t)(i * UINT64_C(2654435761)), i);
 }
 
 static int miss_name(char *buf, uint64_t i)
 {
 	return snprintf(buf, MAX_TENANT, "u%08" PRIx32 "-%" PRIu64,
-			(uint32_t)(i * UINT64_C(2246822519)), i);
+	                (uint32_t)(i * UINT64_C(2246822519)), i);
 }
 
 static const char *const names[] = {"a", "b", "c"};
@@ -126,7 +126,7 @@ static void free_queries(struct queries *qs)
 
 /* ns per lookup; chained makes each lookup's index depend on the previous answer. */
 static double lookups(const struct dir *d, const struct ring *ring, const struct queries *qs,
-		      bool hits, bool chained, int *bad)
+                      bool hits, bool chained, int *bad)
 {
 	struct route_place pl;
 	uint64_t dep = 0;
@@ -189,7 +189,7 @@ int main(int argc, char **argv)
 		struct dir_row r;
 
 		if (dir_parse_row((const uint8_t *)row, (size_t)(nl - row), buf, sizeof(buf), &r) !=
-			    PROTO_OK ||
+		            PROTO_OK ||
 		    dir_builder_add(b, &r) != 0)
 			return 1;
 		row = nl + 1;
@@ -225,7 +225,7 @@ int main(int argc, char **argv)
 		for (size_t k = 0; k < 3; k++) {
 			uint64_t m = sizes[k];
 			struct dir_row *rows = calloc(m, sizeof(*rows));
-			char (*tn)[MAX_TENANT] = calloc(m, MAX_TENANT);
+			char(*tn)[MAX_TENANT] = calloc(m, MAX_TENANT);
 			struct dir *nd;
 			double t1;
 
@@ -251,7 +251,8 @@ int main(int argc, char **argv)
 				const char *cl = NULL;
 
 				if (dir_lookup(nd, tn[i], rows[i].tlen,
-					       XXH3_64bits(tn[i], rows[i].tlen), &cl) != DIR_ACTIVE ||
+				               XXH3_64bits(tn[i], rows[i].tlen),
+				               &cl) != DIR_ACTIVE ||
 				    strcmp(cl, rows[i].cluster) != 0)
 					bad++;
 			}

@@ -25,13 +25,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
+#define CHECK(cond)                                                                          \
+	do {                                                                                 \
+		if (!(cond)) {                                                               \
 			fprintf(stderr, "fuzz_directory: check failed: %s (%s:%d)\n", #cond, \
-			        __FILE__, __LINE__);                                       \
-			abort();                                                           \
-		}                                                                          \
+			        __FILE__, __LINE__);                                         \
+			abort();                                                             \
+		}                                                                            \
 	} while (0)
 
 #define MAX_LINES 512
@@ -194,7 +194,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(st == expected(&rs, rs.n, t));
 		CHECK(st == DIR_INVALID || st == DIR_NONE || (cl != NULL && strlen(cl) == 1));
 		if (i < half) {
-			st = dir_lookup(d0, t->tenant, t->tlen, XXH3_64bits(t->tenant, t->tlen), NULL);
+			st = dir_lookup(d0, t->tenant, t->tlen, XXH3_64bits(t->tenant, t->tlen),
+			                NULL);
 			CHECK(st == expected(&rs, half, t));
 		}
 	}

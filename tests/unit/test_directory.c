@@ -39,21 +39,21 @@ static void test_directory_parse_rows(void **state)
 		const char *cluster, *state;
 		int64_t version;
 	} cases[] = {
-		{"t1\ta\tactive\t7", PROTO_OK, "t1", 2, "a", "active", 7},
-		{"042\tb\tmoving\t9223372036854775807", PROTO_OK, "042", 3, "b", "moving",
-		 INT64_MAX},
-		/* COPY text escapes: tab, newline, backslash, octal, hex. */
-		{"a\\tb\\nc\\\\d\tc\tblocked\t1", PROTO_OK, "a\tb\nc\\d", 7, "c", "blocked", 1},
-		{"\\101\\x42\\x4\tc\tx\t-3", PROTO_OK, "AB\x04", 3, "c", "x", -3},
-		{"\\N\ta\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},	  /* NULL tenant */
-		{"\ta\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},	  /* empty tenant */
-		{"t\t\\N\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},	  /* NULL cluster */
-		{"t\ta\tactive", PROTO_BAD, NULL, 0, NULL, NULL, 0},	  /* three fields */
-		{"t\ta\tactive\t1\tx", PROTO_BAD, NULL, 0, NULL, NULL, 0},  /* five */
-		{"t\ta\tactive\t1x", PROTO_BAD, NULL, 0, NULL, NULL, 0},	  /* version */
-		{"t\ta\tactive\t", PROTO_BAD, NULL, 0, NULL, NULL, 0},
-		{"t\ta\tactive\t99999999999999999999", PROTO_BAD, NULL, 0, NULL, NULL, 0},
-		{"", PROTO_BAD, NULL, 0, NULL, NULL, 0},
+	        {"t1\ta\tactive\t7", PROTO_OK, "t1", 2, "a", "active", 7},
+	        {"042\tb\tmoving\t9223372036854775807", PROTO_OK, "042", 3, "b", "moving",
+	         INT64_MAX},
+	        /* COPY text escapes: tab, newline, backslash, octal, hex. */
+	        {"a\\tb\\nc\\\\d\tc\tblocked\t1", PROTO_OK, "a\tb\nc\\d", 7, "c", "blocked", 1},
+	        {"\\101\\x42\\x4\tc\tx\t-3", PROTO_OK, "AB\x04", 3, "c", "x", -3},
+	        {"\\N\ta\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},  /* NULL tenant */
+	        {"\ta\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},     /* empty tenant */
+	        {"t\t\\N\tactive\t1", PROTO_BAD, NULL, 0, NULL, NULL, 0},  /* NULL cluster */
+	        {"t\ta\tactive", PROTO_BAD, NULL, 0, NULL, NULL, 0},       /* three fields */
+	        {"t\ta\tactive\t1\tx", PROTO_BAD, NULL, 0, NULL, NULL, 0}, /* five */
+	        {"t\ta\tactive\t1x", PROTO_BAD, NULL, 0, NULL, NULL, 0},   /* version */
+	        {"t\ta\tactive\t", PROTO_BAD, NULL, 0, NULL, NULL, 0},
+	        {"t\ta\tactive\t99999999999999999999", PROTO_BAD, NULL, 0, NULL, NULL, 0},
+	        {"", PROTO_BAD, NULL, 0, NULL, NULL, 0},
 	};
 	uint8_t buf[DIR_ROW_BUF];
 
@@ -90,7 +90,8 @@ static void test_directory_parse_limits_and_truncation(void **state)
 	strcpy(row + 256, "\ta\tactive\t1");
 	assert_int_equal(parse(row, buf, &r), PROTO_BAD);
 	/* A too small buffer is refused, never overrun. */
-	assert_int_equal(dir_parse_row((const uint8_t *)good, strlen(good), buf, 10, &r), PROTO_BAD);
+	assert_int_equal(dir_parse_row((const uint8_t *)good, strlen(good), buf, 10, &r),
+	                 PROTO_BAD);
 	/* Every prefix of a good row parses or is refused; none reads past its end. */
 	for (size_t n = 0; n <= strlen(good); n++) {
 		uint8_t *copy = malloc(n + 1);
@@ -189,7 +190,7 @@ static struct dir *small_dir(struct bad_seen *bad)
 	add(b, "t1\ta\tactive\t1");
 	add(b, "t2\tb\tmoving\t2");
 	add(b, "t3\tc\tblocked\t3");
-	add(b, "t4\tzz\tactive\t4");	/* unknown cluster */
+	add(b, "t4\tzz\tactive\t4");  /* unknown cluster */
 	add(b, "t5\ta\tsideways\t5"); /* unknown state */
 	return dir_builder_finish(b, NULL, 1000);
 }
@@ -245,7 +246,7 @@ static void test_directory_delta_wins_and_shares_base(void **state)
 	assert_string_equal(cl, "b");
 	assert_int_equal(look(d1, "new", &cl), DIR_ACTIVE);
 	assert_string_equal(cl, "c");
-	assert_int_equal(look(d1, "t2", &cl), DIR_ACTIVE); /* no longer moving */
+	assert_int_equal(look(d1, "t2", &cl), DIR_ACTIVE);   /* no longer moving */
 	assert_int_equal(look(d1, "t3", NULL), DIR_BLOCKED); /* from the base */
 	/* The old snapshot is untouched. */
 	assert_int_equal(look(d0, "t1", &cl), DIR_ACTIVE);
@@ -378,14 +379,14 @@ static void test_directory_many_rows(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_directory_parse_rows),
-		cmocka_unit_test(test_directory_parse_limits_and_truncation),
-		cmocka_unit_test(test_directory_lines_same_however_cut),
-		cmocka_unit_test(test_directory_snapshot_states_and_bad_rows),
-		cmocka_unit_test(test_directory_delta_wins_and_shares_base),
-		cmocka_unit_test(test_directory_moving_since_carries_over),
-		cmocka_unit_test(test_directory_precedence_directory_pins_ring),
-		cmocka_unit_test(test_directory_many_rows),
+	        cmocka_unit_test(test_directory_parse_rows),
+	        cmocka_unit_test(test_directory_parse_limits_and_truncation),
+	        cmocka_unit_test(test_directory_lines_same_however_cut),
+	        cmocka_unit_test(test_directory_snapshot_states_and_bad_rows),
+	        cmocka_unit_test(test_directory_delta_wins_and_shares_base),
+	        cmocka_unit_test(test_directory_moving_since_carries_over),
+	        cmocka_unit_test(test_directory_precedence_directory_pins_ring),
+	        cmocka_unit_test(test_directory_many_rows),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
