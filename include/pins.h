@@ -49,6 +49,17 @@ int pins_add(struct pins *p, const void *tenant, size_t len, uint16_t cluster) M
 int pins_load_file(struct pins *p, const char *path, const struct pins_clusters *clusters,
 		   char *err, size_t errlen) MUSTCHECK;
 
+/* pins_add() with hash = XXH3_64bits(tenant, len) computed already. */
+int pins_add_hashed(struct pins *p, const void *tenant, size_t len, uint64_t hash,
+		    uint16_t cluster) MUSTCHECK;
+
+/*
+ * A hint that the slot of a tenant with this hash is about to be used (a
+ * prefetch: a load of millions inserts a few rows behind its prefetches,
+ * as pins_load_file does). Changes nothing.
+ */
+void pins_prefetch(const struct pins *p, uint64_t hash);
+
 /*
  * Makes room for n more pins, so a load of millions is sized once rather
  * than rehashed as it grows. 0 or -ENOMEM (the table is unchanged).

@@ -3,8 +3,8 @@
  * thread of its own running libpq (never an event loop).
  *
  * The thread's cycle: connect, LISTEN on the schema's channel, load the
- * whole table with COPY (SELECT tenant, cluster, state, version ...) TO
- * STDOUT into a new base snapshot, then wait on the socket. A NOTIFY (the
+ * whole table with COPY tenants (tenant, cluster, state, version) TO STDOUT
+ * into a new base snapshot, then wait on the socket. A NOTIFY (the
  * trigger sends one per statement that changes tenants) makes it fetch the
  * rows with a version above the one held and apply them as a delta over the
  * base (directory.c: the base is shared, never copied). A payload "full"
@@ -80,8 +80,16 @@ struct dirsync {
 	struct worker_report *reports; /* owned: one per worker */
 	size_t nworkers;
 	struct dirsync_status st;
-	uint64_t last_hb_ms; /* monotonic ms of the last heartbeat sent that was accepted */
-	atomic_bool stale;   /* past the lease and directory_stale = refuse */
+	/*
+	 * The lease, read by every session's placement: monotonic ms when the
+	 * last accepted heartbeat was sent, and how long after it tenants are
+	 * refused (UINT64_MAX: directory_stale = serve). Readers compute
+	 * staleness themselves, so a libpq call stuck on this thread cannot
+	 * make the router serve past its lease.
+	 */
+	atomic_uint_fast64_t hb_ms;
+	atomic_uint_fast64_t refuse_ms;
+	bool stale; /* the thread's own: to log the changes */
 
 	/* The thread's own. */
 	uv_thread_t thread;
@@ -205,7 +213,8 @@ struct dirsync *dirsync_new(const struct config *cfg, size_t nworkers)
 	ds->host[sizeof(ds->host) - 1] = '\0';
 	ds->started_at_s = (uint64_t)time(NULL);
 	/* Until a heartbeat is accepted the lease runs from the start. */
-	ds->last_hb_ms = now_ms();
+	atomic_init(&ds->hb_ms, now_ms());
+	atomic_init(&ds->refuse_ms, cfg->dir_stale_serve ? UINT64_MAX : cfg->dir_lease_ms);
 	return ds;
 fail:
 	settings_free(&ds->set);
@@ -250,14 +259,23 @@ void dirsync_reconfigure(struct dirsync *ds, const struct config *cfg)
 	ds->set = s;
 	ds->reconfigured = true;
 	uv_mutex_unlock(&ds->mu);
+	atomic_store(&ds->refuse_ms, cfg->dir_stale_serve ? UINT64_MAX : cfg->dir_lease_ms);
 	wake_thread(ds);
 }
 
 /* ---- the readers' side ---------------------------------------------------- */
 
+/* Milliseconds since the last accepted heartbeat was sent (0 if it is "later" than now). */
+static uint64_t lease_age(struct dirsync *ds)
+{
+	uint64_t hb = atomic_load(&ds->hb_ms), now = now_ms();
+
+	return now > hb ? now - hb : 0;
+}
+
 bool dirsync_sure(struct dirsync *ds)
 {
-	return ds == NULL || !atomic_load(&ds->stale);
+	return ds == NULL || lease_age(ds) <= atomic_load(&ds->refuse_ms);
 }
 
 bool dirsync_place(struct dirsync *ds, const struct config *cfg, const void *tenant, size_t len,
@@ -273,7 +291,7 @@ bool dirsync_place(struct dirsync *ds, const struct config *cfg, const void *ten
 	route_place(ds->cur, cfg->pins, cfg->ring, names, cfg->nclusters, tenant, len, out);
 	uv_rwlock_rdunlock(&ds->lock);
 	out->dir_cluster = NULL;
-	return !atomic_load(&ds->stale);
+	return dirsync_sure(ds);
 }
 
 size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *version)
@@ -340,7 +358,7 @@ void dirsync_status(struct dirsync *ds, struct dirsync_status *st)
 		return;
 	uv_mutex_lock(&ds->mu);
 	*st = ds->st;
-	st->age_ms = now_ms() - ds->last_hb_ms;
+	st->age_ms = lease_age(ds);
 	st->stale = st->age_ms > ds->set.lease_ms;
 	uv_mutex_unlock(&ds->mu);
 }
@@ -711,7 +729,7 @@ static bool full_load(struct dirsync *ds)
 	}
 	fc.cache = cache_open_tmp(ds, tmp, sizeof(tmp));
 	snprintf(sql, sizeof(sql),
-	         "COPY (SELECT tenant, cluster, state, version FROM %s.tenants) TO STDOUT",
+	         "COPY %s.tenants (tenant, cluster, state, version) TO STDOUT",
 	         ds->my.schema);
 	if (!copy_rows(ds, sql, full_row_cb, &fc, &bad)) {
 		dir_builder_free(fc.b);
@@ -932,9 +950,7 @@ static bool load_cache(struct dirsync *ds)
 		                         : 0;
 		uint64_t t = now_ms();
 
-		uv_mutex_lock(&ds->mu);
-		ds->last_hb_ms = age_s * 1000 < t ? t - age_s * 1000 : 0;
-		uv_mutex_unlock(&ds->mu);
+		atomic_store(&ds->hb_ms, age_s * 1000 < t ? t - age_s * 1000 : 0);
 		log_warn("directory: unreachable at start; serving from cache_file %s (version "
 		         "%" PRId64 ", %zu rows, written %" PRIu64 " s ago)",
 		         ds->my.cache_file, dir_version(d), dir_rows(d), age_s);
@@ -1083,7 +1099,7 @@ static bool heartbeat(struct dirsync *ds)
 	if (res == NULL)
 		return false;
 	uv_mutex_lock(&ds->mu);
-	ds->last_hb_ms = sent;
+	atomic_store(&ds->hb_ms, sent);
 	if (PQntuples(res) == 1) {
 		size_t others = (size_t)strtoull(PQgetvalue(res, 0, 0), NULL, 10);
 		size_t bad = (size_t)strtoull(PQgetvalue(res, 0, 1), NULL, 10);
@@ -1107,21 +1123,17 @@ static bool heartbeat(struct dirsync *ds)
 
 static void update_stale(struct dirsync *ds)
 {
-	bool stale, was;
+	bool stale = !dirsync_sure(ds), was = ds->stale;
 
-	uv_mutex_lock(&ds->mu);
-	stale = now_ms() - ds->last_hb_ms > ds->my.lease_ms;
-	uv_mutex_unlock(&ds->mu);
-	was = atomic_load(&ds->stale);
-	if (stale && !ds->my.stale_serve && !was) {
+	if (stale && !was) {
 		log_error("directory: no contact for more than directory_lease (%" PRIu64
 		          " ms): refusing tenant sessions until it is back (directory_stale = "
 		          "refuse)",
 		          ds->my.lease_ms);
-		atomic_store(&ds->stale, true);
-	} else if ((!stale || ds->my.stale_serve) && was) {
+		ds->stale = true;
+	} else if (!stale && was) {
 		log_info("directory: contact is back (or directory_stale = serve): routing again");
-		atomic_store(&ds->stale, false);
+		ds->stale = false;
 	}
 }
 

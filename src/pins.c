@@ -240,6 +240,21 @@ static int add_pin(struct pins *p, const uint8_t *t, size_t len, uint64_t h, uin
 	return 0;
 }
 
+int pins_add_hashed(struct pins *p, const void *tenant, size_t len, uint64_t hash,
+		    uint16_t cluster)
+{
+	uint16_t old;
+
+	if (len == 0 || len > PINS_MAX_TENANT_LEN)
+		return -EINVAL;
+	return add_pin(p, tenant, len, hash, cluster, &old);
+}
+
+void pins_prefetch(const struct pins *p, uint64_t hash)
+{
+	__builtin_prefetch(&p->slots[(size_t)hash & p->mask]);
+}
+
 int pins_reserve(struct pins *p, size_t n)
 {
 	TR_ASSERT(!p->sealed);
