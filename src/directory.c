@@ -71,10 +71,10 @@ struct pending {
 };
 
 struct dir_builder {
-	struct dir_base *base; /* owned until finish */
+	struct dir_base *base;          /* owned until finish */
 	struct pending queue[PIPELINE]; /* a ring, oldest at head */
 	size_t head, queued;
-	size_t *lens;          /* owned: strlen of each name */
+	size_t *lens; /* owned: strlen of each name */
 	dir_bad_fn bad;
 	void *arg;
 	struct moving *moving; /* owned */
@@ -425,8 +425,8 @@ static int insert_oldest(struct dir_builder *b)
 	b->queued--;
 	/* -EEXIST: the table's primary key makes it impossible; the first row stays. */
 	return pins_add_hashed(b->base->pins, pd->tenant, pd->len, pd->hash, pd->value) == -ENOMEM
-		       ? -ENOMEM
-		       : 0;
+	               ? -ENOMEM
+	               : 0;
 }
 
 /*

@@ -728,8 +728,7 @@ static bool full_load(struct dirsync *ds)
 		return false;
 	}
 	fc.cache = cache_open_tmp(ds, tmp, sizeof(tmp));
-	snprintf(sql, sizeof(sql),
-	         "COPY %s.tenants (tenant, cluster, state, version) TO STDOUT",
+	snprintf(sql, sizeof(sql), "COPY %s.tenants (tenant, cluster, state, version) TO STDOUT",
 	         ds->my.schema);
 	if (!copy_rows(ds, sql, full_row_cb, &fc, &bad)) {
 		dir_builder_free(fc.b);

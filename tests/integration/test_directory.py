@@ -495,3 +495,35 @@ def test_reload_refused_when_ring_change_moves_live_tenant(make_router, clusters
     time.sleep(0.3)
     assert r.reload() == "ok"
     assert r.server_port(t) == extra["c"].port
+
+
+def test_directory_cache_file_when_unreachable_at_start(make_router, clusters, extra):
+    cset = {"a": clusters["a"], "b": clusters["b"]}
+    r1 = make_dir_router(make_router, cset, extra["dir"], "t_cache",
+                         directory={"cache_file": "dir.cache"})
+    init_schema(r1, "t_cache")
+    dir_sql(extra["dir"], "INSERT INTO t_cache.tenants (tenant, cluster, state) VALUES "
+            "('c1', 'b', 'active'), ('c2', 'a', 'blocked')")
+    r1.start()
+    # A change after the full load is appended to the cache too.
+    dir_sql(extra["dir"], "INSERT INTO t_cache.tenants (tenant, cluster) VALUES ('c3', 'b')")
+    harness.wait_until(lambda: "applied version" in r1.log_text(), 5 * SLOW)
+    time.sleep(0.2)
+    cache = os.path.join(r1.dir, "dir.cache")
+    text = open(cache).read()
+    assert "c1\tb\tactive" in text and "\\.\n" in text and "c3\tb\tactive" in text
+    proxy = Cuttable(extra["dir"].port)
+    proxy.set_cut(True)
+    try:
+        cut_conn = f"host=127.0.0.1 port={proxy.port} user=postgres dbname=postgres"
+        r2 = make_dir_router(make_router, cset, extra["dir"], "t_cache",
+                             directory={"conninfo": cut_conn, "cache_file": cache,
+                                        "directory_lease": "30s"})
+        r2.start()
+        assert "serving from cache_file" in r2.log_text()
+        assert port_of(r2, "c1") == clusters["b"].port
+        assert port_of(r2, "c3") == clusters["b"].port
+        st, msg = refusal(r2, "c2")
+        assert st == "57P03" and "is blocked" in msg
+    finally:
+        proxy.close()
