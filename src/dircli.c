@@ -234,6 +234,62 @@ usage:
 	return 2;
 }
 
+/* ---- route, with a directory ---------------------------------------------- */
+
+int dircli_route(const struct config *cfg, char **tenants, int n)
+{
+	char *sql = sqlf(cfg, "SELECT cluster, state FROM %1$s.tenants WHERE tenant = $1");
+	PGconn *c = sql ? connect_dir(cfg) : NULL;
+	int rc = 0;
+
+	if (c == NULL) {
+		free(sql);
+		return 1;
+	}
+	for (int i = 0; i < n; i++) {
+		const char *v[1] = {tenants[i]};
+		size_t len = strlen(tenants[i]);
+		struct route_place pl;
+		PGresult *res;
+
+		if (len == 0 || len > STARTUP_MAX_TENANT_LEN) {
+			fprintf(stderr, "tenant-router: \"%s\": a tenant is 1 to %d bytes\n",
+			        tenants[i], STARTUP_MAX_TENANT_LEN);
+			rc = 1;
+			continue;
+		}
+		res = run(c, "reading the directory", sql, 1, v, PGRES_TUPLES_OK);
+		if (res == NULL) {
+			rc = 1;
+			break;
+		}
+		if (PQntuples(res) == 1) {
+			const char *cl = PQgetvalue(res, 0, 0), *st = PQgetvalue(res, 0, 1);
+			bool known = config_cluster_index(cfg, cl) >= 0;
+			bool good = strcmp(st, "active") == 0 || strcmp(st, "moving") == 0 ||
+			            strcmp(st, "blocked") == 0;
+
+			/* As a router with this configuration would take the row. */
+			if (!known || !good)
+				printf("%s\t%s\tinvalid\n", tenants[i], cl);
+			else if (strcmp(st, "active") == 0)
+				printf("%s\t%s\tdirectory\n", tenants[i], cl);
+			else
+				printf("%s\t%s\t%s\n", tenants[i], cl, st);
+			PQclear(res);
+			continue;
+		}
+		PQclear(res);
+		route_place(NULL, cfg->pins, cfg->ring, (const char *const *)cfg->cluster_names,
+		            cfg->nclusters, tenants[i], len, &pl);
+		printf("%s\t%s\t%s\n", tenants[i], cfg->clusters[pl.cluster].name,
+		       pl.source == ROUTE_PIN ? "pinned" : "ring");
+	}
+	PQfinish(c);
+	free(sql);
+	return rc;
+}
+
 /* ---- move ---------------------------------------------------------------- */
 
 struct move {

@@ -1168,6 +1168,11 @@ static int route_cmd(const char *path, char **tenants, int n)
 
 	if (cfg == NULL)
 		return 1;
+	if (cfg->dir_conninfo) {
+		rc = dircli_route(cfg, tenants, n);
+		config_unref(cfg);
+		return rc;
+	}
 	for (int i = 0; i < n; i++) {
 		size_t len = strlen(tenants[i]);
 		bool pinned;

@@ -113,6 +113,11 @@ def test_directory_init_idempotent_precedence_and_states(make_router, clusters, 
     assert st == "57P03" and 'tenant "blk" is blocked' in msg
     st, msg = refusal(r, "mov")
     assert st == "57P03" and "is being moved; retry" in msg
+    # `route` tells the same as the routers.
+    got = r.route(["pin1", ringt, "blk", "mov", "nobody"])
+    assert got.pop("nobody")[1] == "ring"
+    assert got == {"pin1": ("b", "directory"), ringt: ("b", "directory"),
+                   "blk": ("a", "blocked"), "mov": ("a", "moving")}
     # Versions come from the sequence, the trigger stamps them.
     rows = dir_sql(extra["dir"], "SELECT tenant, version FROM t_prec.tenants ORDER BY version")
     assert [v for _, v in rows] == sorted(v for _, v in rows) and rows[0][1] > 0
@@ -133,6 +138,7 @@ def test_directory_bad_rows_are_ignored_and_counted(make_router, clusters, extra
     log = r.log_text()
     assert re.search(r'row of tenant "nocl" ignored \(unknown cluster', log)
     assert re.search(r'row of tenant "weird" ignored \(unknown state', log)
+    assert r.route(["nocl", "weird"]) == {"nocl": ("zz", "invalid"), "weird": ("a", "invalid")}
     # A bad row arriving later (incremental) is ignored the same way; others keep routing.
     dir_sql(extra["dir"], "INSERT INTO t_bad.tenants (tenant, cluster) VALUES ('late', 'qq')")
     harness.wait_until(lambda: refusal(r, "late") is not None, 5 * SLOW, what="late refused")
