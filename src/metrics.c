@@ -564,7 +564,23 @@ static void render_status(struct metrics *m, struct http_response *res)
 		put_json(res, recent[i].tenant);
 		APPEND_LIT(res, "}");
 	}
-	APPEND_LIT(res, "]}\n");
+	APPEND_LIT(res, "]");
+	if (m->src.dir) {
+		struct dirsync_status ds;
+
+		dirsync_status(m->src.dir, &ds);
+		http_printf(res,
+		            ",\"directory\":{\"loaded\":%s,\"connected\":%s,\"stale\":%s,"
+		            "\"from_cache\":%s,\"version\":%" PRId64 ",\"rows\":%zu,\"ignored\":%zu,"
+		            "\"moving\":%zu,\"age_ms\":%" PRIu64 ",\"routers\":%zu,"
+		            "\"fingerprint_mismatch\":%zu,\"last_load_ms\":%" PRIu64
+		            ",\"last_apply_us\":%" PRIu64 "}",
+		            ds.loaded ? "true" : "false", ds.connected ? "true" : "false",
+		            ds.stale ? "true" : "false", ds.from_cache ? "true" : "false", ds.version,
+		            ds.rows, ds.ignored, ds.moving, ds.age_ms, ds.routers, ds.mismatched,
+		            ds.last_load_ms, ds.last_apply_us);
+	}
+	APPEND_LIT(res, "}\n");
 	free(hl.v);
 	free(recent);
 }

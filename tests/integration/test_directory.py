@@ -150,6 +150,11 @@ def test_directory_bad_rows_are_ignored_and_counted(make_router, clusters, extra
     assert m and int(m.group(1)) == 3, body
     assert re.search(r"^tenant_router_directory_version \d+$", body, re.M)
     assert re.search(r"^tenant_router_directory_age_seconds [0-9.]+$", body, re.M)
+    import json
+    st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json",
+                                           timeout=5).read())["directory"]
+    assert st["loaded"] and st["connected"] and not st["stale"] and st["ignored"] == 3, st
+    assert st["rows"] == 4 and st["routers"] >= 1 and st["fingerprint_mismatch"] == 0, st
     assert r.alive()
 
 
