@@ -34,14 +34,16 @@ void client_accept(struct router *rt, uv_stream_t *listener);
 
 /*
  * Live sessions of a tenant (len bytes; tenant NULL: of every tenant) on
- * this loop. With end_why, ends them (FATAL 57P01, end_why as the message):
+ * this loop, and sessions on its cluster (cluster may be NULL) that the
+ * guard let switch to another tenant than their own (they may be working
+ * for this one). With end_why, ends them (FATAL 57P01, end_why as the message):
  * a spliced one only when nothing is in flight (its last statement was
  * answered), unless force; it closes without a message when the splice is
  * not framed (guard = off). Returns the sessions still live. For the
  * directory's fence and move drain.
  */
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-                              const char *end_why, bool force);
+                              const char *cluster, const char *end_why, bool force);
 
 /*
  * Live sessions of this loop whose tenant the ring of nc would place on

@@ -59,6 +59,7 @@ struct dirsync_moving {
 	uint64_t since_ms; /* when this router first saw it moving (uv_hrtime ms) */
 	size_t len;
 	uint8_t tenant[256];
+	char cluster[64]; /* the row's cluster: the one it is moved from */
 };
 size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *version);
 

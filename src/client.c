@@ -1390,7 +1390,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 }
 
 size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
-                              const char *end_why, bool force)
+                              const char *cluster, const char *end_why, bool force)
 {
 	struct session *s, *next;
 	size_t n = 0;
@@ -1399,7 +1399,9 @@ size_t client_tenant_sessions(struct router *rt, const void *tenant, size_t len,
 		next = s->next; /* session_refuse frees nothing before its close callbacks */
 		if (s->tenant == NULL || s->route[0] || s->closed || s->state == CLIENT_CLOSING)
 			continue;
-		if (tenant && (strlen(s->tenant) != len || memcmp(s->tenant, tenant, len) != 0))
+		/* A session that switched tenants (guard = on) may be working for this one. */
+		if (tenant && (strlen(s->tenant) != len || memcmp(s->tenant, tenant, len) != 0) &&
+		    !(s->g.switched && cluster && strcmp(s->cluster, cluster) == 0))
 			continue;
 		/* A spliced session ends between statements, or when forced, at once. */
 		if (end_why && (force || s->state != CLIENT_SPLICING || spliced_idle(s)))

@@ -200,6 +200,8 @@ static bool guard_allows(struct session *s, const char *tenant, size_t len)
 			     s->tenant, tenant);
 		return false;
 	}
+	if (s->tenant == NULL || strlen(s->tenant) != len || memcmp(s->tenant, tenant, len) != 0)
+		s->g.switched = true;
 	return true;
 }
 

@@ -310,8 +310,13 @@ size_t dirsync_moving(struct dirsync *ds, struct dirsync_moving **out, int64_t *
 			const uint8_t *t =
 			        dir_moving(ds->cur, i, &(*out)[i].len, &(*out)[i].since_ms);
 
+			const char *cl = NULL;
+
 			memcpy((*out)[i].tenant, t, (*out)[i].len);
 			(*out)[i].tenant[(*out)[i].len] = '\0';
+			(void)dir_lookup(ds->cur, t, (*out)[i].len, XXH3_64bits(t, (*out)[i].len),
+			                 &cl);
+			snprintf((*out)[i].cluster, sizeof((*out)[i].cluster), "%s", cl ? cl : "");
 		}
 	} else {
 		n = 0;

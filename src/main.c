@@ -387,11 +387,11 @@ static void dir_tick_cb(uv_timer_t *t)
 		         "after move_drain_timeout",
 		         (const char *)mv[i].tenant);
 		/* Between statements from the drain timeout on; whatever they do, at twice it. */
-		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len,
+		counts[i] = client_tenant_sessions(&w->rt, mv[i].tenant, mv[i].len, mv[i].cluster,
 		                                   end ? why : NULL, age >= 2 * drain);
 	}
 	if (!dirsync_sure(D.dir))
-		client_tenant_sessions(&w->rt, NULL, 0,
+		client_tenant_sessions(&w->rt, NULL, 0, NULL,
 		                       "the tenant directory has been out of reach for longer than "
 		                       "directory_lease; placement cannot be confirmed",
 		                       true);

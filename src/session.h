@@ -150,6 +150,9 @@ struct guard {
 	const uint8_t *base, *pstart, *pend; /* borrowed: into the block */
 	size_t blen;
 	bool copied; /* something went out as a copy: the block cannot be passed whole */
+	/* A switch to a tenant other than s->tenant was allowed: the directory's fence counts
+	 * (and its drain ends) this session for every moving tenant of its cluster. */
+	bool switched;
 };
 
 /* Why a session was accepted only to be refused with 53300. */

@@ -538,3 +538,28 @@ def test_directory_cache_file_when_unreachable_at_start(make_router, clusters, e
         assert st == "57P03" and "is blocked" in msg
     finally:
         proxy.close()
+
+
+def test_directory_move_waits_for_a_session_that_switched_to_the_tenant(make_router, clusters,
+                                                                        extra):
+    cset = {"a": clusters["a"], "b": clusters["b"]}
+    r = make_dir_router(make_router, cset, extra["dir"], "t_sw",
+                        directory={"move_drain_timeout": "2s"})
+    init_schema(r, "t_sw")
+    dir_sql(extra["dir"], "INSERT INTO t_sw.tenants (tenant, cluster) VALUES "
+            "('home', 'a'), ('guest', 'a')")
+    r.start()
+    conn = r.connect("home")
+    conn.execute("SET app.tenant_id = 'guest'")  # the guard allows it: same cluster
+    assert conn.execute("SELECT current_setting('app.tenant_id')").fetchone()[0] == "guest"
+    t0 = time.monotonic()
+    res = cli(r, ["move", "guest", "--to", "b", "-c", r.ini, "--no-copy"])
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert took >= 1.8, f"the move did not wait for the session working for guest ({took:.1f}s)"
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute("SELECT 1")
+    assert "is being moved to another cluster" in str(ei.value)
+    conn.close()
+    assert port_of(r, "guest") == clusters["b"].port
+    assert port_of(r, "home") == clusters["a"].port
