@@ -52,6 +52,7 @@
 #define DELTA_MAX         65536 /* rows in a delta before a full load replaces it */
 #define QUERY_TIMEOUT_MS  10000 /* one statement, or a COPY without progress */
 #define RETRY_MS          1000
+#define HB_AFTER_CHANGE_MS 250 /* main.c's loops report every 100 ms */
 #define BAD_ROW_LOGS      20 /* per load, then a count */
 #define CONNECT_TIMEOUT_S "5"
 
@@ -1141,6 +1142,19 @@ static void update_stale(struct dirsync *ds)
 	}
 }
 
+static void take_notifies(struct dirsync *ds, bool *incr, bool *full)
+{
+	PGnotify *nf;
+
+	while ((nf = PQnotifies(ds->conn)) != NULL) {
+		if (strcmp(nf->extra, "full") == 0)
+			*full = true;
+		else
+			*incr = true;
+		PQfreemem(nf);
+	}
+}
+
 static void sync_thread(void *arg)
 {
 	struct dirsync *ds = arg;
@@ -1150,7 +1164,6 @@ static void sync_thread(void *arg)
 	while (!atomic_load(&ds->stopping)) {
 		bool reconf, need_incr = false, need_full = false;
 		uint64_t t, until;
-		PGnotify *nf;
 		int w;
 
 		uv_mutex_lock(&ds->mu);
@@ -1188,9 +1201,11 @@ static void sync_thread(void *arg)
 		}
 		if (reconf)
 			need_full = true;
+		/* Notifications read along with the last statement wait in libpq, not on the socket. */
+		take_notifies(ds, &need_incr, &need_full);
 		t = now_ms();
 		until = next_hb < next_refresh ? next_hb : next_refresh;
-		if (!need_full && until > t) {
+		if (!need_full && !need_incr && until > t) {
 			w = wait_sock(ds, PQsocket(ds->conn), false, until - t);
 			if (w < 0)
 				break;
@@ -1198,13 +1213,7 @@ static void sync_thread(void *arg)
 				drop_conn(ds, "reading notifications");
 				continue;
 			}
-		}
-		while ((nf = PQnotifies(ds->conn)) != NULL) {
-			if (strcmp(nf->extra, "full") == 0)
-				need_full = true;
-			else
-				need_incr = true;
-			PQfreemem(nf);
+			take_notifies(ds, &need_incr, &need_full);
 		}
 		t = now_ms();
 		if (t >= next_refresh)
@@ -1216,8 +1225,16 @@ static void sync_thread(void *arg)
 		} else if (need_incr && !incremental(ds)) {
 			continue;
 		}
-		if (now_ms() >= next_hb || need_incr || need_full) {
-			/* Right after a change, so the fence sees it without waiting a beat. */
+		if (need_incr || need_full) {
+			/*
+			 * The fence reads the version every loop has used: they report it
+			 * within HB_AFTER_CHANGE_MS (two of their ticks), so the heartbeat
+			 * goes then rather than a whole interval later.
+			 */
+			if (next_hb > now_ms() + HB_AFTER_CHANGE_MS)
+				next_hb = now_ms() + HB_AFTER_CHANGE_MS;
+		}
+		if (now_ms() >= next_hb) {
 			if (!heartbeat(ds))
 				continue;
 			next_hb = now_ms() + ds->my.heartbeat_ms;

@@ -160,7 +160,9 @@ def test_directory_bad_rows_are_ignored_and_counted(make_router, clusters, extra
 
 def test_directory_update_converges_on_three_routers(make_router, clusters, extra):
     cset = {"a": clusters["a"], "b": clusters["b"]}
-    rs = [make_dir_router(make_router, cset, extra["dir"], "t_conv") for _ in range(3)]
+    # The default heartbeat: convergence must not wait for one.
+    rs = [make_dir_router(make_router, cset, extra["dir"], "t_conv",
+                          directory={"heartbeat": "1s"}) for _ in range(3)]
     init_schema(rs[0], "t_conv")
     dir_sql(extra["dir"], "INSERT INTO t_conv.tenants (tenant, cluster) VALUES ('conv', 'a')")
     for r in rs:
