@@ -18,7 +18,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth gframe federation stats
+PURE    := proto startup ring pins route query auth gframe federation stats admin roster
 IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
            tls http metrics peer
 
