@@ -20,7 +20,7 @@ CC      ?= cc
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route query auth gframe federation stats admin roster
 IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
-           tls http metrics peer
+           tls http metrics peer console
 
 ifeq ($(SAN),1)
 BUILD   := build/san

@@ -65,7 +65,7 @@ struct roster_entry {
 	bool tls;
 	bool admin; /* an admin console session (not counted per tenant) */
 	/* Written by the session's thread alone, read anywhere (relaxed). */
-	atomic_uint state;
+	_Atomic(const char *) state; /* a static string: the state's name */
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_int kill; /* enum roster_kill */
 };
@@ -147,7 +147,7 @@ struct roster_row {
 	char host[ROSTER_MAX_HOST];
 	enum roster_source source;
 	bool waiting, tls, admin;
-	unsigned state;
+	const char *state; /* static, may be NULL */
 	uint64_t bytes_in, bytes_out;
 };
 /*

@@ -84,6 +84,7 @@ struct router {
 	struct log_limit shed_log; /* refusals at once over max_client_conn, on this loop */
 	uint64_t next_session_id;
 	unsigned index;		  /* this event loop's number; 0 is the main loop */
+	uint64_t started_ns;	  /* uv_hrtime() at start, for uptimes */
 	uv_async_t *admin_wake;	  /* borrowed: wakes this loop for kills and console answers */
 	/* main.c: carries out r on the main loop, then answers on r->from's loop. */
 	void (*admin_submit)(struct admin_req *r);

@@ -1225,6 +1225,7 @@ static int workers_init(struct config *cfg)
 		w->admin_async_inited = true;
 		atomic_init(&w->gen, cfg->generation);
 		w->rt.index = (unsigned)i;
+		w->rt.started_ns = uv_hrtime();
 		w->rt.admin_wake = &w->admin_async;
 		w->rt.admin_submit = admin_submit;
 		w->rt.loop = w->loop;
