@@ -70,6 +70,11 @@ struct roster_entry {
 	atomic_int kill; /* enum roster_kill */
 };
 
+/* A session id unique in the process (every loop), from 1. */
+uint64_t roster_next_id(void);
+/* The wall clock in milliseconds (for started_ms). */
+int64_t roster_now_ms(void);
+
 /* Adds e (filled by the caller: id, loop, wake, started_ms, peer). */
 void roster_add(struct roster_entry *e);
 void roster_remove(struct roster_entry *e);

@@ -493,8 +493,6 @@ static int apply_config(struct config *nc, const char *what)
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], nc, false, false, false);
-		else
-			atomic_store(&D.workers[i].gen, nc->generation);
 	}
 	release_config(&D.loop, old);
 	log_set_level(nc->log_level);

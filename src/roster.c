@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct held {
 	char tenant[ROSTER_MAX_TENANT + 1];
@@ -31,6 +32,21 @@ static struct roster_entry *head, *tail;
 static struct held held[ROSTER_MAX_HELD];
 static size_t nheld;
 static atomic_size_t nheld_pub; /* nheld, read without the lock on the fast path */
+
+uint64_t roster_next_id(void)
+{
+	static atomic_uint_fast64_t next;
+
+	return atomic_fetch_add(&next, 1) + 1;
+}
+
+int64_t roster_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 void roster_add(struct roster_entry *e)
 {

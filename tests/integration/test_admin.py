@@ -160,9 +160,9 @@ def test_console_errors_keep_the_session(crouter):
         with pytest.raises(psycopg.errors.UndefinedObject):
             conn.execute("PIN 'x' TO nosuchcluster")
         # The extended protocol is refused with a hint, and the session goes on.
-        with conn.cursor(psycopg.Cursor) as cur:
+        with psycopg.Cursor(conn) as cur:
             with pytest.raises(psycopg.errors.FeatureNotSupported) as ei:
-                cur.execute("SHOW VERSION", prepare=False, binary=False)
+                cur.execute("SHOW VERSION", prepare=True)
             assert "simple query" in str(ei.value)
         assert conn.execute("SHOW VERSION").fetchone()[0].startswith("tenant-router")
 
@@ -204,7 +204,9 @@ def test_console_pin_changes_routing_and_survives_restart(crouter, clusters):
     assert r.route([t])[t] == (dest, "pinned")
 
     assert r.stop() == 0
+    off = r.log_size()
     r.start()
+    r.wait_log(f"listening on 127.0.0.1:{r.port}", off, timeout=15)
     assert r.server_port(t) == clusters[dest].port
     assert rows(r, f"ROUTE '{t}'")[0][:2] == [dest, "pin"]
 
@@ -365,7 +367,7 @@ def test_console_shutdown_is_graceful(crouter):
     finally:
         live.close()
     r.proc.wait(15 * SLOW)
-    assert r.proc.returncode == 0
+    assert r.stop() == 0
 
 
 # --- threads = 2 ---------------------------------------------------------------------------
