@@ -29,7 +29,7 @@
 #define ADMIN_MAX_TENANT    255
 #define ADMIN_MAX_CLUSTER   63
 /* The most a reply may take (a SHOW CLIENTS of a million sessions is about 150 MB: cut). */
-#define ADMIN_RESULT_MAX (64u << 20)
+#define ADMIN_RESULT_MAX  (64u << 20)
 #define ADMIN_MAX_COLUMNS 16
 
 enum admin_cmd {
@@ -58,8 +58,8 @@ struct admin_stmt {
 	char tenant[ADMIN_MAX_TENANT + 1]; /* ROUTE, PIN, UNPIN, PAUSE, RESUME, KILL TENANT */
 	size_t tlen;
 	char cluster[ADMIN_MAX_CLUSTER + 1]; /* PIN */
-	uint64_t id;			     /* KILL CLIENT */
-	bool force;			     /* PIN, UNPIN */
+	uint64_t id;                         /* KILL CLIENT */
+	bool force;                          /* PIN, UNPIN */
 };
 
 /* Why a statement was refused: message and hint for an ErrorResponse (42601). */
@@ -72,8 +72,8 @@ struct admin_error {
  * Parses one statement of len bytes (need not be NUL-terminated). Returns
  * true with *st filled, or false with *err filled. Never reads past len.
  */
-bool admin_parse(const char *sql, size_t len, struct admin_stmt *st, struct admin_error *err)
-	MUSTCHECK;
+bool admin_parse(const char *sql, size_t len, struct admin_stmt *st,
+                 struct admin_error *err) MUSTCHECK;
 
 /* The command's tag for CommandComplete ("SHOW", "PIN", "KILL", ...). */
 const char *admin_cmd_tag(enum admin_cmd cmd);
@@ -107,7 +107,7 @@ void admin_result_complete(struct admin_result *r, const char *tag);
 void admin_result_empty_query(struct admin_result *r);
 /* ErrorResponse with severity ERROR; message gets the "tenant-router: " prefix. */
 void admin_result_error(struct admin_result *r, const char *sqlstate, const char *message,
-			const char *hint);
+                        const char *hint);
 /* NoticeResponse (severity NOTICE), e.g. what PIN FORCE left on the old cluster. */
 void admin_result_notice(struct admin_result *r, const char *message);
 /* ReadyForQuery, transaction status 'I' (the console has no transactions). */

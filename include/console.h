@@ -42,8 +42,8 @@ struct console_io {
 #define CONSOLE_QUEUE_MAX (1u << 20)
 
 /* A console for user on rt's loop; NULL when out of memory. */
-struct console *console_new(struct router *rt, const char *user, const struct console_io *io)
-	MUSTCHECK;
+struct console *console_new(struct router *rt, const char *user,
+                            const struct console_io *io) MUSTCHECK;
 
 /*
  * One client message: type and body (len bytes, without the 5-byte
@@ -62,6 +62,6 @@ void console_free(struct console *c);
  * roster_tenant_held(). Records the tenant on e.
  */
 enum roster_hold tenant_held(const struct router *rt, struct roster_entry *e, const char *tenant,
-			     size_t len);
+                             size_t len);
 
 #endif /* TR_CONSOLE_H */

@@ -31,8 +31,8 @@
 
 #define ROSTER_MAX_TENANT  255
 #define ROSTER_MAX_CLUSTER 63
-#define ROSTER_MAX_PEER	   64
-#define ROSTER_MAX_HOST	   280
+#define ROSTER_MAX_PEER    64
+#define ROSTER_MAX_HOST    280
 /* Held tenants at once (paused or moving); more PAUSEs are refused. */
 #define ROSTER_MAX_HELD 1024
 
@@ -52,7 +52,7 @@ struct roster_entry {
 	uint64_t id;
 	unsigned loop; /* event loop index */
 	roster_wake_fn wake;
-	void *wake_arg; /* borrowed */
+	void *wake_arg;     /* borrowed */
 	int64_t started_ms; /* wall clock, for the age */
 	/* Under the roster lock (set by the session's own thread, read by the console). */
 	char peer[ROSTER_MAX_PEER];
@@ -83,7 +83,7 @@ void roster_remove(struct roster_entry *e);
 static inline void roster_bytes(atomic_uint_fast64_t *ctr, size_t n)
 {
 	atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + n,
-			      memory_order_relaxed);
+	                      memory_order_relaxed);
 }
 
 /*
@@ -95,11 +95,11 @@ static inline void roster_bytes(atomic_uint_fast64_t *ctr, size_t n)
  * (The tenant directory's moving state belongs here too.)
  */
 enum roster_hold roster_tenant_held(struct roster_entry *e, const char *tenant, size_t len,
-				    uint64_t cfg_gen);
+                                    uint64_t cfg_gen);
 
 /* The session is routed: cluster, writer host:port and where the decision came from. */
 void roster_set_route(struct roster_entry *e, const char *cluster, const char *host,
-		      enum roster_source src);
+                      enum roster_source src);
 void roster_set_tls(struct roster_entry *e, bool tls);
 
 /* PAUSE TENANT: 0; -EALREADY if paused already; -ENOSPC past ROSTER_MAX_HELD; -EINVAL. */

@@ -116,7 +116,7 @@ static bool is_kw(const struct tok *t, const char *kw)
 }
 
 static void set_error(struct admin_error *e, const char *hint, const char *fmt, ...)
-	PRINTF_LIKE(3, 4);
+        PRINTF_LIKE(3, 4);
 
 static void set_error(struct admin_error *e, const char *hint, const char *fmt, ...)
 {
@@ -162,23 +162,24 @@ static bool syntax(struct admin_error *e, const struct tok *t, const char *hint)
 }
 
 static const struct admin_help help[] = {
-	{"SHOW CLUSTERS", "clusters: state, writer, sessions, routed, refusals"},
-	{"SHOW HOSTS", "hosts as the health checkers see them"},
-	{"SHOW CLIENTS", "client sessions on every event loop"},
-	{"SHOW TENANTS", "tenants with live sessions and where they go"},
-	{"SHOW STATS", "totals since start and rates"},
-	{"SHOW CONFIG", "settings: value, default, reloadable"},
-	{"SHOW VERSION", "the router's version"},
-	{"SHOW HELP", "this list"},
-	{"ROUTE 'tenant'", "where a new session of the tenant goes"},
-	{"PIN 'tenant' TO cluster [FORCE]", "pin in the pins file (FORCE: even with live sessions)"},
-	{"UNPIN 'tenant' [FORCE]", "remove a pin from the pins file"},
-	{"PAUSE TENANT 'tenant'", "new sessions of the tenant wait (up to pause_timeout)"},
-	{"RESUME TENANT 'tenant'", "let the tenant's waiting sessions go on"},
-	{"KILL TENANT 'tenant'", "end the tenant's sessions (FATAL 57P01)"},
-	{"KILL CLIENT id", "end one session (id from SHOW CLIENTS)"},
-	{"RELOAD", "reload the configuration (as SIGHUP)"},
-	{"SHUTDOWN", "stop gracefully (as SIGTERM)"},
+        {"SHOW CLUSTERS", "clusters: state, writer, sessions, routed, refusals"},
+        {"SHOW HOSTS", "hosts as the health checkers see them"},
+        {"SHOW CLIENTS", "client sessions on every event loop"},
+        {"SHOW TENANTS", "tenants with live sessions and where they go"},
+        {"SHOW STATS", "totals since start and rates"},
+        {"SHOW CONFIG", "settings: value, default, reloadable"},
+        {"SHOW VERSION", "the router's version"},
+        {"SHOW HELP", "this list"},
+        {"ROUTE 'tenant'", "where a new session of the tenant goes"},
+        {"PIN 'tenant' TO cluster [FORCE]",
+         "pin in the pins file (FORCE: even with live sessions)"},
+        {"UNPIN 'tenant' [FORCE]", "remove a pin from the pins file"},
+        {"PAUSE TENANT 'tenant'", "new sessions of the tenant wait (up to pause_timeout)"},
+        {"RESUME TENANT 'tenant'", "let the tenant's waiting sessions go on"},
+        {"KILL TENANT 'tenant'", "end the tenant's sessions (FATAL 57P01)"},
+        {"KILL CLIENT id", "end one session (id from SHOW CLIENTS)"},
+        {"RELOAD", "reload the configuration (as SIGHUP)"},
+        {"SHUTDOWN", "stop gracefully (as SIGTERM)"},
 };
 
 const struct admin_help *admin_help(size_t *n)
@@ -224,7 +225,7 @@ const char *admin_cmd_tag(enum admin_cmd cmd)
 
 /* A tenant literal: 'text', 1 to ADMIN_MAX_TENANT bytes. */
 static bool want_tenant(struct lexer *lx, struct admin_stmt *st, struct admin_error *e,
-			const char *usage)
+                        const char *usage)
 {
 	struct tok t;
 
@@ -253,7 +254,7 @@ static bool want_tenant(struct lexer *lx, struct admin_stmt *st, struct admin_er
 }
 
 static bool want_cluster(struct lexer *lx, struct admin_stmt *st, struct admin_error *e,
-			 const char *usage)
+                         const char *usage)
 {
 	struct tok t;
 
@@ -269,7 +270,7 @@ static bool want_cluster(struct lexer *lx, struct admin_stmt *st, struct admin_e
 }
 
 static bool want_id(struct lexer *lx, struct admin_stmt *st, struct admin_error *e,
-		    const char *usage)
+                    const char *usage)
 {
 	struct tok t;
 	uint64_t v = 0;
@@ -287,8 +288,8 @@ static bool want_id(struct lexer *lx, struct admin_stmt *st, struct admin_error 
 }
 
 /* Optional FORCE, then the end: ';' and nothing after it. */
-static bool want_end(struct lexer *lx, struct admin_stmt *st, struct admin_error *e,
-		     bool force_ok, const char *usage)
+static bool want_end(struct lexer *lx, struct admin_stmt *st, struct admin_error *e, bool force_ok,
+                     const char *usage)
 {
 	struct tok t;
 
@@ -310,13 +311,13 @@ static bool parse_show(struct lexer *lx, struct admin_stmt *st, struct admin_err
 		const char *kw;
 		enum admin_cmd cmd;
 	} what[] = {
-		{"clusters", ADMIN_SHOW_CLUSTERS}, {"hosts", ADMIN_SHOW_HOSTS},
-		{"clients", ADMIN_SHOW_CLIENTS},   {"tenants", ADMIN_SHOW_TENANTS},
-		{"stats", ADMIN_SHOW_STATS},	   {"config", ADMIN_SHOW_CONFIG},
-		{"version", ADMIN_SHOW_VERSION},   {"help", ADMIN_SHOW_HELP},
+	        {"clusters", ADMIN_SHOW_CLUSTERS}, {"hosts", ADMIN_SHOW_HOSTS},
+	        {"clients", ADMIN_SHOW_CLIENTS},   {"tenants", ADMIN_SHOW_TENANTS},
+	        {"stats", ADMIN_SHOW_STATS},       {"config", ADMIN_SHOW_CONFIG},
+	        {"version", ADMIN_SHOW_VERSION},   {"help", ADMIN_SHOW_HELP},
 	};
 	static const char usage[] =
-		"SHOW CLUSTERS, HOSTS, CLIENTS, TENANTS, STATS, CONFIG, VERSION or HELP.";
+	        "SHOW CLUSTERS, HOSTS, CLIENTS, TENANTS, STATS, CONFIG, VERSION or HELP.";
 	struct tok t;
 
 	lex(lx, &t);
@@ -344,7 +345,7 @@ bool admin_parse(const char *sql, size_t len, struct admin_stmt *st, struct admi
 	memset(e, 0, sizeof(*e));
 	if (len > ADMIN_MAX_STATEMENT) {
 		set_error(e, "SHOW HELP lists the commands.",
-			  "statement too long (%zu bytes; console commands are short)", len);
+		          "statement too long (%zu bytes; console commands are short)", len);
 		return false;
 	}
 	lex(&lx, &t);
@@ -370,8 +371,7 @@ bool admin_parse(const char *sql, size_t len, struct admin_stmt *st, struct admi
 		lex(&lx, &t);
 		if (!is_kw(&t, "to"))
 			return syntax(e, &t, pin_usage);
-		return want_cluster(&lx, st, e, pin_usage) &&
-		       want_end(&lx, st, e, true, pin_usage);
+		return want_cluster(&lx, st, e, pin_usage) && want_end(&lx, st, e, true, pin_usage);
 	}
 	if (is_kw(&t, "unpin")) {
 		st->cmd = ADMIN_UNPIN;
@@ -540,12 +540,12 @@ void admin_result_columns(struct admin_result *r, const char *const *names, size
 	put_u16(r, (uint16_t)n);
 	for (size_t i = 0; i < n; i++) {
 		put_cstr(r, names[i]);
-		put_u32(r, 0);	  /* table oid */
-		put_u16(r, 0);	  /* column number */
-		put_u32(r, 25);	  /* type oid: text */
-		put_u16(r, 0xffff); /* typlen -1: variable */
+		put_u32(r, 0);           /* table oid */
+		put_u16(r, 0);           /* column number */
+		put_u32(r, 25);          /* type oid: text */
+		put_u16(r, 0xffff);      /* typlen -1: variable */
 		put_u32(r, 0xffffffffu); /* typmod -1 */
-		put_u16(r, 0);	  /* format: text */
+		put_u16(r, 0);           /* format: text */
 	}
 	msg_end(r, at);
 	r->ncols = n;
@@ -596,7 +596,7 @@ void admin_result_empty_query(struct admin_result *r)
 }
 
 static void error_fields(struct admin_result *r, uint8_t type, const char *severity,
-			 const char *sqlstate, const char *message, const char *hint)
+                         const char *sqlstate, const char *message, const char *hint)
 {
 	size_t at = msg_begin(r, type);
 
@@ -618,7 +618,7 @@ static void error_fields(struct admin_result *r, uint8_t type, const char *sever
 }
 
 void admin_result_error(struct admin_result *r, const char *sqlstate, const char *message,
-			const char *hint)
+                        const char *hint)
 {
 	error_fields(r, 'E', "ERROR", sqlstate, message, hint);
 	r->ncols = 0;

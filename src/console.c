@@ -46,7 +46,7 @@ struct console {
 };
 
 enum roster_hold tenant_held(const struct router *rt, struct roster_entry *e, const char *tenant,
-			     size_t len)
+                             size_t len)
 {
 	/* One line per reason a tenant waits: pauses and pin changes are in the roster. */
 	return roster_tenant_held(e, tenant, len, rt->cfg->generation);
@@ -82,7 +82,7 @@ static void flush(struct console *c)
 	if (c->out.failed) {
 		admin_result_reset(&c->out);
 		admin_result_error(&c->out, "54000", "the answer is too large to send",
-				   "Ask for less, or use /metrics for large listings.");
+		                   "Ask for less, or use /metrics for large listings.");
 		admin_result_ready(&c->out);
 	}
 	if (c->out.len && !c->closed && !c->io.send(c->io.arg, c->out.p, c->out.len))
@@ -91,14 +91,14 @@ static void flush(struct console *c)
 }
 
 static void error_ready(struct console *c, const char *sqlstate, const char *message,
-			const char *hint)
+                        const char *hint)
 {
 	admin_result_error(&c->out, sqlstate, message, hint);
 	admin_result_ready(&c->out);
 }
 
-static void errorf(struct console *c, const char *sqlstate, const char *hint, const char *fmt,
-		   ...) PRINTF_LIKE(4, 5);
+static void errorf(struct console *c, const char *sqlstate, const char *hint, const char *fmt, ...)
+        PRINTF_LIKE(4, 5);
 
 static void errorf(struct console *c, const char *sqlstate, const char *hint, const char *fmt, ...)
 {
@@ -130,10 +130,10 @@ static void done_ok(struct console *c, const char *tag)
 	admin_result_ready(&c->out);
 }
 
-#define COLUMNS(r, ...)                                                                    \
-	do {                                                                               \
-		static const char *const cols_[] = {__VA_ARGS__};                          \
-		admin_result_columns((r), cols_, ARRAY_SIZE(cols_));                      \
+#define COLUMNS(r, ...)                                              \
+	do {                                                         \
+		static const char *const cols_[] = {__VA_ARGS__};    \
+		admin_result_columns((r), cols_, ARRAY_SIZE(cols_)); \
 	} while (0)
 
 static const char *u64s(char *buf, size_t cap, uint64_t v)
@@ -171,13 +171,13 @@ static void show_clusters(struct console *c)
 	const struct config *cfg = c->rt->cfg;
 
 	COLUMNS(&c->out, "cluster", "state", "writer", "sessions", "routed_pin", "routed_ring",
-		"refusals", "pins", "ring_share", "reason");
+	        "refusals", "pins", "ring_share", "reason");
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		const struct cluster_cfg *cl = &cfg->clusters[i];
 		struct stats_cluster_view v = {0};
 		char why[256], writer[300], n1[24], n2[24], n3[24], n4[24], n5[24], share[24];
-		enum health_cluster st = health_cluster_state(c->rt->health, cl->name, why,
-							      sizeof(why));
+		enum health_cluster st =
+		        health_cluster_state(c->rt->health, cl->name, why, sizeof(why));
 		int64_t sessions = 0;
 		const char *row[10];
 
@@ -237,8 +237,8 @@ static void host_row_cb(void *arg, const struct health_host_info *hi)
 
 static void show_hosts(struct console *c)
 {
-	COLUMNS(&c->out, "cluster", "host", "port", "role", "health", "in_recovery",
-		"check_ms", "failures", "timeline", "last_error", "history");
+	COLUMNS(&c->out, "cluster", "host", "port", "role", "health", "in_recovery", "check_ms",
+	        "failures", "timeline", "last_error", "history");
 	health_hosts(c->rt->health, host_row_cb, c);
 	done_ok(c, "SHOW");
 }
@@ -261,8 +261,8 @@ static void show_clients(struct console *c)
 		error_ready(c, "53200", "out of memory", "Retry.");
 		return;
 	}
-	COLUMNS(&c->out, "id", "thread", "address", "tenant", "cluster", "host", "state",
-		"age_s", "bytes_in", "bytes_out", "tls");
+	COLUMNS(&c->out, "id", "thread", "address", "tenant", "cluster", "host", "state", "age_s",
+	        "bytes_in", "bytes_out", "tls");
 	for (long i = 0; i < n; i++) {
 		const struct roster_row *r = &rows[i];
 		char id[24], thr[12], age[32], bin[24], bout[24];
@@ -270,8 +270,8 @@ static void show_clients(struct console *c)
 
 		snprintf(thr, sizeof(thr), "%u", r->loop);
 		snprintf(age, sizeof(age), "%.1f",
-			 r->started_ms && now > r->started_ms ? (double)(now - r->started_ms) / 1e3
-							     : 0.0);
+		         r->started_ms && now > r->started_ms ? (double)(now - r->started_ms) / 1e3
+		                                              : 0.0);
 		row[0] = u64s(id, sizeof(id), r->id);
 		row[1] = thr;
 		row[2] = r->peer;
@@ -303,7 +303,7 @@ static int row_by_tenant(const void *a, const void *b)
 }
 
 static bool is_held(const struct roster_held_row *h, size_t nh, const char *t, size_t len,
-		    bool *paused, bool *moving)
+                    bool *paused, bool *moving)
 {
 	for (size_t i = 0; i < nh; i++) {
 		if (h[i].tlen == len && memcmp(h[i].tenant, t, len) == 0) {
@@ -317,7 +317,7 @@ static bool is_held(const struct roster_held_row *h, size_t nh, const char *t, s
 }
 
 static void tenant_row(struct console *c, const char *tenant, const char *cluster,
-		       const char *source, size_t live, size_t waiting, bool paused, bool moving)
+                       const char *source, size_t live, size_t waiting, bool paused, bool moving)
 {
 	char n1[24], n2[24];
 	const char *row[6];
@@ -365,7 +365,7 @@ static void show_tenants(struct console *c)
 		}
 		is_held(held, nh, rows[i].tenant, rows[i].tlen, &paused, &moving);
 		tenant_row(c, rows[i].tenant, rows[i].cluster, roster_source_name(rows[i].source),
-			   live, waiting, paused, moving);
+		           live, waiting, paused, moving);
 		i = j;
 	}
 	/* Paused tenants without a session yet. */
@@ -427,7 +427,8 @@ static void show_stats(struct console *c)
 	stat_row(c, "reloads_ok", stats_reloads(true), 0, false);
 	stat_row(c, "reloads_failed", stats_reloads(false), 0, false);
 	stat_row(c, "pins", pins_count(c->rt->cfg->pins), 0, false);
-	snprintf(avg, sizeof(avg), "%.3f", login.count ? login.sum * 1e3 / (double)login.count : 0.0);
+	snprintf(avg, sizeof(avg), "%.3f",
+	         login.count ? login.sum * 1e3 / (double)login.count : 0.0);
 	row[0] = "login_avg_ms";
 	row[1] = avg;
 	row[2] = "";
@@ -436,7 +437,7 @@ static void show_stats(struct console *c)
 }
 
 static void config_row_cb(void *arg, const char *key, const char *value, const char *defval,
-			  bool reloadable)
+                          bool reloadable)
 {
 	struct console *c = arg;
 	const char *row[4] = {key, value, defval, reloadable ? "yes" : "no"};
@@ -593,7 +594,7 @@ static void run(struct console *c, const char *sql, size_t len)
 
 		log_info("console user=%s: kill tenant=%s sessions=%zu", c->user, st.tenant, n);
 		noticef(c, "%zu session%s of tenant \"%s\" %s", n, n == 1 ? "" : "s", st.tenant,
-			n ? "are being closed" : "found");
+		        n ? "are being closed" : "found");
 		done_ok(c, "KILL");
 		break;
 	}
@@ -615,9 +616,9 @@ static void run(struct console *c, const char *sql, size_t len)
 	case ADMIN_PIN:
 	case ADMIN_UNPIN:
 		log_info("console user=%s: %s tenant=%s%s%s%s", c->user,
-			 st.cmd == ADMIN_PIN ? "pin" : "unpin", st.tenant,
-			 st.cmd == ADMIN_PIN ? " cluster=" : "", st.cmd == ADMIN_PIN ? st.cluster : "",
-			 st.force ? " force" : "");
+		         st.cmd == ADMIN_PIN ? "pin" : "unpin", st.tenant,
+		         st.cmd == ADMIN_PIN ? " cluster=" : "",
+		         st.cmd == ADMIN_PIN ? st.cluster : "", st.force ? " force" : "");
 		submit(c, &st, ADMIN_REQ_PIN);
 		break;
 	}
@@ -631,7 +632,7 @@ static void handle(struct console *c, uint8_t type, const uint8_t *body, size_t 
 		c->skip_to_sync = false;
 		if (len == 0 || body[len - 1] != '\0' || memchr(body, '\0', len - 1)) {
 			admin_result_error(&c->out, "08P01", "malformed Query message",
-					   "Use a PostgreSQL client.");
+			                   "Use a PostgreSQL client.");
 			flush(c);
 			c->closed = true;
 			c->io.close(c->io.arg);
@@ -657,15 +658,15 @@ static void handle(struct console *c, uint8_t type, const uint8_t *body, size_t 
 	case 'F':
 		if (!c->skip_to_sync)
 			admin_result_error(
-				&c->out, "0A000",
-				"the admin console speaks the simple query protocol only",
-				"Use psql, or psql -c; from a driver, send the command as a plain "
-				"query (psycopg: ClientCursor; JDBC: preferQueryMode=simple).");
+			        &c->out, "0A000",
+			        "the admin console speaks the simple query protocol only",
+			        "Use psql, or psql -c; from a driver, send the command as a plain "
+			        "query (psycopg: ClientCursor; JDBC: preferQueryMode=simple).");
 		c->skip_to_sync = true;
 		break;
 	default:
 		admin_result_error(&c->out, "08P01", "unexpected message on the admin console",
-				   "Use a PostgreSQL client.");
+		                   "Use a PostgreSQL client.");
 		flush(c);
 		c->closed = true;
 		c->io.close(c->io.arg);
@@ -736,8 +737,8 @@ void console_message(struct console *c, uint8_t type, const uint8_t *body, size_
 	if (c->req || c->qlen) {
 		if (!enqueue(c, type, body, len)) {
 			admin_result_error(&c->out, "54000",
-					   "too much sent while a command is running",
-					   "Wait for each answer before sending more.");
+			                   "too much sent while a command is running",
+			                   "Wait for each answer before sending more.");
 			flush(c);
 			c->closed = true;
 			c->io.close(c->io.arg);

@@ -23,8 +23,8 @@ struct held {
 	char tenant[ROSTER_MAX_TENANT + 1];
 	size_t tlen;
 	bool paused;
-	bool moving;	 /* a pin change in flight or published */
-	uint64_t gen;	 /* moving: snapshots older than this still hold; UINT64_MAX in flight */
+	bool moving;  /* a pin change in flight or published */
+	uint64_t gen; /* moving: snapshots older than this still hold; UINT64_MAX in flight */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -120,7 +120,7 @@ static enum roster_hold hold_of(const struct held *h, uint64_t cfg_gen)
 }
 
 enum roster_hold roster_tenant_held(struct roster_entry *e, const char *tenant, size_t len,
-				    uint64_t cfg_gen)
+                                    uint64_t cfg_gen)
 {
 	enum roster_hold r;
 
@@ -137,7 +137,7 @@ enum roster_hold roster_tenant_held(struct roster_entry *e, const char *tenant, 
 }
 
 void roster_set_route(struct roster_entry *e, const char *cluster, const char *host,
-		      enum roster_source src)
+                      enum roster_source src)
 {
 	pthread_mutex_lock(&lock);
 	snprintf(e->cluster, sizeof(e->cluster), "%s", cluster ? cluster : "");
@@ -194,7 +194,8 @@ static size_t count_live(const char *tenant, size_t len)
 	size_t n = 0;
 
 	for (const struct roster_entry *e = head; e; e = e->next) {
-		if (!e->admin && !e->waiting && e->tlen == len && memcmp(e->tenant, tenant, len) == 0)
+		if (!e->admin && !e->waiting && e->tlen == len &&
+		    memcmp(e->tenant, tenant, len) == 0)
 			n++;
 	}
 	return n;

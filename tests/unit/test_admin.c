@@ -29,21 +29,21 @@ static void test_admin_commands_parse(void **state)
 		const char *sql;
 		enum admin_cmd cmd;
 	} ok[] = {
-		{"SHOW CLUSTERS", ADMIN_SHOW_CLUSTERS},
-		{"show clusters;", ADMIN_SHOW_CLUSTERS},
-		{"  Show\tHosts ;  ", ADMIN_SHOW_HOSTS},
-		{"SHOW CLIENTS", ADMIN_SHOW_CLIENTS},
-		{"show tenants", ADMIN_SHOW_TENANTS},
-		{"SHOW STATS", ADMIN_SHOW_STATS},
-		{"SHOW config", ADMIN_SHOW_CONFIG},
-		{"SHOW VERSION", ADMIN_SHOW_VERSION},
-		{"show help;", ADMIN_SHOW_HELP},
-		{"RELOAD", ADMIN_RELOAD},
-		{"reload;", ADMIN_RELOAD},
-		{"SHUTDOWN", ADMIN_SHUTDOWN},
-		{"", ADMIN_EMPTY},
-		{" ; ", ADMIN_EMPTY},
-		{";;", ADMIN_EMPTY},
+	        {"SHOW CLUSTERS", ADMIN_SHOW_CLUSTERS},
+	        {"show clusters;", ADMIN_SHOW_CLUSTERS},
+	        {"  Show\tHosts ;  ", ADMIN_SHOW_HOSTS},
+	        {"SHOW CLIENTS", ADMIN_SHOW_CLIENTS},
+	        {"show tenants", ADMIN_SHOW_TENANTS},
+	        {"SHOW STATS", ADMIN_SHOW_STATS},
+	        {"SHOW config", ADMIN_SHOW_CONFIG},
+	        {"SHOW VERSION", ADMIN_SHOW_VERSION},
+	        {"show help;", ADMIN_SHOW_HELP},
+	        {"RELOAD", ADMIN_RELOAD},
+	        {"reload;", ADMIN_RELOAD},
+	        {"SHUTDOWN", ADMIN_SHUTDOWN},
+	        {"", ADMIN_EMPTY},
+	        {" ; ", ADMIN_EMPTY},
+	        {";;", ADMIN_EMPTY},
 	};
 	struct admin_stmt st;
 	struct admin_error e;
@@ -101,29 +101,29 @@ static void test_admin_arguments(void **state)
 static void test_admin_errors_have_hints(void **state)
 {
 	static const char *const bad[] = {
-		"SELECT 1",
-		"SHOW",
-		"SHOW POOLS",
-		"SHOW CLUSTERS extra",
-		"SHOW CLUSTERS; SHOW HOSTS",
-		"ROUTE 42",
-		"ROUTE ''",
-		"ROUTE 'unterminated",
-		"PIN 'a'",
-		"PIN 'a' beta",
-		"PIN 'a' TO",
-		"PIN 'a' TO beta FORCE FORCE",
-		"UNPIN",
-		"PAUSE 'a'",
-		"KILL CLIENT abc",
-		"KILL CLIENT 99999999999999999999",
-		"KILL",
-		"KILL 'x'",
-		"RELOAD now",
-		"SHOW CLUSTERS;;",
-		"\x01\x02",
-		"ROUTE 'a' ;x",
-		"set client_encoding = 'UTF8'",
+	        "SELECT 1",
+	        "SHOW",
+	        "SHOW POOLS",
+	        "SHOW CLUSTERS extra",
+	        "SHOW CLUSTERS; SHOW HOSTS",
+	        "ROUTE 42",
+	        "ROUTE ''",
+	        "ROUTE 'unterminated",
+	        "PIN 'a'",
+	        "PIN 'a' beta",
+	        "PIN 'a' TO",
+	        "PIN 'a' TO beta FORCE FORCE",
+	        "UNPIN",
+	        "PAUSE 'a'",
+	        "KILL CLIENT abc",
+	        "KILL CLIENT 99999999999999999999",
+	        "KILL",
+	        "KILL 'x'",
+	        "RELOAD now",
+	        "SHOW CLUSTERS;;",
+	        "\x01\x02",
+	        "ROUTE 'a' ;x",
+	        "set client_encoding = 'UTF8'",
 	};
 	struct admin_stmt st;
 	struct admin_error e;
@@ -179,7 +179,7 @@ static void test_admin_limits(void **state)
 static void test_admin_truncation_and_random(void **state)
 {
 	static const char *const good[] = {"PIN 'it''s' TO \"b\" FORCE;", "KILL CLIENT 17;",
-					   "RESUME TENANT 'x';", "SHOW CLIENTS;"};
+	                                   "RESUME TENANT 'x';", "SHOW CLIENTS;"};
 	struct admin_stmt st;
 	struct admin_error e;
 	unsigned seed = 12345;
@@ -198,7 +198,8 @@ static void test_admin_truncation_and_random(void **state)
 		}
 	}
 	for (int i = 0; i < 20000; i++) {
-		static const char alphabet[] = "SHOWPINTOKILLCLIENT 'x\";\t0123456789forceRESUME\x00\xff";
+		static const char alphabet[] =
+		        "SHOWPINTOKILLCLIENT 'x\";\t0123456789forceRESUME\x00\xff";
 		size_t len = (seed = seed * 1103515245u + 12345u) >> 16 & 63;
 		char *p = malloc(len ? len : 1);
 
@@ -206,7 +207,7 @@ static void test_admin_truncation_and_random(void **state)
 		for (size_t k = 0; k < len; k++) {
 			seed = seed * 1103515245u + 12345u;
 			p[k] = (seed >> 24) & 1 ? alphabet[(seed >> 16) % (sizeof(alphabet) - 1)]
-						: (char)(seed >> 8);
+			                        : (char)(seed >> 8);
 		}
 		if (admin_parse(p, len, &st, &e)) {
 			assert_true(st.tlen <= ADMIN_MAX_TENANT);
@@ -267,7 +268,8 @@ static void test_admin_result_messages(void **state)
 
 	assert_true(next_msg(&rd, &type, &body));
 	assert_int_equal(type, 'D');
-	assert_true(rd_u16(&body, &n) && rd_u32(&body, &v) && rd_bytes(&body, v, &(const uint8_t *){0}));
+	assert_true(rd_u16(&body, &n) && rd_u32(&body, &v) &&
+	            rd_bytes(&body, v, &(const uint8_t *){0}));
 	assert_true(rd_u32(&body, &v));
 	assert_int_equal(v, 0xffffffffu); /* NULL */
 
@@ -418,16 +420,16 @@ static void test_roster_kill_and_snapshot(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_admin_commands_parse),
-		cmocka_unit_test(test_admin_arguments),
-		cmocka_unit_test(test_admin_errors_have_hints),
-		cmocka_unit_test(test_admin_limits),
-		cmocka_unit_test(test_admin_truncation_and_random),
-		cmocka_unit_test(test_admin_result_messages),
-		cmocka_unit_test(test_admin_result_is_bounded),
-		cmocka_unit_test(test_admin_pinnable),
-		cmocka_unit_test(test_roster_hold_and_move),
-		cmocka_unit_test(test_roster_kill_and_snapshot),
+	        cmocka_unit_test(test_admin_commands_parse),
+	        cmocka_unit_test(test_admin_arguments),
+	        cmocka_unit_test(test_admin_errors_have_hints),
+	        cmocka_unit_test(test_admin_limits),
+	        cmocka_unit_test(test_admin_truncation_and_random),
+	        cmocka_unit_test(test_admin_result_messages),
+	        cmocka_unit_test(test_admin_result_is_bounded),
+	        cmocka_unit_test(test_admin_pinnable),
+	        cmocka_unit_test(test_roster_hold_and_move),
+	        cmocka_unit_test(test_roster_kill_and_snapshot),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
