@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 import harness
+import rawpg
 from harness import SLOW
 
 pytestmark = pytest.mark.timeout(60)
@@ -177,6 +178,21 @@ def test_console_non_admin_and_wrong_password(crouter):
     assert "password authentication failed" in res.stderr, res.stderr
     # The normal path is untouched: a tenant session still works.
     assert crouter.server_port("t-na") > 0
+
+
+def test_console_refusals_on_the_wire(crouter):
+    """The SQLSTATEs libpq does not show for login errors: 42501 after the password."""
+    with rawpg.RawConn(crouter.port) as c:
+        with pytest.raises(rawpg.LoginError) as ei:
+            rawpg.login_password(c, [("user", VIEWER), ("database", "tenant_router")],
+                                 VIEWER_PW)
+    f = ei.value.fields
+    assert (f["S"], f["C"]) == ("FATAL", "42501"), f
+    assert f["M"].startswith("tenant-router:") and "admin_users" in f["H"], f
+    # An admin on the wire: RowDescription of text columns, DataRow, CommandComplete, Ready.
+    with rawpg.RawConn(crouter.port) as c:
+        rawpg.login_password(c, [("user", ADMIN), ("database", "tenant_router")], ADMIN_PW)
+        assert rawpg.simple_query(c, "show version;")[0][0].startswith("tenant-router ")
 
 
 def test_console_off_without_admin_users(make_router):
