@@ -693,15 +693,25 @@ static void req_done(struct admin_req *r)
 {
 	struct console *c = r->arg;
 
+	bool ends = r->ok && c->req_cmd == ADMIN_SHUTDOWN;
+
 	c->req = NULL;
 	if (r->notice[0])
 		admin_result_notice(&c->out, r->notice);
+	if (ends)
+		admin_result_notice(&c->out, "the router is draining; this console session ends");
 	if (r->ok)
 		done_ok(c, admin_cmd_tag(c->req_cmd));
 	else
 		error_ready(c, r->sqlstate, r->message, r->hint);
 	free(r);
 	flush(c);
+	/* A console would hold the drain up to shutdown_timeout: the one that asked ends. */
+	if (ends && !c->closed) {
+		c->closed = true;
+		c->io.close(c->io.arg);
+		return;
+	}
 	drain_queue(c);
 }
 
