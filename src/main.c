@@ -533,6 +533,11 @@ static void reload_after_cb(uv_work_t *work, int status)
 	if (D.draining) {
 		config_unref(nc);
 		reload_answer(false, "the router is shutting down");
+		/* No reload or pin change starts any more: answer those still waiting. */
+		D.reload_waiting = D.reload_next;
+		D.reload_next = NULL;
+		reload_answer(false, "the router is shutting down");
+		pin_next();
 		return;
 	}
 	rc = apply_config(nc, "reload");
