@@ -766,6 +766,10 @@ static void pin_after_cb(uv_work_t *work, int status)
 	if (D.reload_again && !D.draining) {
 		D.reload_again = false;
 		reload_start();
+	} else if (D.draining && D.reload_next) {
+		D.reload_waiting = D.reload_next;
+		D.reload_next = NULL;
+		reload_answer(false, "the router is shutting down");
 	}
 	pin_next();
 }
