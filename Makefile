@@ -19,7 +19,8 @@ CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
 PURE    := proto startup ring pins route query auth gframe federation stats admin roster
-IO      := log config health citus client client_local client_guard splice cancel main sdnotify \
+IO      := log config health citus conn server session link client client_local client_guard splice \
+           cancel main sdnotify \
            tls http metrics peer console
 
 ifeq ($(SAN),1)

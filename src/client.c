@@ -1,8 +1,10 @@
 /*
  * client.c - one client session, from accept to close.
  *
- * A session is one allocation with its libuv handles embedded (client and
- * server TCP, one timer); it is freed only in the last close callback.
+ * A session is one allocation with its libuv handles embedded (the client
+ * TCP in its struct conn, one timer); it is freed only in the last close
+ * callback. The server connection is an allocation of its own (server.c),
+ * closed with the session and freed in its own close callback.
  * Its life is the enum client_state in client.h, changed only through
  * set_state(). Every waiting state is bounded by the one timer: the login
  * timeout from accept until ReadyForQuery, the connect timeout while
@@ -14,8 +16,9 @@
  * until the login timeout.
  *
  * Until ReadyForQuery we keep a struct login on the side (the startup
- * packet, the chosen server, a framer over the server's messages); once the
- * session splices it is freed, so an idle session holds no buffer.
+ * packet, the chosen server; the framer over the server's messages is the
+ * server connection's); once the session splices it is freed, so an idle
+ * session holds no buffer.
  *
  * While relaying authentication we pass the server's messages on whole:
  * BackendKeyData goes to the cancel map, an ErrorResponse is logged,
@@ -27,16 +30,21 @@
  * there is always a message boundary to put it at.
  *
  * Either leg may be TLS (struct tls over memory BIOs). All bytes from a leg
- * go through read_cb -> tls_in -> deliver, and all bytes to a leg through
- * side_send, so the state machine does not care which legs are encrypted.
+ * come up from conn.c through on_data -> deliver, and all bytes to a leg go
+ * down through conn_send, so the state machine does not care which legs
+ * are encrypted. The server leg is a struct server (server.c), its own
+ * allocation: connecting, TLS, the framing of its login messages and the
+ * removal of SCRAM-SHA-256-PLUS live there, and it reports back through
+ * the struct server_ops given here.
  *
  * What we never do: send a tenant to a second cluster. A session's cluster
  * is chosen once, before connecting, and nothing afterwards re-routes it.
  *
- * Two concerns live beside this file and share its types (session.h):
- * client_local.c, for clients that name the tenant only in SQL (the router
- * logs them in itself, then logs in to the server for them), and
- * client_guard.c, the stickiness guard on spliced sessions.
+ * Concerns below this file share its types (session.h): client_local.c,
+ * for clients that name the tenant only in SQL (the router logs them in
+ * itself, then logs in to the server for them), link.c, the splice, and
+ * client_guard.c, the stickiness guard on spliced sessions. They call up
+ * only through s->up, the struct session_ops this file gives each session.
  */
 #include "client.h"
 
@@ -44,18 +52,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <uv.h>
 
 #include "cancel.h"
 #include "config.h"
+#include "conn.h"
 #include "health.h"
 #include "log.h"
 #include "peer.h"
 #include "proto.h"
 #include "route.h"
 #include "router.h"
+#include "server.h"
 #include "splice.h"
 #include "startup.h"
 #include "tls.h"
@@ -73,22 +82,7 @@ const char *client_state_name(enum client_state s)
 }
 
 
-void client_log(struct session *s, enum log_level level, const char *fmt, ...)
-{
-	char prefix[512];
-	va_list ap;
-
-	if (!log_enabled(level))
-		return;
-	snprintf(prefix, sizeof(prefix), "c=%llu peer=%s tenant=%s cluster=%s",
-		 (unsigned long long)s->id, s->peer, s->tenant ? s->tenant : "-",
-		 s->cluster[0] ? s->cluster : "-");
-	va_start(ap, fmt);
-	log_vmsg(level, prefix, fmt, ap);
-	va_end(ap);
-}
-
-void client_set_state(struct session *s, enum client_state next)
+static void set_state(struct session *s, enum client_state next)
 {
 	static const unsigned allowed[] = {
 		[CLIENT_STARTUP] = 1u << CLIENT_TLS | 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
@@ -109,9 +103,15 @@ void client_set_state(struct session *s, enum client_state next)
 		return;
 	TR_ASSERT(allowed[s->state] & (1u << next));
 	if (log_enabled(LOG_TRACE))
-		client_log(s, LOG_TRACE, "state %s -> %s", client_state_name(s->state),
+		session_log(s, LOG_TRACE, "state %s -> %s", client_state_name(s->state),
 		     client_state_name(next));
 	stats_session_state(s->stc, s->state, next);
+	/* From now on the legs deliver nothing more. */
+	if (next == CLIENT_CLOSING) {
+		s->cl.halted = true;
+		if (s->sv)
+			s->sv->c.halted = true;
+	}
 	/* Both ways in (relayed and the router's own login) end here at ReadyForQuery. */
 	if (next == CLIENT_SPLICING)
 		stats_observe(STATS_LOGIN, uv_hrtime() - s->t0_ns);
@@ -126,11 +126,8 @@ static void login_free(struct login *L)
 	local_free(L->lc);
 	if (L->sv_ctx)
 		tls_ctx_free(L->sv_ctx);
-	if (L->out)
-		block_put(L->out);
 	free(L->in);
 	free(L->fwd);
-	free(L->msg);
 	free(L);
 }
 
@@ -151,8 +148,7 @@ static void session_free(struct session *s)
 		atomic_fetch_sub(&rt->limits->refusing, 1);
 	login_free(s->login);
 	guard_free(&s->g);
-	tls_free(s->cl.tls);
-	tls_free(s->sv.tls);
+	conn_release(&s->cl);
 	free(s->tenant);
 	free(s);
 	if (rt->draining && rt->nsessions == 0 && rt->on_empty)
@@ -167,27 +163,47 @@ static void close_cb(uv_handle_t *h)
 		session_free(s);
 }
 
+static void cl_closed(struct conn *c)
+{
+	struct session *s = c->owner;
+
+	if (--s->open_handles == 0)
+		session_free(s);
+}
+
+/* The server connection goes now (its memory in its own close callback). */
+static void drop_server(struct session *s)
+{
+	if (s->sv == NULL)
+		return;
+	link_detach(s);
+	server_close(s->sv);
+	s->sv = NULL;
+}
+
 /* Closes every handle now; pending writes are cancelled. */
-void client_close(struct session *s)
+static void client_close(struct session *s)
 {
 	if (s->closed)
 		return;
 	if (s->state != CLIENT_CLOSING)
-		client_set_state(s, CLIENT_CLOSING);
+		set_state(s, CLIENT_CLOSING);
 	s->closed = true;
 	cancel_unregister(s->rt->cancels, &s->ce);
-	client_log(s, LOG_DEBUG, "closed age=%llums",
+	session_log(s, LOG_DEBUG, "closed age=%llums",
 	     (unsigned long long)(uv_now(s->rt->loop) - s->started));
 	/* Its callback still runs (UV_EAI_CANCELED) and frees the session if last. */
 	if (s->login && s->login->resolving)
 		uv_cancel((uv_req_t *)&s->login->gai);
 	uv_close((uv_handle_t *)&s->timer, close_cb);
-	uv_close((uv_handle_t *)&s->cl.tcp, close_cb);
-	if (s->sv.inited)
-		uv_close((uv_handle_t *)&s->sv.tcp, close_cb);
+	drop_server(s);
+	conn_close(&s->cl);
 }
 
 static void timer_cb(uv_timer_t *t);
+static const struct conn_ops cl_ops;
+static const struct server_ops sv_ops;
+static const struct session_ops session_up;
 
 static void arm_timer(struct session *s, uint64_t ms)
 {
@@ -201,146 +217,37 @@ static uint64_t login_left(struct session *s)
 	return s->login_deadline > now ? s->login_deadline - now : 0;
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status)
-{
-	client_close(req->data);
-}
-
-void client_stop_reading(struct side *sd)
-{
-	if (sd->inited && sd->reading && !uv_is_closing((uv_handle_t *)&sd->tcp)) {
-		uv_read_stop((uv_stream_t *)&sd->tcp);
-		sd->reading = false;
-	}
-}
-
 /*
  * Stops reading both sides, lets what is queued for dst reach it, then
  * closes everything (bounded by CLOSE_FLUSH_MS).
  */
-void client_drain(struct session *s, struct side *dst)
+static void client_drain(struct session *s, struct conn *dst)
 {
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;
-	client_set_state(s, CLIENT_CLOSING);
-	client_stop_reading(&s->cl);
-	client_stop_reading(&s->sv);
+	set_state(s, CLIENT_CLOSING);
+	conn_stop_reading(&s->cl);
+	if (s->sv)
+		conn_stop_reading(&s->sv->c);
 	arm_timer(s, CLOSE_FLUSH_MS);
-	s->shut.data = s;
-	if (!dst->inited || uv_shutdown(&s->shut, (uv_stream_t *)&dst->tcp, shutdown_cb) < 0)
+	if (dst == NULL || conn_shutdown(dst) < 0)
 		client_close(s);
 }
 
-static struct side *other(struct session *s, struct side *sd)
+static struct conn *other(struct session *s, struct conn *c)
 {
-	return sd == &s->cl ? &s->sv : &s->cl;
+	return c == &s->cl ? session_server_conn(s) : &s->cl;
 }
 
-static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
-
-static void write_cb(uv_write_t *req, int status)
+static void send_failed(struct session *s, struct conn *dst, int rc)
 {
-	struct session *s = req->data;
-	struct side *dst = req->handle == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
-	struct side *src = other(s, dst);
-
-	block_put(container_of(req, struct block, req));
-	if (status == UV_ECANCELED || s->closed)
-		return;
-	if (status < 0) {
-		client_send_failed(s, dst, status);
-		return;
-	}
-	if (src->paused && (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SPLICING) &&
-	    uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) < SPLICE_LOW_WATER) {
-		src->paused = false;
-		client_start_reading(s, src);
-	}
-}
-
-/* Moves the ciphertext TLS produced for sd onto its socket. */
-/* Bytes written to a leg, for metrics. */
-static void count_sent(struct session *s, struct side *sd, size_t n)
-{
-	stats_bytes(sd == &s->cl ? STATS_TO_CLIENT : STATS_TO_SERVER, n);
-}
-
-static int flush_tls(struct session *s, struct side *sd)
-{
-	for (;;) {
-		struct block *b = block_get();
-		size_t n;
-		int rc;
-
-		if (b == NULL)
-			return UV_ENOMEM;
-		n = tls_take_out(sd->tls, b->data, SPLICE_BLOCK_SIZE);
-		if (n == 0) {
-			block_put(b);
-			return 0;
-		}
-		count_sent(s, sd, n);
-		rc = splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
-		if (rc < 0)
-			return rc;
-	}
-}
-
-/* Sends n bytes of b to sd (encrypting on a TLS leg); takes b. */
-static int side_send(struct session *s, struct side *sd, struct block *b, size_t n)
-{
-	bool ok;
-
-	if (sd->tls == NULL) {
-		count_sent(s, sd, n);
-		return splice_send((uv_stream_t *)&sd->tcp, b, 0, n, s, write_cb);
-	}
-	ok = tls_write(sd->tls, b->data, n);
-	block_put(b);
-	return ok ? flush_tls(s, sd) : UV_EPROTO;
-}
-
-int client_send_copy(struct session *s, struct side *sd, const void *p, size_t n)
-{
-	if (sd->tls == NULL) {
-		count_sent(s, sd, n);
-		return splice_send_copy((uv_stream_t *)&sd->tcp, p, n, s, write_cb);
-	}
-	return tls_write(sd->tls, p, n) ? flush_tls(s, sd) : UV_EPROTO;
-}
-
-/* After queueing for dst: pause its source while dst has too much unsent. */
-void client_apply_pressure(struct session *s, struct side *dst)
-{
-	struct side *src = other(s, dst);
-
-	if (uv_stream_get_write_queue_size((uv_stream_t *)&dst->tcp) > SPLICE_HIGH_WATER &&
-	    !src->paused && src->reading) {
-		src->paused = true;
-		client_stop_reading(src);
-	}
-}
-
-void client_send_failed(struct session *s, struct side *dst, int rc)
-{
-	client_log(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
-	     uv_strerror(rc));
+	session_log(s, LOG_DEBUG, "write to %s failed: %s", dst == &s->cl ? "client" : "server",
+		    uv_strerror(rc));
 	/* The server is gone: still hand the client what it already sent. */
-	if (dst == &s->sv)
+	if (dst != &s->cl)
 		client_drain(s, &s->cl);
 	else
 		client_close(s);
-}
-
-/* Passes b (n bytes) to dst, pausing the source if dst has too much unsent. */
-void client_forward(struct session *s, struct side *dst, struct block *b, size_t n)
-{
-	int rc = side_send(s, dst, b, n);
-
-	if (rc < 0)
-		client_send_failed(s, dst, rc);
-	else
-		client_apply_pressure(s, dst);
 }
 
 /*
@@ -369,73 +276,49 @@ static bool client_at_boundary(struct session *s)
  */
 static void refuse_at_once(struct session *s, struct block *b, size_t len)
 {
-	uv_buf_t buf = uv_buf_init(b->data, (unsigned)len);
-	uv_os_fd_t fd;
-	char sink[512];
-
-	if (uv_try_write((uv_stream_t *)&s->cl.tcp, &buf, 1) == (int)len &&
-	    uv_fileno((uv_handle_t *)&s->cl.tcp, &fd) == 0) {
-		(void)shutdown(fd, SHUT_WR);
-		for (int i = 0; i < 4 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
-			;
-	}
+	conn_write_now(&s->cl, b->data, len);
 	block_put(b);
 	client_close(s);
 }
 
 /*
  * The one way to refuse a client: a FATAL ErrorResponse naming the router,
- * with a hint, then close once it is flushed.
+ * with a hint, then close once it is flushed. The files below reach it
+ * through session_refuse() (s->up->refuse).
  */
-const char *client_vformat(char *msg, size_t cap, const char *fmt, va_list ap)
-{
-	int n = snprintf(msg, cap, "tenant-router: ");
-
-	vsnprintf(msg + n, cap - (size_t)n, fmt, ap);
-	return msg + n;
-}
-
-void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt, ...)
+static void refuse(struct session *s, const char *sqlstate, const char *hint, const char *why)
 {
 	char msg[768];
 	const char *text;
 	struct block *b;
-	struct wbuf w;
-	va_list ap;
+	size_t len;
 
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;
 	stats_refusal(sqlstate, s->cluster, s->tenant);
-	va_start(ap, fmt);
-	text = client_vformat(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
+	snprintf(msg, sizeof(msg), "tenant-router: %s", why);
+	text = msg + strlen("tenant-router: ");
 	/* Those refused at once come in floods: client_accept logs them, rate-limited. */
 	if (!s->refuse_now)
-		client_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
+		session_log(s, LOG_INFO, "refused sqlstate=%s reason=\"%s\"", sqlstate, text);
 	if (!client_at_boundary(s)) {
 		client_close(s);
 		return;
 	}
 	/* Messages we gathered for the client go before the error. */
-	if (s->login && s->login->out && !client_out_flush(s))
+	if (s->login && s->cl.out && !conn_out_flush(&s->cl))
 		return;
-	if (s->sv.inited && !uv_is_closing((uv_handle_t *)&s->sv.tcp))
-		uv_close((uv_handle_t *)&s->sv.tcp, close_cb);
-	s->sv.inited = false;
-	s->sv.reading = false;
-	b = block_get();
+	drop_server(s);
+	b = conn_error_block("FATAL", sqlstate, msg, hint, &len);
 	if (b == NULL) {
 		client_close(s);
 		return;
 	}
-	wb_init(&w, b->data, SPLICE_BLOCK_SIZE);
-	proto_error_response(&w, "FATAL", sqlstate, msg, NULL, hint);
-	TR_ASSERT(!w.failed);
 	if (s->refuse_now) {
-		refuse_at_once(s, b, w.len);
+		refuse_at_once(s, b, len);
 		return;
 	}
-	if (side_send(s, &s->cl, b, w.len) < 0) {
+	if (conn_send(&s->cl, b, len) < 0) {
 		client_close(s);
 		return;
 	}
@@ -448,14 +331,14 @@ static void refuse_over_limit(struct session *s)
 	struct limits *lim = s->rt->limits;
 
 	if (s->over_limit == OVER_FDS)
-		client_refuse(s, "53300",
+		session_refuse(s, "53300",
 			      "Raise the router's open file limit (ulimit -n, or LimitNOFILE= in "
 			      "its systemd unit), or lower max_client_conn.",
 			      "too many client connections: the open file limit (%zu) fits %zu "
 			      "sessions",
 			      atomic_load(&lim->nofile), atomic_load(&lim->fd_sessions));
 	else
-		client_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
+		session_refuse(s, "53300", "Close idle connections, or raise max_client_conn.",
 			      "too many client connections (max_client_conn = %u)",
 			      s->rt->cfg->max_client_conn);
 }
@@ -474,22 +357,22 @@ static void timer_cb(uv_timer_t *t)
 			break;
 		}
 		if (s->login && s->login->resolving) {
-			client_refuse(s, "08006", "Check name resolution on the router's host.",
+			session_refuse(s, "08006", "Check name resolution on the router's host.",
 				      "route \"%s\": resolving %s took longer than the login timeout",
 				      s->route, s->login->target.host);
 			break;
 		}
-		client_refuse(s, "08006", "Send a startup packet promptly after connecting.",
+		session_refuse(s, "08006", "Send a startup packet promptly after connecting.",
 			      "login timeout: no complete startup packet within %llu ms",
 			      (unsigned long long)cfg->client_login_timeout_ms);
 		break;
 	case CLIENT_CONNECTING:
 		if (login_left(s) == 0)
-			client_refuse(s, "08006", "Retry; if it persists, check the cluster.",
+			session_refuse(s, "08006", "Retry; if it persists, check the cluster.",
 				      "login timeout while connecting to cluster \"%s\"",
 				      s->cluster);
 		else
-			client_refuse(s, "08006",
+			session_refuse(s, "08006",
 				      "The coordinator did not answer in time; retry, or check "
 				      "the cluster and the network.",
 				      "could not connect to cluster \"%s\" coordinator %s:%u: "
@@ -498,12 +381,12 @@ static void timer_cb(uv_timer_t *t)
 		break;
 	case CLIENT_AUTH_RELAY:
 	case CLIENT_SERVER_LOGIN:
-		client_refuse(s, "08006", "Complete authentication within client_login_timeout.",
+		session_refuse(s, "08006", "Complete authentication within client_login_timeout.",
 			      "login to cluster \"%s\" did not complete within %llu ms", s->cluster,
 			      (unsigned long long)cfg->client_login_timeout_ms);
 		break;
 	case CLIENT_LOCAL_AUTH:
-		client_refuse(s, "08006", "Complete authentication within client_login_timeout.",
+		session_refuse(s, "08006", "Complete authentication within client_login_timeout.",
 			      "login did not complete within %llu ms",
 			      (unsigned long long)cfg->client_login_timeout_ms);
 		break;
@@ -516,128 +399,14 @@ static void timer_cb(uv_timer_t *t)
 	}
 }
 
-/* Sends what client_out_put() gathered to the client; false if the session is closing. */
-bool client_out_flush(struct session *s)
-{
-	struct login *L = s->login;
-	struct block *b = L->out;
-	int rc;
-
-	L->out = NULL;
-	if (b == NULL)
-		return true;
-	if (L->outlen == 0 || s->closed || s->state == CLIENT_CLOSING) {
-		block_put(b);
-		return !s->closed && s->state != CLIENT_CLOSING;
-	}
-	rc = side_send(s, &s->cl, b, L->outlen);
-	L->outlen = 0;
-	if (rc < 0) {
-		client_send_failed(s, &s->cl, rc);
-		return false;
-	}
-	client_apply_pressure(s, &s->cl);
-	return true;
-}
-
-/*
- * Gathers bytes for the client. During login a server sends many small
- * messages in one segment; one write for all of them, not one per message,
- * halves the router's syscalls per connection and wakes the client once.
- */
-bool client_out_put(struct session *s, const void *p, size_t n)
-{
-	struct login *L = s->login;
-	const uint8_t *src = p;
-
-	while (n > 0) {
-		size_t c;
-
-		if (L->out == NULL) {
-			L->out = block_get();
-			L->outlen = 0;
-			if (L->out == NULL) {
-				client_close(s);
-				return false;
-			}
-		}
-		c = SPLICE_BLOCK_SIZE - L->outlen < n ? SPLICE_BLOCK_SIZE - L->outlen : n;
-		memcpy(L->out->data + L->outlen, src, c);
-		L->outlen += c;
-		src += c;
-		n -= c;
-		if (L->outlen == SPLICE_BLOCK_SIZE && !client_out_flush(s))
-			return false;
-	}
-	return true;
-}
-
-/* Queues one whole message (type, body) for the client. */
-bool client_send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len)
-{
-	uint8_t hdr[5];
-
-	proto_msg_header(hdr, type, len);
-	return client_out_put(s, hdr, sizeof(hdr)) && client_out_put(s, body, len);
-}
-
-/*
- * AuthenticationSASL without SCRAM-SHA-256-PLUS: the client would bind its
- * proof to our certificate and the server to its own, and the login would
- * fail. Returns the new body length in out, or 0 to pass the message as is.
- */
-static size_t strip_scram_plus(const uint8_t *body, size_t len, uint8_t *out, size_t cap)
-{
-	struct wbuf w;
-	struct rd r;
-	uint32_t code;
-	bool removed = false;
-
-	rd_init(&r, body, len);
-	if (!rd_u32(&r, &code) || code != 10)
-		return 0;
-	wb_init(&w, out, cap);
-	wb_u32(&w, code);
-	for (;;) {
-		const char *mech;
-		size_t n;
-
-		if (!rd_cstr(&r, &mech, &n))
-			return 0;
-		if (n == 0)
-			break;
-		if (strcmp(mech, "SCRAM-SHA-256-PLUS") == 0)
-			removed = true;
-		else
-			wb_bytes(&w, mech, n + 1);
-	}
-	wb_u8(&w, 0);
-	if (!removed || w.failed || rd_left(&r) != 0)
-		return 0;
-	return w.len;
-}
-
 /* One whole server message during the auth relay; false closes the session. */
-static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, size_t len)
+static bool relay_message(struct session *s, uint8_t type, const uint8_t *body, size_t len)
 {
 	struct login *L = s->login;
 	struct proto_error_fields f;
-	uint8_t sasl[256];
-	size_t n;
 	int rc;
 
-	if (L->lc)
-		return local_server_message(s, type, body, len);
 	switch (type) {
-	case 'R':
-		if (len >= 4 && proto_get_u32(body) == 10)
-			L->sasl_pending = true;
-		n = len < sizeof(sasl) ? strip_scram_plus(body, len, sasl, sizeof(sasl)) : 0;
-		if (n > 0) {
-			client_log(s, LOG_DEBUG, "removed SCRAM-SHA-256-PLUS from the server's mechanisms");
-			return client_send_msg(s, type, sasl, n);
-		}
-		break;
 	case 'K':
 		/* BackendKeyData: pid, then a 4-byte (3.0) to 256-byte (3.2) secret. */
 		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY)
@@ -645,148 +414,52 @@ static bool auth_message(struct session *s, uint8_t type, const uint8_t *body, s
 		rc = cancel_register(s->rt->cancels, &s->ce, proto_get_u32(body), body + 4,
 				     len - 4, (const struct sockaddr *)&L->target.addr);
 		if (rc < 0)
-			client_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
+			session_log(s, LOG_WARN, "could not remember cancel key: %s",
+				    uv_strerror(rc));
 		break;
 	case 'E':
-		L->server_err = true;
 		if (proto_parse_error(body, len, &f) == PROTO_OK)
-			client_log(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
-			     f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
+			session_log(s, LOG_INFO, "server refused login sqlstate=%s message=\"%s\"",
+				    f.sqlstate ? f.sqlstate : "?", f.message ? f.message : "");
 		else
-			client_log(s, LOG_INFO, "server refused login");
-		break;
-	case 'Z':
-		L->ready = true;
+			session_log(s, LOG_INFO, "server refused login");
 		break;
 	default:
 		break;
 	}
-	return client_send_msg(s, type, body, len);
+	return conn_send_msg(&s->cl, type, body, len);
 }
 
-/* A message type for a log line or an error message: 'R', or \x01. */
-static const char *type_text(uint8_t type, char *buf, size_t cap)
+/* server.c framed one whole login message: relay it, or answer it ourselves. */
+static bool sv_login_msg(struct server *sv, uint8_t type, const uint8_t *body, size_t len)
 {
-	if (type > 0x20 && type < 0x7f)
-		snprintf(buf, cap, "'%c'", type);
+	struct session *s = sv->owner;
+	bool ok;
+
+	if (s->login->lc)
+		ok = local_server_message(s, type, body, len);
 	else
-		snprintf(buf, cap, "\\x%02x", type);
-	return buf;
+		ok = relay_message(s, type, body, len);
+	return ok && (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SERVER_LOGIN);
 }
 
-/*
- * Whether a server may send this message before its first ReadyForQuery
- * (protocol "Start-up"): authentication requests, BackendKeyData,
- * ParameterStatus, NegotiateProtocolVersion, notices and errors. After it,
- * on the tenant-source-query path, come the answers to our replay.
- */
-static bool is_login_message(const struct login *L, uint8_t type)
+/* Bytes after the login's ReadyForQuery: answers to messages pipelined behind the login. */
+static void sv_login_rest(struct server *sv, const uint8_t *p, size_t n)
 {
-	if (L->lc && L->lc->server_ready)
-		return true;
-	return type != '\0' && strchr("RKSvNEZ", type) != NULL;
-}
+	struct session *s = sv->owner;
 
-/*
- * Judges the header of a server message during login, before any of its
- * body is awaited or buffered. False, with what is wrong in why, for a
- * length that breaks the protocol or our bound, or a type not allowed yet.
- */
-static bool login_header_ok(const struct login *L, char *why, size_t cap)
-{
-	uint32_t mlen = proto_get_u32(L->hdr + 1);
-	uint8_t type;
-	size_t total;
-	char tb[8];
-
-	type_text(L->hdr[0], tb, sizeof(tb));
-	if (proto_frame_msg(L->hdr, sizeof(L->hdr), AUTH_MSG_MAX, &type, &total) == PROTO_OK) {
-		if (is_login_message(L, type))
-			return true;
-		snprintf(why, cap, "a message of unknown type %s before ReadyForQuery", tb);
-	} else if (mlen < 4 || mlen > INT32_MAX) {
-		snprintf(why, cap, "a message (type %s) with the invalid length %u", tb, mlen);
-	} else {
-		snprintf(why, cap, "a message (type %s) of %u bytes, over the %u-byte limit", tb,
-			 mlen, AUTH_MSG_MAX);
-	}
-	return false;
-}
-
-/*
- * Frames server bytes during the auth relay and passes each whole message
- * on. Bytes after ReadyForQuery go on unparsed. A message reaches the client
- * only once its last byte has come, so whatever breaks, the client has been
- * sent whole messages only and an ErrorResponse can follow them. Returns
- * false when the server broke the protocol, with what it did in why.
- */
-static bool relay_auth_msgs(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
-{
-	struct login *L = s->login;
-
-	for (;;) {
-		size_t take;
-
-		if (L->hlen < 5) {
-			if (n == 0)
-				break;
-			take = 5 - L->hlen < n ? 5 - L->hlen : n;
-			memcpy(L->hdr + L->hlen, p, take);
-			L->hlen += take;
-			p += take;
-			n -= take;
-			if (L->hlen < 5)
-				break;
-			if (!login_header_ok(L, why, cap))
-				return false;
-			/* The length counts itself, not the type byte. */
-			L->mlen = proto_get_u32(L->hdr + 1) - 4;
-			L->blen = 0;
-			if (L->mlen > L->msgcap) {
-				uint8_t *m = realloc(L->msg, L->mlen);
-
-				if (m == NULL) {
-					client_refuse(s, "53200", "Retry in a moment.",
-						      "out of memory for a %zu-byte message from "
-						      "cluster \"%s\"",
-						      L->mlen, s->cluster);
-					return true; /* refused already */
-				}
-				L->msg = m;
-				L->msgcap = L->mlen;
-			}
-		}
-		take = L->mlen - L->blen < n ? L->mlen - L->blen : n;
-		if (take)
-			memcpy(L->msg + L->blen, p, take);
-		L->blen += take;
-		p += take;
-		n -= take;
-		if (L->blen < L->mlen)
-			break;
-		L->hlen = 0;
-		if (!auth_message(s, L->hdr[0], L->msg, L->mlen))
-			return true; /* closing already */
-		if (s->state != CLIENT_AUTH_RELAY && s->state != CLIENT_SERVER_LOGIN)
-			return true;
-		if (L->ready) {
-			/* What follows the login's ReadyForQuery answers pipelined messages. */
-			if (s->g.on)
-				guard_server_bytes(s, p, n);
-			else
-				client_out_put(s, p, n);
-			return true;
-		}
-	}
-	return true;
+	if (s->g.on)
+		guard_server_bytes(s, p, n);
+	else
+		conn_out_put(&s->cl, p, n);
 }
 
 static bool relay_auth(struct session *s, const uint8_t *p, size_t n, char *why, size_t cap)
 {
-	bool ok = relay_auth_msgs(s, p, n, why, cap);
+	bool ok = server_login_bytes(s->sv, p, n, why, cap);
 
 	if (s->login)
-		client_out_flush(s);
+		conn_out_flush(&s->cl);
 	return ok;
 }
 
@@ -800,14 +473,14 @@ static void server_login_lost(struct session *s, const char *sqlstate, const cha
 {
 	struct login *L = s->login;
 
-	if (L->server_err) {
+	if (s->sv && s->sv->server_err) {
 		client_drain(s, &s->cl);
 		return;
 	}
-	client_log(s, LOG_WARN, "server %s:%u failed during login: %s", L->target.host,
+	session_log(s, LOG_WARN, "server %s:%u failed during login: %s", L->target.host,
 		   L->target.port, what);
 	if (strcmp(sqlstate, "08P01") == 0)
-		client_refuse(s, sqlstate,
+		session_refuse(s, sqlstate,
 			      "The server at that address does not speak the PostgreSQL "
 			      "protocol as expected: check the cluster's hosts in the "
 			      "router's configuration, and the server's log.",
@@ -815,75 +488,19 @@ static void server_login_lost(struct session *s, const char *sqlstate, const cha
 			      "login: it sent %s",
 			      s->cluster, L->target.host, L->target.port, what);
 	else
-		client_refuse(s, sqlstate,
+		session_refuse(s, sqlstate,
 			      "The server ended the login without saying why (a crash, a "
 			      "restart, a network failure): check its log, then retry.",
 			      "cluster \"%s\" coordinator %s:%u %s during login", s->cluster,
 			      L->target.host, L->target.port, what);
 }
 
-/*
- * The client's SASLInitialResponse, when the server leg is TLS. A client on
- * TLS to us that saw no SCRAM-SHA-256-PLUS sends the gs2 flag 'y' ("I could
- * bind, you did not offer it"); a server on TLS takes that for a downgrade
- * attack and refuses. The flag is covered by the client's proof, so we
- * cannot change it: we say clearly what to do instead. Returns false when
- * the session was refused.
- */
-static bool check_sasl_initial(struct session *s, const uint8_t *p, size_t n)
-{
-	struct login *L = s->login;
-	size_t take = sizeof(L->cmsg) - L->clen < n ? sizeof(L->cmsg) - L->clen : n;
-	struct rd r;
-	uint8_t type;
-	uint32_t mlen, dlen;
-	const char *mech;
-	size_t mechlen;
-	const uint8_t *flag;
-
-	memcpy(L->cmsg + L->clen, p, take);
-	L->clen += take;
-	rd_init(&r, L->cmsg, L->clen);
-	/* Type 'p', length, mechanism name, data length, then the gs2 flag. */
-	if (!rd_u8(&r, &type) || !rd_u32(&r, &mlen) || !rd_cstr(&r, &mech, &mechlen) ||
-	    !rd_u32(&r, &dlen) || !rd_bytes(&r, 1, &flag)) {
-		if (L->clen == sizeof(L->cmsg) || (L->clen >= 1 && type != 'p'))
-			L->sasl_pending = false;
-		return true;
-	}
-	L->sasl_pending = false;
-	if (type != 'p' || flag[0] != 'y')
-		return true;
-	client_refuse(s, "28000",
-		      "Connect with channel_binding=disable: the router ends your TLS, so SCRAM "
-		      "channel binding cannot reach the server, and a TLS server refuses a "
-		      "client that says it could bind. Or use server_tls_mode = disable on a "
-		      "trusted network.",
-		      "SCRAM channel binding cannot pass through the router to cluster \"%s\"",
-		      s->cluster);
-	return false;
-}
-
-void client_start_reading(struct session *s, struct side *sd)
-{
-	int rc;
-
-	if (sd->reading || s->closed)
-		return;
-	rc = uv_read_start((uv_stream_t *)&sd->tcp, splice_alloc_cb, read_cb);
-	if (rc < 0) {
-		client_log(s, LOG_WARN, "read_start failed: %s", uv_strerror(rc));
-		client_close(s);
-		return;
-	}
-	sd->reading = true;
-}
-
 /* The server connection is ready (TCP, and TLS if any): log in. */
-static void send_startup(struct session *s)
+static void send_startup(struct server *sv)
 {
+	struct session *s = sv->owner;
 	struct login *L = s->login;
-	int rc = client_send_copy(s, &s->sv, L->pkt, L->pktlen);
+	int rc = conn_send_copy(&sv->c, L->pkt, L->pktlen);
 
 	/* A client may pipeline its first messages behind the startup packet. */
 	if (rc == 0 && L->inlen > L->extra_off) {
@@ -891,122 +508,34 @@ static void send_startup(struct session *s)
 		if (s->g.on)
 			guard_client_bytes(s, L->in + L->extra_off, L->inlen - L->extra_off);
 		else
-			rc = client_send_copy(s, &s->sv, L->in + L->extra_off,
-					      L->inlen - L->extra_off);
+			rc = conn_send_copy(&sv->c, L->in + L->extra_off, L->inlen - L->extra_off);
 		if (s->closed)
 			return;
 	}
 	if (rc < 0) {
-		client_refuse(s, "08006", "Retry.",
+		session_refuse(s, "08006", "Retry.",
 			      "could not send the startup packet to cluster \"%s\": %s",
 			      s->cluster, uv_strerror(rc));
 		return;
 	}
 	if (L->lc) {
 		/* We log in for the client; it waits for the answer to its statement. */
-		client_set_state(s, CLIENT_SERVER_LOGIN);
+		set_state(s, CLIENT_SERVER_LOGIN);
 		arm_timer(s, login_left(s));
-		client_start_reading(s, &s->sv);
+		conn_start_reading(&sv->c);
 		return;
 	}
-	client_set_state(s, CLIENT_AUTH_RELAY);
+	set_state(s, CLIENT_AUTH_RELAY);
 	arm_timer(s, login_left(s));
-	client_start_reading(s, &s->cl);
-	client_start_reading(s, &s->sv);
-}
-
-static void connect_cb(uv_connect_t *req, int status)
-{
-	static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
-	struct session *s = req->data;
-	struct login *L;
-
-	if (status == UV_ECANCELED || s->closed || s->state != CLIENT_CONNECTING)
-		return;
-	L = s->login;
-	if (status < 0) {
-		client_refuse(s, "08006",
-			      "The coordinator refused or dropped the connection; retry. Health "
-			      "checks will mark it down if it stays unreachable.",
-			      "could not connect to cluster \"%s\" coordinator %s:%u: %s",
-			      s->cluster, L->target.host, L->target.port, uv_strerror(status));
-		return;
-	}
-	uv_tcp_nodelay(&s->sv.tcp, 1);
-	if (L->sv_ctx == NULL) {
-		send_startup(s);
-		return;
-	}
-	/* Ask for TLS first; the answer is one byte, 'S' or 'N'. */
-	L->sv_phase = SV_SSL_ANSWER;
-	if (client_send_copy(s, &s->sv, ssl_request, sizeof(ssl_request)) < 0) {
-		client_refuse(s, "08006", "Retry.", "could not send SSLRequest to cluster \"%s\"",
-			      s->cluster);
-		return;
-	}
-	client_start_reading(s, &s->sv);
-}
-
-/* The server's one-byte answer to our SSLRequest. */
-static void server_ssl_answer(struct session *s, struct block *b, size_t n)
-{
-	struct login *L = s->login;
-	uint8_t answer = (uint8_t)b->data[0];
-
-	block_put(b);
-	/*
-	 * An ErrorResponse instead of the answer: the server cannot take us now
-	 * (a failed fork, say). Its text comes before any TLS and we do not pass
-	 * it on, as libpq no longer shows it (CVE-2024-10977).
-	 */
-	if (answer == 'E') {
-		client_refuse(s, "08006",
-			      "The server could not accept the connection: check its log, then "
-			      "retry.",
-			      "cluster \"%s\" coordinator %s:%u answered SSLRequest with an error",
-			      s->cluster, L->target.host, L->target.port);
-		return;
-	}
-	/* Nothing may follow the answer: bytes here would be injected plaintext. */
-	if (n != 1 || (answer != 'S' && answer != 'N')) {
-		client_refuse(s, "08P01", "Check the coordinator's address and TLS settings.",
-			      "cluster \"%s\" coordinator %s:%u gave an invalid answer to "
-			      "SSLRequest",
-			      s->cluster, L->target.host, L->target.port);
-		return;
-	}
-	if (answer == 'N') {
-		if (L->sv_mode == TLS_SERVER_PREFER) {
-			send_startup(s);
-			return;
-		}
-		client_refuse(s, "08006",
-			      "Enable ssl on the coordinator, or lower server_tls_mode on the "
-			      "router.",
-			      "cluster \"%s\" coordinator %s:%u does not accept TLS "
-			      "(server_tls_mode = %s)",
-			      s->cluster, L->target.host, L->target.port,
-			      tls_server_mode_name(L->sv_mode));
-		return;
-	}
-	s->sv.tls = tls_new(L->sv_ctx, false, L->target.host,
-			    L->sv_mode == TLS_SERVER_VERIFY_FULL);
-	if (s->sv.tls == NULL) {
-		client_refuse(s, "08006", "Retry.", "out of memory for TLS");
-		return;
-	}
-	L->sv_phase = SV_TLS_HANDSHAKE;
-	/* The first step writes our ClientHello. */
-	if (tls_handshake(s->sv.tls) == TLS_ERROR || flush_tls(s, &s->sv) < 0)
-		client_refuse(s, "08006", "Check the coordinator's TLS settings.",
-			      "TLS handshake with cluster \"%s\" coordinator failed: %s",
-			      s->cluster, tls_error(s->sv.tls));
+	conn_start_reading(&s->cl);
+	if (s->sv)
+		conn_start_reading(&s->sv->c);
 }
 
 static void connect_server(struct session *s);
 
 /* The tenant is known: its cluster, that cluster's writer, and a connection to it. */
-void client_connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
+static void connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
 			   size_t len)
 {
 	struct router *rt = s->rt;
@@ -1031,7 +560,7 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 			 "Only tenants of cluster \"%s\" are affected; retry once it has a healthy "
 			 "coordinator.",
 			 s->cluster);
-		client_refuse(s, "57P03", hint, "cluster \"%s\" has no healthy coordinator (%s)",
+		session_refuse(s, "57P03", hint, "cluster \"%s\" has no healthy coordinator (%s)",
 			      s->cluster, why);
 		return;
 	}
@@ -1045,7 +574,7 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 		L->pktlen = L->fwd ? startup_build_forward(st, &cfg->rule, &t, L->fwd, FORWARD_CAP) : 0;
 		L->pkt = L->fwd;
 		if (L->pktlen == 0) {
-			client_refuse(s, "08P01", "Shorten the startup parameters.",
+			session_refuse(s, "08P01", "Shorten the startup parameters.",
 				      "startup packet too long after adding the tenant");
 			return;
 		}
@@ -1054,7 +583,7 @@ void client_connect_tenant(struct session *s, const struct startup *st, const st
 		L->pktlen = len;
 	}
 	L->extra_off = len;
-	client_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
+	session_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
 	     L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
 	s->stc = stats_cluster(s->cluster);
 	stats_session_routed(s->stc, L->pinned, s->state);
@@ -1069,23 +598,23 @@ static void connect_server(struct session *s)
 	struct login *L = s->login;
 	int rc;
 
-	rc = uv_tcp_init(rt->loop, &s->sv.tcp);
-	if (rc < 0) {
-		client_refuse(s, "08006", "Retry.", "could not create a socket: %s",
-			      uv_strerror(rc));
+	s->sv = server_new(rt->loop, &sv_ops, s, s->cluster, &L->target, L->sv_ctx, L->sv_mode,
+			   &rc);
+	L->sv_ctx = NULL; /* the server connection's now */
+	if (s->sv == NULL) {
+		session_refuse(s, "08006", "Retry.", "could not create a socket: %s",
+			       uv_strerror(rc));
 		return;
 	}
-	s->sv.inited = true;
-	s->sv.tcp.data = s;
-	s->open_handles++;
-	client_set_state(s, CLIENT_CONNECTING);
+	/* The client's own login passes through; ours (tenant source query) does not. */
+	s->sv->relay = L->lc == NULL;
+	link_attach(s);
+	set_state(s, CLIENT_CONNECTING);
 	arm_timer(s, cfg->server_connect_timeout_ms < login_left(s) ? cfg->server_connect_timeout_ms
 								    : login_left(s));
-	L->connect.data = s;
-	rc = uv_tcp_connect(&L->connect, &s->sv.tcp, (const struct sockaddr *)&L->target.addr,
-			    connect_cb);
+	rc = server_connect(s->sv);
 	if (rc < 0)
-		client_refuse(s, "08006", "Retry.",
+		session_refuse(s, "08006", "Retry.",
 			      "could not connect to cluster \"%s\" coordinator %s:%u: %s",
 			      s->cluster, L->target.host, L->target.port, uv_strerror(rc));
 }
@@ -1108,7 +637,7 @@ static void route_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res
 		return;
 	}
 	if (status < 0 || res == NULL) {
-		client_refuse(s, "08006", "Check the host of this [route.NAME] and name resolution.",
+		session_refuse(s, "08006", "Check the host of this [route.NAME] and name resolution.",
 			      "route \"%s\": could not resolve %s: %s", s->route, L->target.host,
 			      status < 0 ? uv_strerror(status) : "no address");
 		uv_freeaddrinfo(res);
@@ -1116,7 +645,7 @@ static void route_gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res
 	}
 	memcpy(&L->target.addr, res->ai_addr, res->ai_addrlen);
 	uv_freeaddrinfo(res);
-	client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host, L->target.port,
+	session_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host, L->target.port,
 		   s->route);
 	connect_server(s);
 }
@@ -1143,7 +672,7 @@ static void connect_route(struct session *s, const struct route_cfg *r, size_t l
 
 		snprintf(s->cluster, sizeof(s->cluster), "%s", cl->name);
 		if (!health_writer(rt->health, s->cluster, &L->target, why, sizeof(why))) {
-			client_refuse(s, "57P03",
+			session_refuse(s, "57P03",
 				      "Retry once the cluster has a healthy coordinator.",
 				      "route \"%s\": cluster \"%s\" has no healthy coordinator (%s)",
 				      s->route, s->cluster, why);
@@ -1152,7 +681,7 @@ static void connect_route(struct session *s, const struct route_cfg *r, size_t l
 		L->sv_mode = cl->tls_mode;
 		if (cl->tls_ctx)
 			L->sv_ctx = tls_ctx_ref(cl->tls_ctx);
-		client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
+		session_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
 			   L->target.port, s->route);
 		connect_server(s);
 		return;
@@ -1165,7 +694,7 @@ static void connect_route(struct session *s, const struct route_cfg *r, size_t l
 		L->sv_ctx = tls_ctx_ref(r->tls_ctx);
 	if (uv_ip4_addr(r->host.host, r->host.port, (struct sockaddr_in *)&L->target.addr) == 0 ||
 	    uv_ip6_addr(r->host.host, r->host.port, (struct sockaddr_in6 *)&L->target.addr) == 0) {
-		client_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
+		session_log(s, LOG_INFO, "routed host=%s:%u by=route:%s", L->target.host,
 			   L->target.port, s->route);
 		connect_server(s);
 		return;
@@ -1175,7 +704,7 @@ static void connect_route(struct session *s, const struct route_cfg *r, size_t l
 	L->gai.data = s;
 	rc = uv_getaddrinfo(rt->loop, &L->gai, route_gai_cb, r->host.host, port, &hints);
 	if (rc < 0) {
-		client_refuse(s, "08006", "Retry.", "route \"%s\": could not resolve %s: %s",
+		session_refuse(s, "08006", "Retry.", "route \"%s\": could not resolve %s: %s",
 			      s->route, r->host.host, uv_strerror(rc));
 		return;
 	}
@@ -1201,8 +730,8 @@ static void route(struct session *s, const struct startup *st, size_t len)
 	const char *db;
 	struct tenant t;
 
-	client_set_state(s, CLIENT_ROUTING);
-	client_stop_reading(&s->cl);
+	set_state(s, CLIENT_ROUTING);
+	conn_stop_reading(&s->cl);
 	/*
 	 * No refusal while draining: a session accepted before the listeners
 	 * closed is ours to serve. In a rolling restart its startup packet may
@@ -1226,7 +755,7 @@ static void route(struct session *s, const struct startup *st, size_t len)
 			local_start(s, st, len);
 			return;
 		}
-		client_refuse(s, "08004",
+		session_refuse(s, "08004",
 			      "Put the tenant in the connection string, e.g. "
 			      "options='-c app.tenant_id=<tenant>' (PGOPTIONS, or the JDBC/DBeaver "
 			      "driver property \"options\").",
@@ -1234,15 +763,15 @@ static void route(struct session *s, const struct startup *st, size_t len)
 			      cfg->rule.key);
 		return;
 	case TENANT_CONFLICT:
-		client_refuse(s, "08004", "Give the tenant once, in one place.",
+		session_refuse(s, "08004", "Give the tenant once, in one place.",
 			      "the connection names more than one tenant in \"%s\"", cfg->rule.key);
 		return;
 	case TENANT_TOO_LONG:
-		client_refuse(s, "08004", "Tenants are at most 255 bytes.",
+		session_refuse(s, "08004", "Tenants are at most 255 bytes.",
 			      "the tenant in \"%s\" is too long", cfg->rule.key);
 		return;
 	}
-	client_connect_tenant(s, st, &t, len);
+	connect_tenant(s, st, &t, len);
 }
 
 static void handle_cancel(struct session *s, const struct startup *st, size_t len)
@@ -1254,11 +783,11 @@ static void handle_cancel(struct session *s, const struct startup *st, size_t le
 	/* No answer either way, as PostgreSQL does: the client just sees the close. */
 	if (cancel_lookup_packet(s->rt->cancels, st->cancel_pid, st->cancel_key,
 				 st->cancel_key_len, s->login->in, len, &addr, pkt, &plen)) {
-		client_log(s, LOG_DEBUG, "forwarding cancel request pid=%u", st->cancel_pid);
+		session_log(s, LOG_DEBUG, "forwarding cancel request pid=%u", st->cancel_pid);
 		cancel_forward(s->rt->loop, &addr, pkt, plen);
 	} else {
 		/* Perhaps a session of the process we replace, or of the one replacing us. */
-		client_log(s, LOG_DEBUG, "cancel request for an unknown key pid=%u", st->cancel_pid);
+		session_log(s, LOG_DEBUG, "cancel request for an unknown key pid=%u", st->cancel_pid);
 		peer_forward_cancel(s->login->in, len);
 	}
 	client_close(s);
@@ -1270,12 +799,11 @@ static const uint8_t answer_yes[1] = {'S'};
 /* Starts TLS on the client leg, as the TLS server. */
 static bool client_tls_start(struct session *s)
 {
-	s->cl.tls = tls_new(s->rt->cfg->client_tls_ctx, true, NULL, false);
-	if (s->cl.tls == NULL) {
-		client_refuse(s, "08006", "Retry.", "out of memory for TLS");
+	if (!conn_tls_start(&s->cl, s->rt->cfg->client_tls_ctx, true, NULL, false)) {
+		session_refuse(s, "08006", "Retry.", "out of memory for TLS");
 		return false;
 	}
-	client_set_state(s, CLIENT_TLS);
+	set_state(s, CLIENT_TLS);
 	return true;
 }
 
@@ -1292,7 +820,7 @@ static void process_startup(struct session *s)
 	case PROTO_NEED_MORE:
 		return;
 	case PROTO_BAD:
-		client_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
+		session_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
 			      "invalid startup packet length");
 		return;
 	case PROTO_OK:
@@ -1300,17 +828,17 @@ static void process_startup(struct session *s)
 	}
 	if (L->inlen < total) {
 		if (L->overflow)
-			client_refuse(s, "08P01", "Connect with a PostgreSQL client.",
+			session_refuse(s, "08P01", "Connect with a PostgreSQL client.",
 				      "startup packet too long");
 		return;
 	}
 	if (startup_parse(L->in, total, &st, &why) != PROTO_OK) {
-		client_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
+		session_refuse(s, "08P01", "Connect with a PostgreSQL client (protocol 3.0).",
 			      "invalid startup packet: %s", why ? why : "malformed");
 		return;
 	}
 	if (L->overflow) {
-		client_refuse(s, "08P01", "Wait for the server's answer before sending more.",
+		session_refuse(s, "08P01", "Wait for the server's answer before sending more.",
 			      "too much data sent with the startup packet");
 		return;
 	}
@@ -1319,25 +847,25 @@ static void process_startup(struct session *s)
 	case STARTUP_GSSENC:
 		/* Plaintext sent ahead of the answer could not be encrypted: refuse it. */
 		if (L->inlen > total) {
-			client_refuse(s, "08P01", "Wait for the answer to SSLRequest/GSSENCRequest.",
+			session_refuse(s, "08P01", "Wait for the answer to SSLRequest/GSSENCRequest.",
 				      "received unencrypted data after an encryption request");
 			return;
 		}
 		if (++L->nego > 2 || s->cl.tls) {
-			client_refuse(s, "08P01", "Send one SSLRequest or GSSENCRequest.",
+			session_refuse(s, "08P01", "Send one SSLRequest or GSSENCRequest.",
 				      "unexpected encryption request");
 			return;
 		}
 		L->inlen = 0;
 		if (st.kind == STARTUP_SSL && cfg->client_tls_ctx) {
-			if (client_send_copy(s, &s->cl, answer_yes, 1) < 0)
+			if (conn_send_copy(&s->cl, answer_yes, 1) < 0)
 				client_close(s);
 			else
 				client_tls_start(s);
 			return;
 		}
 		/* Not offered: 'N', then the client goes on in plaintext (or gives up). */
-		if (client_send_copy(s, &s->cl, answer_no, 1) < 0)
+		if (conn_send_copy(&s->cl, answer_no, 1) < 0)
 			client_close(s);
 		return;
 	case STARTUP_CANCEL:
@@ -1345,7 +873,7 @@ static void process_startup(struct session *s)
 		return;
 	case STARTUP_V3:
 		if (s->cl.tls == NULL && cfg->client_tls_mode >= TLS_CLIENT_REQUIRE) {
-			client_refuse(s, "28000",
+			session_refuse(s, "28000",
 				      "Connect with TLS (sslmode=require or stronger).",
 				      "TLS is required (client_tls_mode = %s)",
 				      cfg->client_tls_mode == TLS_CLIENT_REQUIRE ? "require"
@@ -1357,28 +885,33 @@ static void process_startup(struct session *s)
 	}
 }
 
-static void read_end(struct session *s, struct side *sd, ssize_t err)
+static void read_end(struct session *s, struct conn *sd, int err)
 {
+	bool server = sd != &s->cl;
+
+	if (sd->tls_failed)
+		session_log(s, LOG_INFO, "%s TLS error: %s", server ? "server" : "client",
+			    tls_error(sd->tls));
 	if (err != UV_EOF)
-		client_log(s, LOG_DEBUG, "%s read error: %s", sd == &s->cl ? "client" : "server",
-		     uv_strerror((int)err));
+		session_log(s, LOG_DEBUG, "%s read error: %s", server ? "server" : "client",
+			    uv_strerror(err));
 	switch (s->state) {
 	case CLIENT_AUTH_RELAY:
 	case CLIENT_SERVER_LOGIN:
-		if (sd == &s->sv) {
+		if (server) {
 			char what[128];
 
 			if (err == UV_EOF)
 				snprintf(what, sizeof(what), "closed the connection");
 			else
 				snprintf(what, sizeof(what), "lost the connection (%s)",
-					 uv_strerror((int)err));
+					 uv_strerror(err));
 			server_login_lost(s, "08006", what);
 			break;
 		}
 		/* The client left: what it sent still goes to the server. */
 		if (s->state == CLIENT_AUTH_RELAY)
-			client_drain(s, &s->sv);
+			client_drain(s, session_server_conn(s));
 		else
 			client_close(s);
 		break;
@@ -1387,16 +920,16 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 		client_drain(s, other(s, sd));
 		break;
 	case CLIENT_CONNECTING:
-		if (sd == &s->sv) {
+		if (server) {
 			struct login *L = s->login;
 
-			client_refuse(s, "08006",
-				      "The server ended the connection before TLS was set up: "
-				      "check its log and its ssl settings, then retry.",
-				      "cluster \"%s\" coordinator %s:%u %s during TLS setup",
-				      s->cluster, L->target.host, L->target.port,
-				      err == UV_EOF ? "closed the connection"
-						    : "lost the connection");
+			session_refuse(s, "08006",
+				       "The server ended the connection before TLS was set up: "
+				       "check its log and its ssl settings, then retry.",
+				       "cluster \"%s\" coordinator %s:%u %s during TLS setup",
+				       s->cluster, L->target.host, L->target.port,
+				       err == UV_EOF ? "closed the connection"
+						     : "lost the connection");
 			break;
 		}
 		client_close(s);
@@ -1409,8 +942,22 @@ static void read_end(struct session *s, struct side *sd, ssize_t err)
 	}
 }
 
+/* The login ended at ReadyForQuery: bytes in, bytes out from now on. */
+static void login_complete(struct session *s)
+{
+	bool local = s->state == CLIENT_SERVER_LOGIN;
+
+	set_state(s, CLIENT_SPLICING);
+	uv_timer_stop(&s->timer);
+	session_log(s, LOG_DEBUG, "login complete");
+	login_free(s->login);
+	s->login = NULL;
+	if (local)
+		conn_start_reading(&s->cl);
+}
+
 /* Plaintext from a leg (decrypted already, if it is TLS). Takes b. */
-static void deliver(struct session *s, struct side *sd, struct block *b, size_t n)
+static void deliver(struct session *s, struct conn *sd, struct block *b, size_t n)
 {
 	switch (s->state) {
 	case CLIENT_STARTUP: {
@@ -1443,12 +990,6 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 		process_startup(s);
 		break;
 	}
-	case CLIENT_CONNECTING:
-		if (sd == &s->sv && s->login->sv_phase == SV_SSL_ANSWER)
-			server_ssl_answer(s, b, n);
-		else
-			block_put(b);
-		break;
 	case CLIENT_LOCAL_AUTH:
 	case CLIENT_NO_TENANT:
 		if (sd == &s->cl)
@@ -1458,7 +999,7 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 		break;
 	case CLIENT_AUTH_RELAY:
 	case CLIENT_SERVER_LOGIN:
-		if (sd == &s->sv) {
+		if (sd != &s->cl) {
 			char why[160];
 			bool ok = relay_auth(s, (const uint8_t *)b->data, n, why, sizeof(why));
 
@@ -1467,18 +1008,9 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 				server_login_lost(s, "08P01", why);
 				return;
 			}
-			if (s->login && s->login->ready &&
-			    (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SERVER_LOGIN)) {
-				bool local = s->state == CLIENT_SERVER_LOGIN;
-
-				client_set_state(s, CLIENT_SPLICING);
-				uv_timer_stop(&s->timer);
-				client_log(s, LOG_DEBUG, "login complete");
-				login_free(s->login);
-				s->login = NULL;
-				if (local)
-					client_start_reading(s, &s->cl);
-			}
+			if (s->login && s->sv && s->sv->ready &&
+			    (s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_SERVER_LOGIN))
+				login_complete(s);
 		} else if (s->state == CLIENT_SERVER_LOGIN) {
 			bool ok = client_gbuf_add(&s->login->lc->held, b->data, n);
 
@@ -1486,151 +1018,171 @@ static void deliver(struct session *s, struct side *sd, struct block *b, size_t 
 			if (!ok)
 				client_close(s);
 		} else {
-			if (s->login->sasl_pending && s->sv.tls && s->cl.tls &&
-			    !check_sasl_initial(s, (const uint8_t *)b->data, n)) {
+			if (s->sv->sasl_pending && s->sv->c.tls && s->cl.tls &&
+			    !server_check_sasl(s->sv, (const uint8_t *)b->data, n)) {
 				block_put(b);
 				return;
 			}
 			if (s->g.on)
 				guard_client(s, b, n);
 			else
-				client_forward(s, &s->sv, b, n);
+				conn_forward(&s->sv->c, b, n);
 		}
 		break;
 	case CLIENT_SPLICING:
-		if (!s->g.on)
-			client_forward(s, other(s, sd), b, n);
-		else if (sd == &s->cl)
-			guard_client(s, b, n);
+		if (sd == &s->cl)
+			link_client_data(s, b, n);
 		else
-			guard_server(s, b, n);
+			link_server_data(s, b, n);
 		break;
 	default:
+		/* Connecting (the server's answer to SSLRequest is server.c's), or closing. */
 		block_put(b);
 		break;
 	}
 }
 
-/* A TLS handshake finished on sd. */
-static void tls_up(struct session *s, struct side *sd)
+/* The client leg's TLS handshake finished: the startup packet comes next. */
+static void cl_tls_up(struct conn *c)
 {
-	if (sd == &s->sv) {
-		client_log(s, LOG_DEBUG, "server TLS established");
-		send_startup(s);
-		return;
-	}
-	client_set_state(s, CLIENT_STARTUP);
+	struct session *s = c->owner;
+
+	set_state(s, CLIENT_STARTUP);
 	s->login->inlen = 0;
 	/* PostgreSQL 17 insists on ALPN for direct TLS; so do we. */
 	if (s->login->direct_tls && !tls_alpn_is_postgresql(s->cl.tls))
-		client_refuse(s, "08P01", "Use a client that negotiates ALPN \"postgresql\".",
-			      "direct TLS connection without ALPN");
+		session_refuse(s, "08P01", "Use a client that negotiates ALPN \"postgresql\".",
+			       "direct TLS connection without ALPN");
 }
 
-/* Ciphertext from a TLS leg: handshake, then decrypt and deliver. Takes b. */
-static void tls_in(struct session *s, struct side *sd, struct block *b, size_t n)
+static void cl_tls_fail(struct conn *c)
 {
-	bool ok = tls_feed(sd->tls, b->data, n);
+	struct session *s = c->owner;
 
-	block_put(b);
-	if (!ok) {
-		client_close(s);
-		return;
-	}
-	if (!sd->tls_ready) {
-		int rc = tls_handshake(sd->tls);
-
-		if (flush_tls(s, sd) < 0) {
-			client_close(s);
-			return;
-		}
-		if (rc == TLS_AGAIN)
-			return;
-		if (rc != 1) {
-			if (sd == &s->sv) {
-				client_refuse(s, "08006",
-					      "Check the coordinator's certificate and TLS settings "
-					      "against server_tls_* on the router.",
-					      "TLS handshake with cluster \"%s\" coordinator "
-					      "failed: %s",
-					      s->cluster, tls_error(sd->tls));
-			} else {
-				client_log(s, LOG_INFO, "client TLS handshake failed: %s",
-				     tls_error(sd->tls));
-				/* The alert, if any, is queued: let it go out. */
-				client_drain(s, &s->cl);
-			}
-			return;
-		}
-		sd->tls_ready = true;
-		tls_up(s, sd);
-	}
-	while (!s->closed && s->state != CLIENT_CLOSING) {
-		struct block *pb = block_get();
-		int r;
-
-		if (pb == NULL) {
-			client_close(s);
-			return;
-		}
-		r = tls_read(sd->tls, pb->data, SPLICE_BLOCK_SIZE);
-		if (r > 0) {
-			deliver(s, sd, pb, (size_t)r);
-			continue;
-		}
-		block_put(pb);
-		if (r == TLS_EOF) {
-			read_end(s, sd, UV_EOF);
-			return;
-		}
-		if (r == TLS_ERROR) {
-			client_log(s, LOG_INFO, "%s TLS error: %s", sd == &s->cl ? "client" : "server",
-			     tls_error(sd->tls));
-			read_end(s, sd, UV_EPROTO);
-			return;
-		}
-		break;
-	}
-	/* Reading may have produced records to send (alerts, session tickets). */
-	if (!s->closed && flush_tls(s, sd) < 0)
-		client_close(s);
+	session_log(s, LOG_INFO, "client TLS handshake failed: %s", tls_error(c->tls));
+	/* The alert, if any, is queued: let it go out. */
+	client_drain(s, &s->cl);
 }
 
-static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+static void cl_data(struct conn *c, struct block *b, size_t n)
 {
-	struct session *s = stream->data;
-	struct side *sd = stream == (uv_stream_t *)&s->cl.tcp ? &s->cl : &s->sv;
-	struct block *b = buf->base ? block_of(buf) : NULL;
+	struct session *s = c->owner;
 
-	if (nread <= 0) {
-		if (b)
-			block_put(b);
-		if (nread == UV_ENOBUFS) {
-			client_log(s, LOG_ERROR, "out of memory for relay buffers, closing");
-			client_close(s);
-		} else if (nread < 0) {
-			sd->reading = false;
-			read_end(s, sd, nread);
-		}
-		return;
-	}
-	stats_bytes(sd == &s->cl ? STATS_FROM_CLIENT : STATS_FROM_SERVER, (size_t)nread);
-	if (sd->tls) {
-		tls_in(s, sd, b, (size_t)nread);
-		return;
-	}
 	/* A TLS ClientHello instead of a startup packet: PostgreSQL 17 direct TLS. */
-	if (sd == &s->cl && s->state == CLIENT_STARTUP && s->login->inlen == 0 &&
+	if (c->tls == NULL && s->state == CLIENT_STARTUP && s->login->inlen == 0 &&
 	    (uint8_t)b->data[0] == TLS_RECORD_TYPE_HANDSHAKE && s->rt->cfg->client_tls_ctx) {
 		s->login->direct_tls = true;
 		if (client_tls_start(s))
-			tls_in(s, sd, b, (size_t)nread);
+			conn_tls_in(c, b, n);
 		else
 			block_put(b);
 		return;
 	}
-	deliver(s, sd, b, (size_t)nread);
+	deliver(s, c, b, n);
 }
+
+static void leg_end(struct session *s, struct conn *c, int err)
+{
+	if (err == UV_ENOBUFS) {
+		session_log(s, LOG_ERROR, "out of memory for relay buffers, closing");
+		client_close(s);
+		return;
+	}
+	read_end(s, c, err);
+}
+
+static void cl_end(struct conn *c, int err)
+{
+	leg_end(c->owner, c, err);
+}
+
+static void cl_send_failed(struct conn *c, int rc)
+{
+	send_failed(c->owner, c, rc);
+}
+
+static void cl_writable(struct conn *c)
+{
+	link_writable(c->owner, c);
+}
+
+static void cl_shutdown(struct conn *c)
+{
+	client_close(c->owner);
+}
+
+static void cl_fatal(struct conn *c, int err)
+{
+	client_close(c->owner);
+}
+
+static const struct conn_ops cl_ops = {
+	.on_data = cl_data,
+	.on_end = cl_end,
+	.on_tls_up = cl_tls_up,
+	.on_tls_fail = cl_tls_fail,
+	.on_send_failed = cl_send_failed,
+	.on_writable = cl_writable,
+	.on_shutdown = cl_shutdown,
+	.on_fatal = cl_fatal,
+	.on_closed = cl_closed,
+};
+
+static void sv_fail(struct server *sv, const char *sqlstate, const char *hint, const char *msg)
+{
+	refuse(sv->owner, sqlstate, hint, msg);
+}
+
+static void sv_data(struct server *sv, struct block *b, size_t n)
+{
+	deliver(sv->owner, &sv->c, b, n);
+}
+
+static void sv_end(struct server *sv, int err)
+{
+	leg_end(sv->owner, &sv->c, err);
+}
+
+static void sv_send_failed(struct server *sv, int rc)
+{
+	send_failed(sv->owner, &sv->c, rc);
+}
+
+static void sv_writable(struct server *sv)
+{
+	link_writable(sv->owner, &sv->c);
+}
+
+static void sv_shutdown(struct server *sv)
+{
+	client_close(sv->owner);
+}
+
+static void sv_fatal(struct server *sv, int err)
+{
+	client_close(sv->owner);
+}
+
+static const struct server_ops sv_ops = {
+	.on_connected = send_startup,
+	.on_fail = sv_fail,
+	.on_data = sv_data,
+	.on_login_msg = sv_login_msg,
+	.on_login_rest = sv_login_rest,
+	.on_end = sv_end,
+	.on_send_failed = sv_send_failed,
+	.on_writable = sv_writable,
+	.on_shutdown = sv_shutdown,
+	.on_fatal = sv_fatal,
+};
+
+static const struct session_ops session_up = {
+	.set_state = set_state,
+	.close = client_close,
+	.drain = client_drain,
+	.refuse = refuse,
+	.connect_tenant = connect_tenant,
+};
 
 /* At most one line a second about connections refused for a limit, per loop. */
 #define LIMIT_LOG_MS 1000
@@ -1712,10 +1264,13 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		return;
 	}
 	s->rt = rt;
+	s->up = &session_up;
 	s->id = ++rt->next_session_id;
-	uv_tcp_init(rt->loop, &s->cl.tcp);
-	s->cl.inited = true;
-	s->cl.tcp.data = s;
+	if (conn_init(&s->cl, rt->loop, &cl_ops, s, true) < 0) {
+		log_error("could not set up a socket for a new connection");
+		free(s);
+		return;
+	}
 	uv_timer_init(rt->loop, &s->timer);
 	s->timer.data = s;
 	s->open_handles = 2;
@@ -1767,7 +1322,7 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		arm_timer(s, OVER_LIMIT_GRACE_MS);
 	else
 		arm_timer(s, rt->cfg->client_login_timeout_ms);
-	client_start_reading(s, &s->cl);
+	conn_start_reading(&s->cl);
 }
 
 void client_close_all(struct router *rt)

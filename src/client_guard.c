@@ -50,23 +50,23 @@ struct flagged {
  * Sends n bytes towards dst: during login (server bytes after the login's
  * ReadyForQuery) into the login's gathered output, else as a copy.
  */
-static bool guard_write(struct session *s, struct side *dst, const uint8_t *p, size_t n)
+static bool guard_write(struct session *s, struct conn *dst, const uint8_t *p, size_t n)
 {
 	bool ok;
 
-	if (s->closed)
+	if (s->closed || dst == NULL)
 		return false;
 	if (dst == &s->cl && s->login)
-		ok = client_out_put(s, p, n);
+		ok = conn_out_put(&s->cl, p, n);
 	else
-		ok = client_send_copy(s, dst, p, n) == 0;
+		ok = conn_send_copy(dst, p, n) == 0;
 	if (!ok)
 		s->g.send_failed = true;
 	return ok;
 }
 
 /* Sends the bytes of the framed block that passed and wait in [pstart, pend). */
-static bool guard_flush(struct session *s, struct side *dst)
+static bool guard_flush(struct session *s, struct conn *dst)
 {
 	struct guard *g = &s->g;
 	const uint8_t *p = g->pstart;
@@ -80,7 +80,7 @@ static bool guard_flush(struct session *s, struct side *dst)
 }
 
 /* The framer's output towards dst. */
-static bool guard_emit(struct session *s, struct side *dst, const uint8_t *p, size_t n)
+static bool guard_emit(struct session *s, struct conn *dst, const uint8_t *p, size_t n)
 {
 	struct guard *g = &s->g;
 
@@ -103,7 +103,7 @@ static bool emit_server(void *ctx, const uint8_t *p, size_t n)
 {
 	struct session *s = ctx;
 
-	return guard_emit(s, &s->sv, p, n);
+	return guard_emit(s, session_server_conn(s), p, n);
 }
 
 static bool emit_client(void *ctx, const uint8_t *p, size_t n)
@@ -128,7 +128,7 @@ static void guard_refuse(struct session *s, const char *sqlstate, const char *hi
 	va_list ap;
 
 	va_start(ap, fmt);
-	text = client_vformat(msg, sizeof(msg), fmt, ap);
+	text = conn_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	if (hint == NULL) {
 		snprintf(dflt, sizeof(dflt),
@@ -137,7 +137,7 @@ static void guard_refuse(struct session *s, const char *sqlstate, const char *hi
 			 s->cluster);
 		hint = dflt;
 	}
-	client_log(s, LOG_INFO, "guard refused a statement: %s", text);
+	session_log(s, LOG_INFO, "guard refused a statement: %s", text);
 	stats_refusal(sqlstate, s->cluster, s->tenant);
 	wb_init(&w, buf, sizeof(buf));
 	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
@@ -337,7 +337,7 @@ static bool bound_text(const uint8_t *body, size_t blen, const struct flagged *f
 	st.q.param = param;
 	st.ntypes = f->ntypes;
 	memcpy(st.types, f->types, sizeof(st.types));
-	return local_bind_param(body, blen, &st, out, cap, outlen);
+	return session_bind_param(body, blen, &st, out, cap, outlen);
 }
 
 static bool guard_unreadable_bind(struct session *s)
@@ -543,7 +543,7 @@ void guard_init(struct session *s)
  * Frames n bytes at p towards dst through fn. b: the block p is in (taken),
  * or NULL when p is not in a block (everything then goes as a copy).
  */
-static void guard_run(struct session *s, struct side *dst, struct block *b, const uint8_t *p,
+static void guard_run(struct session *s, struct conn *dst, struct block *b, const uint8_t *p,
 		      size_t n, bool (*fn)(struct gframe *, const uint8_t *, size_t))
 {
 	struct guard *g = &s->g;
@@ -560,7 +560,7 @@ static void guard_run(struct session *s, struct side *dst, struct block *b, cons
 	if (ok && !s->closed && b && !g->copied && g->pstart == p && g->pend == p + n) {
 		/* Passed whole: no copy. */
 		g->pstart = g->pend = NULL;
-		client_forward(s, dst, b, n);
+		conn_forward(dst, b, n);
 		return;
 	}
 	if (ok)
@@ -571,18 +571,18 @@ static void guard_run(struct session *s, struct side *dst, struct block *b, cons
 		return;
 	if (ok) {
 		if (!s->login)
-			client_apply_pressure(s, dst);
+			conn_apply_pressure(dst);
 	} else if (g->send_failed) {
-		client_send_failed(s, dst, UV_EPIPE);
+		conn_send_failed(dst, UV_EPIPE);
 	} else {
-		client_log(s, LOG_ERROR, "out of memory in the guard; closing the session");
-		client_close(s);
+		session_log(s, LOG_ERROR, "out of memory in the guard; closing the session");
+		s->up->close(s);
 	}
 }
 
 void guard_client(struct session *s, struct block *b, size_t n)
 {
-	guard_run(s, &s->sv, b, (const uint8_t *)b->data, n, gframe_client);
+	guard_run(s, session_server_conn(s), b, (const uint8_t *)b->data, n, gframe_client);
 }
 
 void guard_server(struct session *s, struct block *b, size_t n)
@@ -592,7 +592,7 @@ void guard_server(struct session *s, struct block *b, size_t n)
 
 void guard_client_bytes(struct session *s, const uint8_t *p, size_t n)
 {
-	guard_run(s, &s->sv, NULL, p, n, gframe_client);
+	guard_run(s, session_server_conn(s), NULL, p, n, gframe_client);
 }
 
 void guard_server_bytes(struct session *s, const uint8_t *p, size_t n)

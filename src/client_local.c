@@ -71,20 +71,20 @@ static void local_error(struct session *s, const char *sqlstate, const char *hin
 	va_list ap;
 
 	va_start(ap, fmt);
-	text = client_vformat(msg, sizeof(msg), fmt, ap);
+	text = conn_vformat(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	client_log(s, LOG_DEBUG, "error sqlstate=%s reason=\"%s\"", sqlstate, text);
+	session_log(s, LOG_DEBUG, "error sqlstate=%s reason=\"%s\"", sqlstate, text);
 	wb_init(&w, buf, sizeof(buf));
 	proto_error_response(&w, "ERROR", sqlstate, msg, NULL, hint);
 	if (!w.failed)
-		client_out_put(s, buf, w.len);
+		conn_out_put(&s->cl, buf, w.len);
 }
 
 static void send_ready(struct session *s, char txn)
 {
 	uint8_t t = (uint8_t)txn;
 
-	client_send_msg(s, 'Z', &t, 1);
+	conn_send_msg(&s->cl, 'Z', &t, 1);
 }
 
 static void send_auth_request(struct session *s, uint32_t code, const void *data, size_t n)
@@ -96,12 +96,12 @@ static void send_auth_request(struct session *s, uint32_t code, const void *data
 	wb_u32(&w, code);
 	wb_bytes(&w, data, n);
 	if (!w.failed)
-		client_send_msg(s, 'R', buf, w.len);
+		conn_send_msg(&s->cl, 'R', buf, w.len);
 }
 
 static void refuse_password(struct session *s)
 {
-	client_refuse(s, "28P01", "Check the user name and password.",
+	session_refuse(s, "28P01", "Check the user name and password.",
 		      "password authentication failed for user \"%s\"", s->login->lc->user);
 }
 
@@ -120,7 +120,7 @@ static void local_auth_ok(struct session *s)
 
 	send_auth_request(s, 0, NULL, 0);
 	n = health_parameter_status(s->rt->health, buf, sizeof(buf));
-	client_out_put(s, buf, n);
+	conn_out_put(&s->cl, buf, n);
 	if (startup_parse(L->in, L->extra_off, &st, &why) == PROTO_OK &&
 	    (app = startup_get(&st, "application_name")) != NULL) {
 		struct wbuf w;
@@ -129,22 +129,22 @@ static void local_auth_ok(struct session *s)
 		wb_cstr(&w, "application_name");
 		wb_cstr(&w, app->val);
 		if (!w.failed)
-			client_send_msg(s, 'S', buf, w.len);
+			conn_send_msg(&s->cl, 'S', buf, w.len);
 	}
 	if (!auth_random(&lc->pid, sizeof(lc->pid)) || !auth_random(lc->key, sizeof(lc->key))) {
-		client_refuse(s, "08006", "Retry.", "no random bytes for a cancel key");
+		session_refuse(s, "08006", "Retry.", "no random bytes for a cancel key");
 		return;
 	}
 	lc->pid = (lc->pid & 0x7fffffffu) | 1u;
 	proto_put_u32(kd, lc->pid);
 	memcpy(kd + 4, lc->key, 4);
-	client_send_msg(s, 'K', kd, sizeof(kd));
+	conn_send_msg(&s->cl, 'K', kd, sizeof(kd));
 	lc->txn = 'I';
 	send_ready(s, lc->txn);
 	lc->phase = LP_DONE;
-	client_set_state(s, CLIENT_NO_TENANT);
+	s->up->set_state(s, CLIENT_NO_TENANT);
 	uv_timer_stop(&s->timer);
-	client_log(s, LOG_INFO, "logged in at the router user=%s, waiting for the tenant", lc->user);
+	session_log(s, LOG_INFO, "logged in at the router user=%s, waiting for the tenant", lc->user);
 }
 
 /* Ask for the password, the way the user's secret allows. */
@@ -155,7 +155,7 @@ static void local_challenge(struct session *s)
 
 	if (s->rt->cfg->auth_type == AUTH_MD5 && lc->secret.kind != SECRET_SCRAM) {
 		if (!auth_random(lc->salt, sizeof(lc->salt))) {
-			client_refuse(s, "08006", "Retry.", "no random bytes for a salt");
+			session_refuse(s, "08006", "Retry.", "no random bytes for a salt");
 			return;
 		}
 		send_auth_request(s, 5, lc->salt, sizeof(lc->salt));
@@ -180,12 +180,12 @@ static void auth_query_done(void *arg, bool ok, const char *secret, const char *
 		return;
 	lc = s->login->lc;
 	if (!ok) {
-		client_refuse(s, "08006", "Check auth_query and the auth_cluster's health connection.",
+		session_refuse(s, "08006", "Check auth_query and the auth_cluster's health connection.",
 			      "could not look up user \"%s\" with auth_query: %s", lc->user, why);
 		return;
 	}
 	if (!secret_parse(secret, &lc->secret)) {
-		client_refuse(s, "28000", "Check the password stored for this user.",
+		session_refuse(s, "28000", "Check the password stored for this user.",
 			      "the secret auth_query returned for user \"%s\" is malformed", lc->user);
 		return;
 	}
@@ -216,7 +216,7 @@ static void send_negotiate(struct session *s, const struct startup *st)
 			wb_cstr(&w, st->params[i].key);
 	}
 	if (!w.failed)
-		client_send_msg(s, 'v', buf, w.len);
+		conn_send_msg(&s->cl, 'v', buf, w.len);
 }
 
 void local_start(struct session *s, const struct startup *st, size_t len)
@@ -227,15 +227,15 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 	struct local *lc = calloc(1, sizeof(*lc));
 
 	if (lc == NULL) {
-		client_close(s);
+		s->up->close(s);
 		return;
 	}
 	L->lc = lc;
 	lc->batch.bad.kind = QUERY_OTHER;
-	client_set_state(s, CLIENT_LOCAL_AUTH);
+	s->up->set_state(s, CLIENT_LOCAL_AUTH);
 	send_negotiate(s, st);
 	if (u == NULL || u->vlen == 0 || u->vlen >= sizeof(lc->user)) {
-		client_refuse(s, "28000", "Give a user name.",
+		session_refuse(s, "28000", "Give a user name.",
 			      "no valid PostgreSQL user name in the startup packet");
 		return;
 	}
@@ -244,11 +244,11 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 	/* Bytes sent after the packet are the client's first messages. */
 	L->extra_off = len;
 	if (L->inlen > len && !client_gbuf_add(&lc->cin, L->in + len, L->inlen - len)) {
-		client_close(s);
+		s->up->close(s);
 		return;
 	}
 	L->inlen = len;
-	client_start_reading(s, &s->cl);
+	conn_start_reading(&s->cl);
 	if (cfg->auth_type == AUTH_TRUST) {
 		local_auth_ok(s);
 		local_process(s);
@@ -263,7 +263,7 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 					   cfg->cluster_names[cfg->auth_cluster], cfg->auth_query,
 					   lc->user, auth_query_done, s);
 		if (lc->aq == NULL)
-			client_refuse(s, "08006", "Retry.", "could not start auth_query");
+			session_refuse(s, "08006", "Retry.", "could not start auth_query");
 		return;
 	}
 	/* An unknown user still gets a challenge, so users cannot be probed. */
@@ -281,7 +281,7 @@ static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body,
 	int rc;
 
 	if (type != 'p') {
-		client_refuse(s, "08P01", "Answer the authentication request.",
+		session_refuse(s, "08P01", "Answer the authentication request.",
 			      "expected a password message, got message type 0x%02x", type);
 		return;
 	}
@@ -307,19 +307,19 @@ static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body,
 
 		if (!rd_cstr(&r, &mech, &ml) || !rd_u32(&r, &dlen) || dlen == 0xffffffffu ||
 		    !rd_bytes(&r, dlen, &data)) {
-			client_refuse(s, "08P01", "Use a PostgreSQL client.",
+			session_refuse(s, "08P01", "Use a PostgreSQL client.",
 				      "malformed SASLInitialResponse");
 			return;
 		}
 		if (strcmp(mech, "SCRAM-SHA-256") != 0) {
-			client_refuse(s, "28000", "Use SCRAM-SHA-256 with channel_binding=disable.",
+			session_refuse(s, "28000", "Use SCRAM-SHA-256 with channel_binding=disable.",
 				      "SASL mechanism \"%s\" is not offered", mech);
 			return;
 		}
 		rc = scram_server_first(&lc->ss, &lc->secret, data, dlen, out, sizeof(out), &olen,
 					&why);
 		if (rc < 0) {
-			client_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
+			session_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
 			return;
 		}
 		send_auth_request(s, 11, out, olen);
@@ -329,7 +329,7 @@ static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body,
 	case LP_SASL_FINAL:
 		rc = scram_server_final(&lc->ss, body, len, out, sizeof(out), &olen, &why);
 		if (rc < 0) {
-			client_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
+			session_refuse(s, "08P01", "Use a PostgreSQL client.", "SCRAM: %s", why);
 			return;
 		}
 		if (rc == 0) {
@@ -344,7 +344,7 @@ static void local_auth_msg(struct session *s, uint8_t type, const uint8_t *body,
 	case LP_DONE:
 		break;
 	}
-	client_refuse(s, "08P01", "Use a PostgreSQL client.", "unexpected password message");
+	session_refuse(s, "08P01", "Use a PostgreSQL client.", "unexpected password message");
 }
 
 static void route_query(struct session *s, const char *tenant, size_t tlen);
@@ -412,7 +412,7 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	query_find_tenant(sql, n, &rule, &q);
 	if (q.kind == QUERY_OTHER && q.nstmts == 0) {
 		/* Nothing but blanks, comments or semicolons: PostgreSQL's empty-query answer. */
-		client_send_msg(s, 'I', NULL, 0);
+		conn_send_msg(&s->cl, 'I', NULL, 0);
 		send_ready(s, lc->txn);
 		return;
 	}
@@ -423,7 +423,7 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 		lc->qoff = lc->held.len;
 		lc->qlen = total;
 		if (!client_gbuf_add(&lc->held, msg, total)) {
-			client_refuse(s, "54000", "Send smaller messages.", "message too long");
+			session_refuse(s, "54000", "Send smaller messages.", "message too long");
 			return;
 		}
 		route_query(s, q.tenant, q.tenant_len);
@@ -431,13 +431,13 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	}
 	if (q.kind == QUERY_LOCAL) {
 		if (!client_gbuf_add(&lc->replay, msg, total)) {
-			client_refuse(s, "54000", "Name the tenant sooner.",
+			session_refuse(s, "54000", "Name the tenant sooner.",
 				      "too many statements before the tenant");
 			return;
 		}
 		lc->nreplay++;
 		for (size_t i = 0; i < q.nlocal; i++) {
-			client_send_msg(s, 'C', (const uint8_t *)q.local[i].tag, strlen(q.local[i].tag) + 1);
+			conn_send_msg(&s->cl, 'C', (const uint8_t *)q.local[i].tag, strlen(q.local[i].tag) + 1);
 			if (q.local[i].txn)
 				lc->txn = q.local[i].txn;
 		}
@@ -448,49 +448,6 @@ static void no_tenant_query(struct session *s, const uint8_t *msg, size_t total)
 	send_ready(s, lc->txn);
 }
 
-
-/*
- * The text of parameter $param of a Bind body. Text format as is; binary
- * integers (int2/int4/int8, by the Parse's type) as decimal.
- */
-bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
-		      size_t cap, size_t *outlen)
-{
-	uint16_t fmt;
-	const uint8_t *v;
-	uint32_t vlen;
-	int param = st->q.param;
-
-	if (!proto_bind_param(body, len, param, &fmt, &v, &vlen) || v == NULL)
-		return false; /* malformed, or NULL: no tenant */
-	if (fmt == 0) {
-		if (vlen == 0 || vlen >= cap || memchr(v, 0, vlen))
-			return false;
-		memcpy(out, v, vlen);
-		out[vlen] = '\0';
-		*outlen = vlen;
-		return true;
-	}
-	/* Binary: only integers whose type the Parse named. */
-	if (param <= st->ntypes && param <= (int)ARRAY_SIZE(st->types)) {
-		uint32_t oid = st->types[param - 1];
-		long long x;
-		int n;
-
-		if (oid == 21 && vlen == 2)
-			x = (int16_t)((uint16_t)v[0] << 8 | v[1]);
-		else if (oid == 23 && vlen == 4)
-			x = (int32_t)proto_get_u32(v);
-		else if (oid == 20 && vlen == 8)
-			x = (long long)((uint64_t)proto_get_u32(v) << 32 | proto_get_u32(v + 4));
-		else
-			return false;
-		n = snprintf(out, cap, "%lld", x);
-		*outlen = (size_t)n;
-		return n > 0 && (size_t)n < cap;
-	}
-	return false;
-}
 
 /* The latest of the first n Parses of a batch that named statement name, or NULL. */
 static struct xstmt *xstmt_find(struct xstmt *v, size_t n, const char *name)
@@ -615,7 +572,7 @@ static void batch_bind(struct xbatch *b, const uint8_t *m, size_t total)
 	if (st == NULL || st->q.param == 0 ||
 	    (st->q.kind != QUERY_PARAM && st->q.kind != QUERY_TENANT))
 		return;
-	if (!local_bind_param(body, blen, st, val, sizeof(val), &vl)) {
+	if (!session_bind_param(body, blen, st, val, sizeof(val), &vl)) {
 		b->bad.kind = QUERY_UNKNOWN;
 		return;
 	}
@@ -665,7 +622,7 @@ static bool batch_answer(struct session *s)
 		switch (m[0]) {
 		case 'P':
 			b->parsed++;
-			client_send_msg(s, '1', NULL, 0);
+			conn_send_msg(&s->cl, '1', NULL, 0);
 			break;
 		case 'B':
 			rd_init(&r, m + 5, total - 5);
@@ -673,24 +630,24 @@ static bool batch_answer(struct session *s)
 				     ? xstmt_find(b->v, b->parsed, name)
 				     : NULL;
 			b->cur = st ? (size_t)(st - b->v) + 1 : 0;
-			client_send_msg(s, '2', NULL, 0);
+			conn_send_msg(&s->cl, '2', NULL, 0);
 			break;
 		case 'D':
 			if (total > 5 && m[5] == 'S')
-				client_send_msg(s, 't', noparams, sizeof(noparams));
-			client_send_msg(s, 'n', NULL, 0);
+				conn_send_msg(&s->cl, 't', noparams, sizeof(noparams));
+			conn_send_msg(&s->cl, 'n', NULL, 0);
 			break;
 		case 'E':
 			st = b->cur ? &b->v[b->cur - 1] : NULL;
 			if (st == NULL || st->empty) {
-				client_send_msg(s, 'I', NULL, 0);
+				conn_send_msg(&s->cl, 'I', NULL, 0);
 				break;
 			}
-			client_send_msg(s, 'C', (const uint8_t *)st->q.local[0].tag,
+			conn_send_msg(&s->cl, 'C', (const uint8_t *)st->q.local[0].tag,
 					strlen(st->q.local[0].tag) + 1);
 			if (!gbuf_add_query(&lc->replay, (const char *)lc->held.p + st->sqloff,
 					    st->sqllen)) {
-				client_refuse(s, "54000", "Name the tenant sooner.",
+				session_refuse(s, "54000", "Name the tenant sooner.",
 					      "too many statements before the tenant");
 				return false;
 			}
@@ -703,7 +660,7 @@ static bool batch_answer(struct session *s)
 			}
 			break;
 		case 'C':
-			client_send_msg(s, '3', NULL, 0);
+			conn_send_msg(&s->cl, '3', NULL, 0);
 			break;
 		case 'S':
 			send_ready(s, lc->txn);
@@ -739,7 +696,7 @@ static bool batch_to_server(struct session *s)
 			continue;
 		if (!client_gbuf_add(&lc->replay, lc->held.p + st->off, st->total) ||
 		    !client_gbuf_add(&lc->replay, sync, sizeof(sync))) {
-			client_refuse(s, "54000", "Name the tenant sooner.",
+			session_refuse(s, "54000", "Name the tenant sooner.",
 				      "too many statements before the tenant");
 			return false;
 		}
@@ -823,14 +780,14 @@ static void no_tenant_msg(struct session *s, const uint8_t *msg, size_t total)
 			lc->batch.nreplay_mark = lc->nreplay;
 		}
 		if (!client_gbuf_add(&lc->held, msg, total)) {
-			client_refuse(s, "54000", "Send smaller batches.", "batch too long");
+			session_refuse(s, "54000", "Send smaller batches.", "batch too long");
 			return;
 		}
 		if (msg[0] == 'S' || msg[0] == 'H')
 			no_tenant_batch(s, msg[0] == 'S');
 		break;
 	case 'X':
-		client_drain(s, &s->cl);
+		s->up->drain(s, &s->cl);
 		break;
 	default:
 		local_error(s, "08004", "Name the tenant first.",
@@ -856,7 +813,7 @@ static void local_process(struct session *s)
 		if (n < 5)
 			break;
 		if (proto_frame_msg(p, n, LOCAL_MSG_MAX, &type, &total) != PROTO_OK) {
-			client_refuse(s, "08P01", "Use a PostgreSQL client.",
+			session_refuse(s, "08P01", "Use a PostgreSQL client.",
 				      "invalid message length");
 			return;
 		}
@@ -875,7 +832,7 @@ static void local_process(struct session *s)
 		lc->cin.len -= lc->cin_off;
 		lc->cin_off = 0;
 	}
-	client_out_flush(s);
+	conn_out_flush(&s->cl);
 }
 
 /* Client bytes while we answer it ourselves. Takes b. */
@@ -885,7 +842,7 @@ void local_in(struct session *s, struct block *b, size_t n)
 
 	block_put(b);
 	if (!ok) {
-		client_refuse(s, "54000", "Send smaller messages.", "message too long");
+		session_refuse(s, "54000", "Send smaller messages.", "message too long");
 		return;
 	}
 	local_process(s);
@@ -909,7 +866,7 @@ static bool server_password(struct session *s, char *out, size_t cap)
 
 static void server_login_failed(struct session *s, const char *sqlstate, const char *why)
 {
-	client_refuse(s, sqlstate,
+	session_refuse(s, sqlstate,
 		      "The router logs in to the cluster for clients that route by query: give "
 		      "the router and every cluster the same SCRAM verifier for this user, or put "
 		      "the password in server_passfile.",
@@ -919,12 +876,8 @@ static void server_login_failed(struct session *s, const char *sqlstate, const c
 
 static bool send_to_server(struct session *s, uint8_t type, const void *body, size_t len)
 {
-	uint8_t hdr[5];
-
-	proto_msg_header(hdr, type, len);
-	if (client_send_copy(s, &s->sv, hdr, sizeof(hdr)) < 0 ||
-	    (len && client_send_copy(s, &s->sv, body, len) < 0)) {
-		client_close(s);
+	if (server_send_msg(s->sv, type, body, len) < 0) {
+		s->up->close(s);
 		return false;
 	}
 	return true;
@@ -1033,8 +986,8 @@ static void held_through_guard(struct session *s)
 		guard_client_bytes(s, p, end);
 	if (s->closed || s->state == CLIENT_CLOSING || lc->qlen == 0)
 		return;
-	if (client_send_copy(s, &s->sv, p + lc->qoff, lc->qlen) < 0) {
-		client_close(s);
+	if (conn_send_copy(&s->sv->c, p + lc->qoff, lc->qlen) < 0) {
+		s->up->close(s);
 		return;
 	}
 	guard_sent(s, p + lc->qoff, lc->qlen);
@@ -1059,18 +1012,18 @@ static void server_login_done(struct session *s)
 		/* An ErrorResponse body with severity WARNING is a NoticeResponse. */
 		if (!w.failed) {
 			buf[0] = 'N';
-			client_out_put(s, buf, w.len);
+			conn_out_put(&s->cl, buf, w.len);
 		}
 	}
 	if (s->g.on) {
 		held_through_guard(s);
-	} else if (lc->held.len && client_send_copy(s, &s->sv, lc->held.p, lc->held.len) < 0) {
-		client_close(s);
+	} else if (lc->held.len && conn_send_copy(&s->sv->c, lc->held.p, lc->held.len) < 0) {
+		s->up->close(s);
 		return;
 	}
 	if (s->closed || s->state == CLIENT_CLOSING)
 		return;
-	L->ready = true;
+	s->sv->ready = true;
 }
 
 /* One message from the server while we log in for the client and replay. */
@@ -1088,7 +1041,7 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 		return true;
 	case 'S':
 	case 'N':
-		return client_send_msg(s, type, body, len);
+		return conn_send_msg(&s->cl, type, body, len);
 	case 'K':
 		if (len < 8 || len > 4 + PROTO_MAX_CANCEL_KEY)
 			return true;
@@ -1096,7 +1049,7 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 					    sizeof(lc->key), proto_get_u32(body), body + 4, len - 4,
 					    (const struct sockaddr *)&L->target.addr);
 		if (rc < 0)
-			client_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
+			session_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
 		return true;
 	case 'E':
 		if (proto_parse_error(body, len, &f) != PROTO_OK)
@@ -1109,7 +1062,7 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 					 s->cluster, f.message ? f.message : "?");
 			return true;
 		}
-		client_refuse(s, f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate : "08006",
+		session_refuse(s, f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate : "08006",
 			      "The router logs in to the cluster for clients that route by query.",
 			      "cluster \"%s\" refused the login of user \"%s\": %s", s->cluster,
 			      lc->user, f.message ? f.message : "?");
@@ -1117,12 +1070,12 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 	case 'Z':
 		if (!lc->server_ready) {
 			lc->server_ready = true;
-			client_log(s, LOG_DEBUG, "logged in to the server, replaying %u statements",
+			session_log(s, LOG_DEBUG, "logged in to the server, replaying %u statements",
 			     lc->nreplay);
 			if (lc->nreplay > 0) {
 				lc->replay_left = lc->nreplay;
-				if (client_send_copy(s, &s->sv, lc->replay.p, lc->replay.len) < 0) {
-					client_close(s);
+				if (conn_send_copy(&s->sv->c, lc->replay.p, lc->replay.len) < 0) {
+					s->up->close(s);
 					return true;
 				}
 				return true;
@@ -1149,7 +1102,7 @@ static void route_query(struct session *s, const char *tenant, size_t tlen)
 
 	/* Whatever the client sent after this goes to the server after it, through the guard. */
 	if (!client_gbuf_add(&lc->held, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off)) {
-		client_refuse(s, "54000", "Send smaller messages.", "message too long");
+		session_refuse(s, "54000", "Send smaller messages.", "message too long");
 		return;
 	}
 	lc->cin.len = lc->cin_off = 0;
@@ -1159,12 +1112,12 @@ static void route_query(struct session *s, const char *tenant, size_t tlen)
 	t.len = tlen;
 	t.source = TENANT_SRC_QUERY;
 	if (startup_parse(L->in, L->extra_off, &st, &why) != PROTO_OK) {
-		client_close(s);
+		s->up->close(s);
 		return;
 	}
-	client_set_state(s, CLIENT_ROUTING);
-	client_stop_reading(&s->cl);
-	client_out_flush(s);
+	s->up->set_state(s, CLIENT_ROUTING);
+	conn_stop_reading(&s->cl);
+	conn_out_flush(&s->cl);
 	s->login_deadline = uv_now(s->rt->loop) + s->rt->cfg->client_login_timeout_ms;
-	client_connect_tenant(s, &st, &t, L->extra_off);
+	s->up->connect_tenant(s, &st, &t, L->extra_off);
 }

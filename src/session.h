@@ -1,11 +1,17 @@
 /*
  * session.h - the client module's private types and functions, shared by
- * its three files (not part of include/: nothing else may use them):
+ * its files (not part of include/: nothing else may use them). Calls go
+ * one way, from the top down:
  *   client.c        a session's life: accept, startup packet, route,
- *                   connect, auth relay, splice, close
+ *                   connect, auth relay, close; the state machine
  *   client_local.c  tenant source query: the router's own login, local
  *                   answers until the tenant is known, the server login
+ *   link.c          a client attached to its server: the splice
  *   client_guard.c  the stickiness guard on spliced sessions
+ *   session.c       logging and refusals for all of them
+ * Below them: server.c (the server connection) and conn.c (one side's
+ * I/O). A file calls one above it only through a callback it was given:
+ * s->up (client.c's struct session_ops), or the conn and server ops.
  */
 #ifndef TR_SESSION_H
 #define TR_SESSION_H
@@ -21,10 +27,12 @@
 #include "cancel.h"
 #include "client.h"
 #include "common.h"
+#include "conn.h"
 #include "gframe.h"
 #include "health.h"
 #include "log.h"
 #include "query.h"
+#include "server.h"
 #include "splice.h"
 #include "startup.h"
 #include "stats.h"
@@ -34,8 +42,6 @@
 #define CLOSE_FLUSH_MS 10000
 /* What we forward must stay within the server's own startup packet limit. */
 #define FORWARD_CAP PROTO_MAX_STARTUP_LEN
-/* Server messages during login are small; anything near this is broken. */
-#define AUTH_MSG_MAX (1u << 20)
 #define TLS_RECORD_TYPE_HANDSHAKE 0x16
 
 /* A message before the tenant is known, and all we hold for the server then. */
@@ -111,9 +117,6 @@ struct local {
 	char replay_err[400];
 };
 
-/* Where the server leg is while connecting. */
-enum sv_phase { SV_TCP, SV_SSL_ANSWER, SV_TLS_HANDSHAKE };
-
 struct login {
 	uint8_t *in; /* owned: client bytes until the packet is whole (grows to the limit) */
 	size_t inlen, incap;
@@ -128,25 +131,8 @@ struct login {
 	uv_getaddrinfo_t gai; /* a host route's name being resolved */
 	bool resolving;
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
-	uv_connect_t connect;
 	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
 	enum tls_server_mode sv_mode;
-	enum sv_phase sv_phase;
-	/* Framer over server messages during the auth relay. */
-	uint8_t hdr[5];
-	size_t hlen;
-	size_t mlen;  /* body length of the current message */
-	size_t blen;  /* body bytes received so far */
-	uint8_t *msg; /* owned: the current message's body */
-	size_t msgcap;
-	bool ready;	    /* ReadyForQuery seen */
-	bool server_err;    /* the server's own ErrorResponse went to the client */
-	struct block *out; /* owned: server messages gathered for one write to the client */
-	size_t outlen;
-	/* Framer over the client's SASLInitialResponse (see check_sasl_initial). */
-	bool sasl_pending; /* the server asked for SASL; its first 'p' is still to come */
-	uint8_t cmsg[96];
-	size_t clen;
 	struct local *lc; /* owned: only for tenant source query */
 };
 
@@ -172,23 +158,36 @@ enum over_limit { OVER_NONE, OVER_CONN, OVER_FDS };
 /* How long a connection refused for a limit may take to send its startup packet. */
 #define OVER_LIMIT_GRACE_MS 1000
 
-struct side {
-	uv_tcp_t tcp;
-	bool inited;
-	bool reading;
-	bool paused;	 /* reading stopped by back-pressure */
-	struct tls *tls; /* owned; NULL for plaintext */
-	bool tls_ready;	 /* handshake complete */
+struct session;
+
+/*
+ * What the client's state machine (client.c) does for the files below it.
+ * They call up only through this table (s->up), never by name; client.c
+ * gives it to every session at accept.
+ */
+struct session_ops {
+	/* Every state change goes through here; it asserts the transition is allowed. */
+	void (*set_state)(struct session *s, enum client_state next);
+	/* Closes every handle now (pending writes are cancelled); frees in the last close callback. */
+	void (*close)(struct session *s);
+	/* Stops reading, lets what is queued for dst reach it, then closes (bounded). */
+	void (*drain)(struct session *s, struct conn *dst);
+	/* FATAL ErrorResponse (msg: the text after "tenant-router: ", with a hint), then close. */
+	void (*refuse)(struct session *s, const char *sqlstate, const char *hint, const char *msg);
+	/* The tenant is known: its cluster's writer, and a connection to it (len: startup packet). */
+	void (*connect_tenant)(struct session *s, const struct startup *st, const struct tenant *t,
+			       size_t len);
 };
 
 struct session {
 	struct router *rt; /* borrowed */
+	const struct session_ops *up; /* borrowed: client.c's */
 	struct session *prev, *next;
 	uint64_t id;
 	enum client_state state;
-	struct side cl, sv;
+	struct conn cl;	   /* the client's connection */
+	struct server *sv; /* owned until server_close: the server connection, or NULL */
 	uv_timer_t timer;
-	uv_shutdown_t shut;
 	int open_handles;
 	bool closed; /* handles are closing */
 	uint8_t over_limit; /* enum over_limit: accepted only to be refused */
@@ -206,36 +205,15 @@ struct session {
 	uint64_t t0_ns;		   /* uv_hrtime() at accept, for the login latency */
 };
 
-/* client.c: the session's plumbing. */
-void client_log(struct session *s, enum log_level level, const char *fmt, ...) PRINTF_LIKE(3, 4);
-/* Every state change goes through here; it asserts the transition is allowed. */
-void client_set_state(struct session *s, enum client_state next);
-/* Closes every handle now (pending writes are cancelled); frees in the last close callback. */
-void client_close(struct session *s);
-/* Stops reading, lets what is queued for dst reach it, then closes (bounded). */
-void client_drain(struct session *s, struct side *dst);
-void client_start_reading(struct session *s, struct side *sd);
-void client_stop_reading(struct side *sd);
-/* Sends a copy of n bytes to sd (encrypted on a TLS leg). 0 or a libuv error. */
-int client_send_copy(struct session *s, struct side *sd, const void *p, size_t n);
-/* A write to dst failed: drain towards the client, or close. */
-void client_send_failed(struct session *s, struct side *dst, int rc);
-/* Passes block b (n bytes; taken) to dst, pausing the other side under back-pressure. */
-void client_forward(struct session *s, struct side *dst, struct block *b, size_t n);
-void client_apply_pressure(struct session *s, struct side *dst);
-/* Gathers bytes / a whole message for the client during login; false if closing. */
-bool client_out_put(struct session *s, const void *p, size_t n);
-bool client_send_msg(struct session *s, uint8_t type, const uint8_t *body, size_t len);
-/* Sends what was gathered; false if the session is closing. */
-bool client_out_flush(struct session *s);
-/* "tenant-router: " and the formatted text in msg; returns the text after that prefix. */
-const char *client_vformat(char *msg, size_t cap, const char *fmt, va_list ap) PRINTF_LIKE(3, 0);
-/* FATAL ErrorResponse ("tenant-router: " + message, with a hint), then close. */
-void client_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
-		   ...) PRINTF_LIKE(4, 5);
-/* The tenant is known: its cluster's writer, and a connection to it (len: startup packet). */
-void client_connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
-			   size_t len);
+/* session.c: what every file of the module uses (the bottom: calls up only through s->up). */
+void session_log(struct session *s, enum log_level level, const char *fmt, ...) PRINTF_LIKE(3, 4);
+void session_refuse(struct session *s, const char *sqlstate, const char *hint, const char *fmt,
+		    ...) PRINTF_LIKE(4, 5);
+/* The server's conn, or NULL when there is no server connection. */
+struct conn *session_server_conn(struct session *s);
+/* The text of the tenant parameter of a Bind body (st->q.param, typed by st->types). */
+bool session_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
+			size_t cap, size_t *outlen);
 
 /* client_local.c: tenant source query. */
 /* No tenant in the startup packet (len bytes, in s->login->in): authenticate the client. */
@@ -247,9 +225,6 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 void local_free(struct local *lc);
 /* Appends n bytes to g; false when out of memory or past LOCAL_HELD_MAX. */
 bool client_gbuf_add(struct gbuf *g, const void *p, size_t n);
-/* The text of the tenant parameter of a Bind body (st->q.param, typed by st->types). */
-bool local_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
-		      size_t cap, size_t *outlen);
 
 /* client_guard.c: the stickiness guard (s->g.on). */
 /* Sets s->g up from the current config (at accept: framing starts with the first message). */
@@ -264,5 +239,16 @@ void guard_server_bytes(struct session *s, const uint8_t *p, size_t n);
 /* Client bytes that went to the server around the guard: keeps the framing. */
 void guard_sent(struct session *s, const uint8_t *p, size_t n);
 void guard_free(struct guard *g);
+
+/* link.c: a client attached to its server, bytes in, bytes out. */
+/* Attaches s->cl and s->sv to each other for back-pressure. */
+void link_attach(struct session *s);
+/* Detaches them (before the server connection goes). */
+void link_detach(struct session *s);
+/* Client bytes for the server / server bytes for the client while splicing (take b). */
+void link_client_data(struct session *s, struct block *b, size_t n);
+void link_server_data(struct session *s, struct block *b, size_t n);
+/* A write to dst completed under the low-water mark: read its source again. */
+void link_writable(struct session *s, struct conn *dst);
 
 #endif /* TR_SESSION_H */
