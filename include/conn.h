@@ -24,6 +24,7 @@
 #define TR_CONN_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -72,6 +73,8 @@ struct conn {
 	bool halted;     /* the owner is closing: deliver nothing more */
 	bool closed;     /* conn_close was called */
 	bool client;     /* the client leg (for the byte counters) */
+	/* The owner's per-connection counters of bytes read and written, or NULL (relaxed). */
+	atomic_uint_fast64_t *rx, *tx;
 	bool tls_failed; /* input ended on a TLS error (on_end with UV_EPROTO) */
 };
 

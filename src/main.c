@@ -951,6 +951,7 @@ static void admin_async_cb(uv_async_t *a)
 		else
 			r->done(r);
 	}
+	client_kill_marked(&w->rt);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
