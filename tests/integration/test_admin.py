@@ -353,6 +353,20 @@ def test_console_kill_tenant_and_client(crouter):
             c.close()
 
 
+def test_console_kill_on_the_wire(crouter):
+    """A killed spliced session gets a whole FATAL 57P01 with a hint, then the close."""
+    r = crouter
+    with rawpg.RawConn(r.port) as c:
+        rawpg.login_password(c, [("user", "app"), ("database", "appdb"),
+                                 ("options", "-c app.tenant_id=t-raw")], harness.APP_PASSWORD)
+        assert rawpg.simple_query(c, "SELECT 7") == [["7"]]
+        cid = [x[0] for x in rows(r, "SHOW CLIENTS") if x[3] == "t-raw"]
+        assert len(cid) == 1
+        assert psql(r, f"KILL CLIENT {cid[0]}").returncode == 0
+        f = rawpg.assert_refusal(c, "57P01")
+        assert f["M"] == "tenant-router: terminated by the administrator (KILL CLIENT)", f
+
+
 # --- RELOAD / SHUTDOWN ---------------------------------------------------------------------
 
 def test_console_reload(crouter):
