@@ -655,13 +655,6 @@ static void connect_tenant(struct session *s, const struct startup *st, const st
 	L->extra_off = len;
 	session_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
 	     L->pinned ? "pin" : "ring", L->lc ? " tenant_from=query" : "");
-	{
-		char hp[300];
-
-		snprintf(hp, sizeof(hp), "%s:%u", L->target.host, L->target.port);
-		roster_set_route(&s->ro, s->cluster, hp,
-				 L->pinned ? ROSTER_SRC_PIN : ROSTER_SRC_RING);
-	}
 	s->stc = stats_cluster(s->cluster);
 	stats_session_routed(s->stc, L->pinned, s->state);
 	connect_server(s);
@@ -673,7 +666,14 @@ static void connect_server(struct session *s)
 	struct router *rt = s->rt;
 	const struct config *cfg = rt->cfg;
 	struct login *L = s->login;
+	char hp[300];
 	int rc;
+
+	/* For SHOW CLIENTS and SHOW TENANTS: where it went, and what decided it. */
+	snprintf(hp, sizeof(hp), strchr(L->target.host, ':') ? "[%s]:%u" : "%s:%u", L->target.host,
+		 L->target.port);
+	roster_set_route(&s->ro, s->cluster, hp,
+			 s->route[0] ? ROSTER_SRC_ROUTE : L->pinned ? ROSTER_SRC_PIN : ROSTER_SRC_RING);
 
 	s->sv = server_new(rt->loop, &sv_ops, s, s->cluster, &L->target, L->sv_ctx, L->sv_mode,
 			   &rc);
