@@ -17,7 +17,11 @@
  * which also owns signals, reloads and the health checkers; every worker
  * has its own SO_REUSEPORT listener and its own sessions. The main loop
  * talks to the others only through each worker's uv_async_t and a small
- * mailbox under a mutex (a new config, drain, close all, stop).
+ * mailbox under a mutex (a new config, drain, close all, stop). The admin
+ * console runs on any loop; what it asks of the daemon (RELOAD, SHUTDOWN,
+ * PIN, UNPIN) comes to the main loop through an inbox of its own and goes
+ * back through a second async handle per worker, which also makes each loop
+ * end the sessions KILL marked in the roster.
  *
  * Rolling restart: every listener has SO_REUSEPORT, also with one thread,
  * so a second process can listen on the same addresses. With
