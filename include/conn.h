@@ -73,9 +73,10 @@ struct conn {
 	bool halted;     /* the owner is closing: deliver nothing more */
 	bool closed;     /* conn_close was called */
 	bool client;     /* the client leg (for the byte counters) */
-	/* The owner's per-connection counters of bytes read and written, or NULL (relaxed). */
-	atomic_uint_fast64_t *rx, *tx;
 	bool tls_failed; /* input ended on a TLS error (on_end with UV_EPROTO) */
+
+	/* The owner's counters of this connection's bytes read and written, or NULL (relaxed). */
+	atomic_uint_fast64_t *rx, *tx; /* borrowed */
 };
 
 /* Sets c up on loop (uv_tcp_init). 0 or a libuv error (c is then not inited). */
