@@ -16,6 +16,7 @@
 
 #include <openssl/crypto.h>
 
+#include "admin.h"
 #include "config.h"
 #include "router.h"
 
@@ -112,6 +113,12 @@ static bool console_send(void *arg, const uint8_t *p, size_t n)
 {
 	struct session *s = arg;
 
+	/* A client that sends commands and never reads the answers is not kept forever. */
+	if (conn_queued(&s->cl) > ADMIN_RESULT_MAX) {
+		session_log(s, LOG_WARN, "admin console client does not read its answers, closing");
+		s->up->close(s);
+		return false;
+	}
 	return conn_out_put(&s->cl, p, n) && conn_out_flush(&s->cl);
 }
 
