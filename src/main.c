@@ -495,8 +495,16 @@ static int apply_config(struct config *nc, const char *what)
 	D.workers[0].rt.cfg = config_ref(nc);
 	atomic_store(&D.workers[0].gen, nc->generation);
 	for (size_t i = 1; i < D.nworkers; i++) {
-		if (D.workers[i].started)
-			post(&D.workers[i], nc, false, false, false);
+		struct worker *w = &D.workers[i];
+
+		if (w->started) {
+			post(w, nc, false, false, false);
+			continue;
+		}
+		/* Not running yet (before the first health round): still ours to set. */
+		release_config(&D.loop, w->rt.cfg);
+		w->rt.cfg = config_ref(nc);
+		atomic_store(&w->gen, nc->generation);
 	}
 	release_config(&D.loop, old);
 	log_set_level(nc->log_level);
