@@ -25,6 +25,7 @@ enum client_state {
 	CLIENT_LOCAL_AUTH,    /* checking the client's password (login timer) */
 	CLIENT_NO_TENANT,     /* logged in to the router; SETs answered here until the tenant */
 	CLIENT_SERVER_LOGIN,  /* logging in to the chosen server for the client, replaying SETs */
+	CLIENT_ADMIN,	      /* logged in to the admin console (database tenant_router) */
 };
 
 const char *client_state_name(enum client_state s);
@@ -55,5 +56,8 @@ size_t client_ring_moves(struct router *rt, const struct config *nc, char *first
 
 /* Closes every session now (shutdown timeout or second signal). */
 void client_close_all(struct router *rt);
+
+/* Ends the sessions of rt's loop that the console marked (KILL), each with a FATAL. */
+void client_kill_marked(struct router *rt);
 
 #endif /* TR_CLIENT_H */

@@ -599,8 +599,30 @@ static void guard_run(struct session *s, struct conn *dst, struct block *b, cons
 	}
 }
 
+/* Nothing in flight: every Query/Sync answered, no message half through either way. */
+static bool guard_idle(const struct guard *g)
+{
+	const struct gframe *f = &g->f;
+
+	return g->on && !f->blind && !f->sblind && f->syncs == f->zs && f->chlen == 0 &&
+	       f->cleft == 0 && f->shlen == 0 && f->sleft == 0 && !f->ehold && f->errors == NULL;
+}
+
 void guard_client(struct session *s, struct block *b, size_t n)
 {
+	/*
+	 * The tenant directory's drain (a move): the session ends where the
+	 * client starts its next statement, which is then not sent, so the
+	 * client never wonders whether it committed.
+	 */
+	if (s->g.end_at_idle && s->state == CLIENT_SPLICING && guard_idle(&s->g)) {
+		block_put(b);
+		session_refuse(
+		        s, "57P01", "Reconnect: new sessions go where the tenant lives now.",
+		        "this session's tenant is being moved to another cluster; the session "
+		        "was ended after move_drain_timeout");
+		return;
+	}
 	guard_run(s, session_server_conn(s), b, (const uint8_t *)b->data, n, gframe_client);
 }
 

@@ -49,12 +49,12 @@
 #include "log.h"
 #include "route.h"
 
-#define DELTA_MAX         65536 /* rows in a delta before a full load replaces it */
-#define QUERY_TIMEOUT_MS  10000 /* one statement, or a COPY without progress */
-#define RETRY_MS          1000
+#define DELTA_MAX          65536 /* rows in a delta before a full load replaces it */
+#define QUERY_TIMEOUT_MS   10000 /* one statement, or a COPY without progress */
+#define RETRY_MS           1000
 #define HB_AFTER_CHANGE_MS 250 /* main.c's loops report every 100 ms */
-#define BAD_ROW_LOGS      20 /* per load, then a count */
-#define CONNECT_TIMEOUT_S "5"
+#define BAD_ROW_LOGS       20  /* per load, then a count */
+#define CONNECT_TIMEOUT_S  "5"
 
 struct worker_report {
 	int64_t version; /* -1: none yet */
@@ -1170,9 +1170,21 @@ static void sync_thread(void *arg)
 		reconf = ds->reconfigured;
 		ds->reconfigured = false;
 		if (reconf || ds->my.conninfo == NULL) {
-			settings_free(&ds->my);
-			if (settings_copy(&ds->my, &ds->set) < 0)
+			struct settings next;
+
+			if (settings_copy(&next, &ds->set) < 0) {
 				reconf = false;
+			} else {
+				/* Another database or channel: connect (and LISTEN) again. */
+				if (ds->conn && ds->my.conninfo &&
+				    (strcmp(next.conninfo, ds->my.conninfo) != 0 ||
+				     strcmp(next.schema, ds->my.schema) != 0)) {
+					PQfinish(ds->conn);
+					ds->conn = NULL;
+				}
+				settings_free(&ds->my);
+				ds->my = next;
+			}
 		}
 		uv_mutex_unlock(&ds->mu);
 		if (ds->my.conninfo == NULL) {
@@ -1201,7 +1213,8 @@ static void sync_thread(void *arg)
 		}
 		if (reconf)
 			need_full = true;
-		/* Notifications read along with the last statement wait in libpq, not on the socket. */
+		/* Notifications read along with the last statement wait in libpq, not on the
+		 * socket. */
 		take_notifies(ds, &need_incr, &need_full);
 		t = now_ms();
 		until = next_hb < next_refresh ? next_hb : next_refresh;

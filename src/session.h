@@ -28,10 +28,12 @@
 #include "client.h"
 #include "common.h"
 #include "conn.h"
+#include "console.h"
 #include "gframe.h"
 #include "health.h"
 #include "log.h"
 #include "query.h"
+#include "roster.h"
 #include "server.h"
 #include "splice.h"
 #include "startup.h"
@@ -128,13 +130,22 @@ struct login {
 	uint8_t *fwd; /* owned: the rewritten packet, only when we rewrite it */
 	struct health_target target;
 	bool pinned;
+	bool by_directory;    /* placed by a tenant directory row */
 	uv_getaddrinfo_t gai; /* a host route's name being resolved */
 	bool resolving;
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
 	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
 	enum tls_server_mode sv_mode;
-	struct local *lc; /* owned: only for tenant source query */
+	struct local *lc; /* owned: only for tenant source query and the admin console */
+	/* Held before connecting: the tenant is paused or its pin is changing (tenant_held). */
+	bool holding;
+	uint64_t hold_since; /* uv_now() when it began to wait */
+	struct tenant hold_t;
+	size_t hold_len; /* the startup packet's length, to parse it again */
 };
+
+/* How often a held session looks again whether its tenant may go on. */
+#define HOLD_RECHECK_MS 100
 
 /* The stickiness guard (client_guard.c); on only when guard != off. */
 #define GUARD_SQLSTATE "42501"
@@ -153,6 +164,8 @@ struct guard {
 	/* A switch to a tenant other than s->tenant was allowed: the directory's fence counts
 	 * (and its drain ends) this session for every moving tenant of its cluster. */
 	bool switched;
+	/* The directory's drain wants the session ended: at its next statement, before it goes. */
+	bool end_at_idle;
 };
 
 /* Why a session was accepted only to be refused with 53300. */
@@ -206,6 +219,9 @@ struct session {
 	struct guard g;
 	struct stats_cluster *stc; /* borrowed, lives until exit: counters of s->cluster once routed */
 	uint64_t t0_ns;		   /* uv_hrtime() at accept, for the login latency */
+	struct roster_entry ro;	   /* in the roster of every loop's sessions (SHOW CLIENTS, KILL) */
+	bool admin;		   /* asked for the admin console (database tenant_router) */
+	struct console *con;	   /* owned: the console, once logged in to it */
 };
 
 /* session.c: what every file of the module uses (the bottom: calls up only through s->up). */
@@ -218,7 +234,7 @@ struct conn *session_server_conn(struct session *s);
 bool session_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
 			size_t cap, size_t *outlen);
 
-/* client_local.c: tenant source query. */
+/* client_local.c: tenant source query, and the admin console's login. */
 /* No tenant in the startup packet (len bytes, in s->login->in): authenticate the client. */
 void local_start(struct session *s, const struct startup *st, size_t len);
 /* Client bytes while the router answers the client itself (takes b). */
@@ -253,5 +269,11 @@ void link_client_data(struct session *s, struct block *b, size_t n);
 void link_server_data(struct session *s, struct block *b, size_t n);
 /* A write to dst completed under the low-water mark: read its source again. */
 void link_writable(struct session *s, struct conn *dst);
+/*
+ * Whether the server's stream to the client is between messages, so one
+ * of ours (a FATAL) can go in: only the guard frames it, so false with the
+ * guard off or when the framing is lost.
+ */
+bool link_server_at_boundary(const struct session *s);
 
 #endif /* TR_SESSION_H */

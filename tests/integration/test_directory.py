@@ -92,7 +92,8 @@ def make_dir_router(make_router, cset, dirsrv, schema, **kw):
 
 def test_directory_init_idempotent_precedence_and_states(make_router, clusters, extra):
     cset = {"a": clusters["a"], "b": clusters["b"]}
-    r = make_dir_router(make_router, cset, extra["dir"], "t_prec", pins={"pin1": "a"})
+    r = make_dir_router(make_router, cset, extra["dir"], "t_prec", pins={"pin1": "a"},
+                        router={"pause_timeout": "1s"})
     init_schema(r, "t_prec")
     init_schema(r, "t_prec")  # idempotent
     # Directory beats a pin; a pin beats the ring; the ring decides the rest.
@@ -111,8 +112,12 @@ def test_directory_init_idempotent_precedence_and_states(make_router, clusters, 
     harness.wait_until(lambda: refusal(r, "blk") is not None, 5 * SLOW, what="blk refused")
     st, msg = refusal(r, "blk")
     assert st == "57P03" and 'tenant "blk" is blocked' in msg
+    # A moving tenant's new sessions wait (pause_timeout), then get 57P03.
+    t0 = time.monotonic()
     st, msg = refusal(r, "mov")
-    assert st == "57P03" and "is being moved; retry" in msg
+    assert st == "57P03" and 'tenant "mov" is being moved to another cluster' in msg, msg
+    assert time.monotonic() - t0 >= 0.9
+    assert "tenant=mov being moved: waiting" in r.log_text()
     # `route` tells the same as the routers.
     got = r.route(["pin1", ringt, "blk", "mov", "nobody"])
     assert got.pop("nobody")[1] == "ring"
