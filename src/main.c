@@ -725,7 +725,7 @@ static void check_collect(void)
 		return;
 	}
 	if (moved > 0) {
-		char why[600];
+		char why[sizeof(first) + 320];
 
 		snprintf(why, sizeof(why),
 		         "its ring change would move tenant %s, which has live sessions on this "
