@@ -436,7 +436,11 @@ class Router:
             return 0
 
     def log_since(self, offset):
-        with open(self.logfile, "rb") as f:
+        try:
+            f = open(self.logfile, "rb")
+        except FileNotFoundError:
+            return ""  # start() (maybe on another thread) has not opened it yet
+        with f:
             f.seek(offset)
             return f.read().decode(errors="replace")
 
