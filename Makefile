@@ -18,9 +18,9 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins route query auth gframe federation stats
-IO      := log config health citus conn server session link client client_local client_guard splice \
-           cancel main sdnotify \
+PURE    := proto startup ring pins route query auth gframe pframe federation stats
+IO      := log config health citus conn server pool session link client client_local client_guard \
+           splice cancel main sdnotify \
            tls http metrics peer
 
 ifeq ($(SAN),1)

@@ -22,6 +22,7 @@
 struct cancel_map;
 struct config;
 struct health;
+struct pool_set;
 struct session;
 
 /*
@@ -50,6 +51,7 @@ struct router {
 	struct log_limit fd_log;   /* refusals for want of descriptors, on this loop */
 	struct log_limit shed_log; /* refusals at once over max_client_conn, on this loop */
 	uint64_t next_session_id;
+	struct pool_set *pools;	  /* owned: pool_mode = session (NULL until first used) */
 	bool draining;		  /* SIGTERM: no new logins */
 	void (*on_empty)(struct router *rt); /* called when draining and the last session ends */
 };

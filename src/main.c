@@ -50,6 +50,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "peer.h"
+#include "pool.h"
 #include "pins.h"
 #include "ring.h"
 #include "route.h"
@@ -229,6 +230,8 @@ static void finish(void)
 	metrics_stop(D.metrics);
 	D.metrics = NULL;
 	peer_stop();
+	/* Idle pooled server connections would keep the loop running. */
+	pool_set_shutdown(D.workers[0].rt.pools);
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], NULL, false, false, true);
@@ -299,8 +302,10 @@ static void wake_cb(uv_async_t *a)
 		worker_drain(w);
 	if (close_all)
 		client_close_all(&w->rt);
-	if (stop)
+	if (stop) {
+		pool_set_shutdown(w->rt.pools);
 		uv_walk(w->loop, walk_close_cb, NULL);
+	}
 }
 
 static void worker_thread(void *arg)
@@ -813,6 +818,7 @@ static void workers_free(void)
 			if (uv_loop_close(w->loop) != 0)
 				log_warn("event loop %zu closed with handles still open", i);
 		}
+		pool_set_free(w->rt.pools);
 		config_unref(w->pending);
 		config_unref(w->rt.cfg);
 		uv_mutex_destroy(&w->lock);
