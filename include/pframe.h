@@ -24,6 +24,7 @@ struct pframe_dir {
 	uint8_t hdr[5];
 	uint8_t hlen;  /* header bytes seen of the current message */
 	uint32_t left; /* body bytes of the current message still to come */
+	bool broken;   /* a length that makes no sense: never clean again */
 };
 
 struct pframe {
@@ -33,7 +34,6 @@ struct pframe {
 	bool unsynced;   /* extended-protocol messages since the last Sync */
 	bool zbody;      /* the next server body byte is a ReadyForQuery status */
 	char txn;        /* the last ReadyForQuery's status */
-	bool broken;     /* a length that makes no sense: never clean again */
 	bool terminated; /* the client sent Terminate */
 };
 

@@ -56,7 +56,7 @@ static size_t walk(struct pframe *f, struct pframe_dir *d, bool client, const ui
 {
 	size_t i = 0;
 
-	while (i < n && !f->broken) {
+	while (i < n && !d->broken) {
 		if (d->left > 0) {
 			size_t take = n - i < d->left ? n - i : d->left;
 
@@ -80,7 +80,7 @@ static size_t walk(struct pframe *f, struct pframe_dir *d, bool client, const ui
 			uint32_t len = hdr_len(d->hdr);
 
 			if (len < 4 || len > 0x7fffffffu) {
-				f->broken = true;
+				d->broken = true;
 				break;
 			}
 			d->left = len - 4;
@@ -110,7 +110,7 @@ void pframe_server(struct pframe *f, const uint8_t *p, size_t n)
 bool pframe_clean(const struct pframe *f, char *txn)
 {
 	*txn = f->txn;
-	return !f->broken && f->syncs == f->zs && !f->unsynced && !f->zbody && f->c.hlen == 0 &&
-	       f->c.left == 0 && f->s.hlen == 0 && f->s.left == 0 &&
+	return !f->c.broken && !f->s.broken && f->syncs == f->zs && !f->unsynced && !f->zbody &&
+	       f->c.hlen == 0 && f->c.left == 0 && f->s.hlen == 0 && f->s.left == 0 &&
 	       (f->txn == 'I' || f->txn == 'T' || f->txn == 'E');
 }
