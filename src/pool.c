@@ -202,6 +202,23 @@ static bool same_host(const struct health_target *a, const struct health_target 
 	return a->port == b->port && strcmp(a->host, b->host) == 0;
 }
 
+/* Closes the least recently used idle connection of another pool of p's cluster. */
+static void evict_idle(struct pool_set *ps, struct pool *p)
+{
+	struct server *lru = NULL;
+
+	for (struct pool *q = ps->pools; q; q = q->next) {
+		if (q == p || strcmp(q->cluster, p->cluster) != 0)
+			continue;
+		for (struct server *sv = q->idle; sv; sv = sv->next) {
+			if (lru == NULL || sv->since_ms < lru->since_ms)
+				lru = sv;
+		}
+	}
+	if (lru)
+		close_server(lru);
+}
+
 static struct pool *pool_find(struct pool_set *ps, const char *cluster,
                               const struct health_target *t, const uint8_t *key, size_t keylen)
 {
@@ -376,7 +393,10 @@ enum pool_take pool_acquire(struct pool_set *ps, const char *cluster,
 		*out = take_idle(p, now);
 		if (*out)
 			return POOL_GOT;
-		if (may_grow(p)) {
+		/* At max_server_conn, an idle connection of another key gives way. */
+		if (!may_grow(p) && p->nservers < p->lim.pool_size)
+			evict_idle(ps, p);
+		if (p->head == NULL && may_grow(p)) {
 			p->nservers++;
 			return POOL_SLOT;
 		}
