@@ -107,6 +107,8 @@ struct config {
 	uint64_t server_idle_timeout_ms; /* 0: never */
 	uint64_t server_lifetime_ms;	 /* 0: never */
 	char *server_reset_query;	 /* owned; "" : none */
+	char *pool_reset_sql; /* owned: what runs at logout (server_reset_query, or at least RESET of
+				 tenant_key) */
 	uint64_t query_wait_timeout_ms;	 /* 0: wait for ever */
 	uint64_t server_login_retry_ms;
 

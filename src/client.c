@@ -183,7 +183,7 @@ static struct pool_limits pool_limits_of(const struct config *cfg, const char *c
 		.idle_timeout_ms = cfg->server_idle_timeout_ms,
 		.lifetime_ms = cfg->server_lifetime_ms,
 		.login_retry_ms = cfg->server_login_retry_ms,
-		.reset_query = cfg->server_reset_query ? cfg->server_reset_query : "",
+		.reset_query = cfg->pool_reset_sql ? cfg->pool_reset_sql : "DISCARD ALL",
 	};
 
 	return lim;

@@ -1364,6 +1364,29 @@ static void validate(struct loader *L)
 	if (c->server_reset_query == NULL && !L->oom &&
 	    (c->server_reset_query = strdup("DISCARD ALL")) == NULL)
 		L->oom = true;
+	/*
+	 * Whatever the reset query, the tenant setting goes back to the startup
+	 * value (part of the pool key): the next client's tenant, always.
+	 */
+	if (c->server_reset_query && c->rule.key && !L->oom) {
+		size_t cap = strlen(c->server_reset_query) + 2 * strlen(c->rule.key) + 16;
+
+		c->pool_reset_sql = malloc(cap);
+		if (c->pool_reset_sql == NULL) {
+			L->oom = true;
+		} else if (c->server_reset_query[0]) {
+			snprintf(c->pool_reset_sql, cap, "%s", c->server_reset_query);
+		} else {
+			size_t n = (size_t)snprintf(c->pool_reset_sql, cap, "RESET \"");
+
+			for (const char *k = c->rule.key; *k; k++) {
+				if (*k == '"')
+					c->pool_reset_sql[n++] = '"';
+				c->pool_reset_sql[n++] = *k;
+			}
+			snprintf(c->pool_reset_sql + n, cap - n, "\"");
+		}
+	}
 	for (size_t i = 0; i < c->nclusters; i++) {
 		struct cluster_cfg *cl = &c->clusters[i];
 
@@ -1554,6 +1577,7 @@ static void free_config(struct config *c)
 	free(c->auth_query);
 	free(c->server_passfile);
 	free(c->server_reset_query);
+	free(c->pool_reset_sql);
 	free(c->peer_socket_dir);
 	if (c->userlist)
 		userlist_free(c->userlist);

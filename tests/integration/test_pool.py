@@ -32,9 +32,9 @@ def make_pooled(request, clusters):
     request.node._tr_routers = routers
     factory = conftest._router_factory(clusters, routers, pool_mode="session")
 
-    def make(overrides=None, **router):
+    def make(overrides=None, start=True, **router):
         ov = harness.merge({"router": dict(router)}, overrides or {})
-        return factory(overrides=ov)
+        return factory(overrides=ov, start=start)
 
     yield make
     conftest._stop_and_check(routers, "router", " during the test")
@@ -381,3 +381,44 @@ def _write(r):
             return ("ok", port)
     except psycopg.Error as e:
         return ("error", e.sqlstate or str(e)[:80])
+
+
+def test_pool_tenant_setting_is_reset_even_without_reset_query(make_pooled):
+    """server_reset_query = "" keeps session state, but never the tenant: the setting goes back
+    to the startup value, which is the next client's tenant."""
+    r = make_pooled(pool_size="1", server_reset_query="")
+    cands = [f"reset-{i}" for i in range(40)]
+    by = collections.defaultdict(list)
+    for t, (c, _) in r.route(cands).items():
+        by[c].append(t)
+    t1, t2 = next(v for v in by.values() if len(v) >= 2)[:2]
+    with r.connect(t1) as conn:
+        pid = backend(conn)
+        # Another tenant of the same cluster: the guard allows it.
+        conn.execute(f"SET app.tenant_id = '{t2}'")
+        conn.execute("SET statement_timeout = '9s'")
+    with r.connect(t1) as conn:
+        assert backend(conn) == pid
+        tenant, timeout = conn.execute("SELECT current_setting('app.tenant_id'), "
+                                       "current_setting('statement_timeout')").fetchone()
+    assert tenant == t1
+    # Only the tenant: the rest stays, as documented.
+    assert timeout == "9s"
+
+
+def test_pool_failed_server_login_is_not_retried_within_server_login_retry(make_pooled):
+    """The router accepts the client (auth_file says so) but the server refuses the router's
+    login: the client gets the server's refusal, and the next one the same at once."""
+    r = make_pooled(overrides={"auth": {"auth_file": "wrong_users.txt"}},
+                    server_login_retry="30s", start=False)
+    r.write_file("wrong_users.txt", harness.userlist_text({"app": "not-the-server-password"}))
+    r.start()
+    msgs = []
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError) as e:
+            r.connect(TENANT, password="not-the-server-password")
+        msgs.append(str(e.value))
+    assert "refused the login" in msgs[0], msgs
+    # The same refusal, with a hint that says why it came at once.
+    assert msgs[1].splitlines()[0] == msgs[0].splitlines()[0], msgs
+    assert "server_login_retry" in msgs[1], msgs
