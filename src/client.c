@@ -814,7 +814,11 @@ static void pooled_logout(struct session *s)
 		s->sv = NULL;
 		session_log(s, LOG_DEBUG, "giving back the server connection (%s, txn=%c)",
 			    clean ? "clean" : "dirty", txn);
-		pool_release(sv, clean, txn, &lim);
+		/* Made without a pool (out of memory then): nobody keeps it. */
+		if (sv->pool)
+			pool_release(sv, clean, txn, &lim);
+		else
+			server_close(sv);
 	}
 	client_drain(s, &s->cl);
 }
