@@ -300,7 +300,20 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 		return;
 	}
 	memcpy(lc->user, u->val, u->vlen + 1);
+	/* user=name<sep>tenant: the role is name, as the server sees it. */
+	if (lc->pooled && lc->tenant.strip_user) {
+		char *sep = memrchr(lc->user, cfg->rule.separator, u->vlen);
+
+		if (sep)
+			*sep = '\0';
+	}
 	snprintf(lc->database, sizeof(lc->database), "%s", d && d->vlen ? d->val : lc->user);
+	if (lc->pooled && lc->tenant.strip_database) {
+		char *sep = strrchr(lc->database, cfg->rule.separator);
+
+		if (sep)
+			*sep = '\0';
+	}
 	/* Bytes sent after the packet are the client's first messages. */
 	L->extra_off = len;
 	if (L->inlen > len && !client_gbuf_add(&lc->cin, L->in + len, L->inlen - len)) {

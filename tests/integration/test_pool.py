@@ -422,3 +422,18 @@ def test_pool_failed_server_login_is_not_retried_within_server_login_retry(make_
     # The same refusal, with a hint that says why it came at once.
     assert msgs[1].splitlines()[0] == msgs[0].splitlines()[0], msgs
     assert "server_login_retry" in msgs[1], msgs
+
+
+def test_pool_tenant_in_the_user_name(make_pooled, clusters):
+    """tenant_sources = user: the router authenticates and pools the role without the suffix."""
+    r = make_pooled(tenant_sources="options, parameter, user")
+    srv = cluster_of(r, clusters, "usr-7")
+    pids = set()
+    for _ in range(3):
+        with r.connect(user="app+usr-7") as conn:
+            who, tenant, port = conn.execute(
+                "SELECT current_user, current_setting('app.tenant_id'), "
+                "inet_server_port()").fetchone()
+            assert (who, tenant, port) == ("app", "usr-7", srv.port)
+            pids.add(backend(conn))
+    assert len(pids) == 1, pids
