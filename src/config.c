@@ -1397,7 +1397,7 @@ static void validate(struct loader *L)
 		if (!cl->max_server_conn_set)
 			cl->max_server_conn = c->max_server_conn;
 		c->pooling |= cl->pool_mode == POOL_SESSION;
-		if (cl->pool_mode == POOL_SESSION && c->auth_type != AUTH_TRUST &&
+		if (cl->pool_mode == POOL_SESSION && cl->pool_mode_set && c->auth_type != AUTH_TRUST &&
 		    c->auth_file == NULL && c->auth_query == NULL)
 			problem(L, 0,
 				"[cluster.%s] pool_mode = session needs [auth] auth_file or auth_query "
@@ -1405,6 +1405,11 @@ static void validate(struct loader *L)
 				"itself",
 				cl->name);
 	}
+	if (c->pool_mode == POOL_SESSION && c->pooling && c->auth_type != AUTH_TRUST &&
+	    c->auth_file == NULL && c->auth_query == NULL)
+		problem(L, 0,
+			"[router] pool_mode = session needs [auth] auth_file or auth_query (or "
+			"auth_type = trust): the router authenticates pooled clients itself");
 	if (c->auth_file && L->nerrs == 0 && !L->oom) {
 		char uerr[512];
 
