@@ -437,3 +437,19 @@ def test_pool_tenant_in_the_user_name(make_pooled, clusters):
             assert (who, tenant, port) == ("app", "usr-7", srv.port)
             pids.add(backend(conn))
     assert len(pids) == 1, pids
+
+
+def test_pool_a_dead_idle_connection_is_never_lent(make_pooled, clusters):
+    """A pooled connection whose backend goes away while idle (terminated, or its server down)
+    is closed at once: the next client gets a live one and sees no error."""
+    r = make_pooled(pool_size="2")
+    srv = cluster_of(r, clusters, TENANT)
+    with r.connect(TENANT) as conn:
+        pid = backend(conn)
+    srv.sql("SELECT pg_terminate_backend(%s)", (pid,))
+    harness.wait_until(lambda: not srv.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                           (pid,)), 10 * SLOW, what="backend gone")
+    for _ in range(3):
+        with r.connect(TENANT) as conn:
+            assert backend(conn) != pid
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
