@@ -33,6 +33,7 @@
 #include "log.h"
 #include "proto.h"
 #include "server.h"
+#include "stats.h"
 
 /* How long a reset may take before the connection is closed instead. */
 #define RESET_TIMEOUT_MS 10000
@@ -121,8 +122,10 @@ static void close_server(struct server *sv)
 	if (sv->pstate == PS_IDLE) {
 		list_del(&p->idle, sv);
 		p->nidle--;
+		stats_pool(STATS_POOL_IDLE, -1);
 	} else {
 		list_del(&p->others, sv);
+		stats_pool(STATS_POOL_BUSY, -1);
 	}
 	p->nservers--;
 	sv->pool = NULL;
@@ -145,6 +148,9 @@ static struct server *take_idle(struct pool *p, uint64_t now)
 		p->nidle--;
 		sv->pstate = PS_BUSY;
 		list_add(&p->others, sv);
+		stats_pool(STATS_POOL_IDLE, -1);
+		stats_pool(STATS_POOL_BUSY, 1);
+		stats_pool(STATS_POOL_REUSED, 1);
 		return sv;
 	}
 	return NULL;
@@ -194,6 +200,8 @@ static void make_idle(struct server *sv)
 	sv->since_ms = uv_now(p->ps->loop);
 	list_add(&p->idle, sv);
 	p->nidle++;
+	stats_pool(STATS_POOL_BUSY, -1);
+	stats_pool(STATS_POOL_IDLE, 1);
 	wake_cluster(p->ps, p->cluster);
 }
 
@@ -451,6 +459,8 @@ void pool_adopt(struct pool *p, struct server *sv)
 	sv->dirty = false;
 	p->failed_ms = 0;
 	list_add(&p->others, sv);
+	stats_pool(STATS_POOL_BUSY, 1);
+	stats_pool(STATS_POOL_CREATED, 1);
 }
 
 /* Sends one simple Query; false when the write failed. */

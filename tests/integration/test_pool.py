@@ -453,3 +453,27 @@ def test_pool_a_dead_idle_connection_is_never_lent(make_pooled, clusters):
         with r.connect(TENANT) as conn:
             assert backend(conn) != pid
             assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_pool_metrics(make_pooled):
+    import urllib.request
+    port = harness.free_port()
+    r = make_pooled(pool_size="2", metrics_listen=f"127.0.0.1:{port}")
+
+    def metric(name):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert m, f"{name} not in /metrics"
+        return float(m.group(1))
+
+    for _ in range(5):
+        with r.connect(TENANT) as conn:
+            conn.execute("SELECT 1")
+            assert metric('tenant_router_pool_server_connections{state="busy"}') == 1
+    harness.wait_until(
+        lambda: metric('tenant_router_pool_server_connections{state="idle"}') == 1, 5 * SLOW,
+        what="one idle pooled connection")
+    assert metric('tenant_router_pool_server_connections{state="busy"}') == 0
+    assert metric("tenant_router_pool_server_logins_total") == 1
+    assert metric("tenant_router_pool_reused_total") == 4
