@@ -23,6 +23,7 @@ enum client_state {
 	CLIENT_NO_TENANT,     /* logged in to the router; SETs answered here until the tenant */
 	CLIENT_SERVER_LOGIN,  /* logging in to the chosen server for the client, replaying SETs,
 				 or setting up a pooled connection for it */
+	CLIENT_ADMIN,	      /* logged in to the admin console (database tenant_router) */
 };
 
 const char *client_state_name(enum client_state s);
@@ -32,5 +33,8 @@ void client_accept(struct router *rt, uv_stream_t *listener);
 
 /* Closes every session now (shutdown timeout or second signal). */
 void client_close_all(struct router *rt);
+
+/* Ends the sessions of rt's loop that the console marked (KILL), each with a FATAL. */
+void client_kill_marked(struct router *rt);
 
 #endif /* TR_CLIENT_H */

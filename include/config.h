@@ -33,6 +33,7 @@ enum auth_type { AUTH_TRUST, AUTH_MD5, AUTH_SCRAM };
 #define CONFIG_MAX_HOSTS    16 /* per cluster */
 #define CONFIG_MAX_LISTEN   16
 #define CONFIG_MAX_ROUTES   256
+#define CONFIG_MAX_ADMIN_USERS 64
 /* PostgreSQL keeps 63 bytes of a database name (NAMEDATALEN - 1). */
 #define CONFIG_MAX_DATABASE 63
 
@@ -81,6 +82,8 @@ struct route_cfg {
 struct config {
 	atomic_int refs;
 	char *path; /* owned */
+	/* Increases with every snapshot loaded in this process (1 for the first). */
+	uint64_t generation;
 
 	/* [router] */
 	size_t nlisten;
@@ -111,6 +114,11 @@ struct config {
 				 tenant_key) */
 	uint64_t query_wait_timeout_ms;	 /* 0: wait for ever */
 	uint64_t server_login_retry_ms;
+	/* The admin console (virtual database tenant_router). */
+	char **admin_users; /* owned array of owned names; NULL: the console is off */
+	size_t nadmin_users;
+	bool admin_trust;	     /* admins log in without a password */
+	uint64_t pause_timeout_ms;   /* how long a paused tenant's new session waits */
 
 	/* [auth]: clients the router authenticates itself (tenant source query). */
 	enum auth_type auth_type;
@@ -169,6 +177,27 @@ struct config {
  * file: call it off the event loop. The caller owns one reference.
  */
 struct config *config_load(const char *path, char *err, size_t errlen) MUSTCHECK;
+
+/*
+ * The same, but the pins of [pins] file are read from pins_path instead (a
+ * rewritten copy the admin console is about to rename over it); the
+ * snapshot's pins_file is still the configured path. A configuration
+ * without [pins] file is an error here.
+ */
+struct config *config_load_pins(const char *path, const char *pins_path, char *err,
+				size_t errlen) MUSTCHECK;
+
+/* Whether user may use the admin console. */
+bool config_is_admin(const struct config *c, const char *user);
+
+/*
+ * Every setting for SHOW CONFIG: section.key (keys of [router] bare), its
+ * value now, its default, and whether a reload applies it (false: a
+ * restart). Secrets are not shown. fn is called once per setting.
+ */
+typedef void (*config_show_fn)(void *arg, const char *key, const char *value,
+			       const char *defval, bool reloadable);
+void config_show(const struct config *c, config_show_fn fn, void *arg);
 
 struct config *config_ref(struct config *c);
 void config_unref(struct config *c);

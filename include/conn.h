@@ -24,6 +24,7 @@
 #define TR_CONN_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -73,6 +74,9 @@ struct conn {
 	bool closed;     /* conn_close was called */
 	bool client;     /* the client leg (for the byte counters) */
 	bool tls_failed; /* input ended on a TLS error (on_end with UV_EPROTO) */
+
+	/* The owner's counters of this connection's bytes read and written, or NULL (relaxed). */
+	atomic_uint_fast64_t *rx, *tx; /* borrowed */
 };
 
 /* Sets c up on loop (uv_tcp_init). 0 or a libuv error (c is then not inited). */

@@ -75,4 +75,23 @@ uint64_t pins_digest(const struct pins *p, const char *const *names, size_t n,
 /* Bytes the table has allocated (for logs and admin). */
 size_t pins_memory(const struct pins *p);
 
+/*
+ * Changing the pins file (the admin console's PIN and UNPIN; blocking file
+ * I/O: call off the event loop). pins_file_rewrite() copies the file at
+ * path (a missing file reads as empty) to a new temporary file in the same
+ * directory, leaving out every line pinning tenant and, when cluster is not
+ * NULL, adding "TENANT CLUSTER" at the end; the copy is fsynced. Its name
+ * goes to tmp (tmpcap bytes). *found tells whether a line was left out.
+ * The caller checks tenant and cluster are writable (no blank, '#' or
+ * control character). Returns 0, or -errno with the reason in err (no
+ * temporary file is left then).
+ *
+ * pins_file_commit() renames tmp over path and fsyncs the directory, so the
+ * change survives a crash; -errno with the reason in err (tmp is removed
+ * if the rename failed).
+ */
+int pins_file_rewrite(const char *path, const void *tenant, size_t len, const char *cluster,
+		      char *tmp, size_t tmpcap, bool *found, char *err, size_t errlen) MUSTCHECK;
+int pins_file_commit(const char *tmp, const char *path, char *err, size_t errlen) MUSTCHECK;
+
 #endif /* TR_PINS_H */

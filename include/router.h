@@ -19,6 +19,8 @@
 
 #include "log.h"
 
+#define TR_VERSION "0.1.0"
+
 struct cancel_map;
 struct config;
 struct health;
@@ -38,6 +40,37 @@ struct limits {
 	atomic_size_t wait_slots;  /* refused connections that may wait for their startup packet */
 };
 
+/*
+ * A console command that only the main loop can carry out (RELOAD,
+ * SHUTDOWN, PIN, UNPIN). The console fills the request part and calls
+ * rt->admin_submit(); main.c runs it on the main loop and hands it back
+ * on the requester's loop (from), where done is called once. A console
+ * that goes away meanwhile sets cancelled (on its own loop): done is then
+ * not called and the request is freed. The request is malloc'ed by the
+ * console and freed by whoever calls done (done itself frees it).
+ */
+enum admin_req_kind { ADMIN_REQ_RELOAD, ADMIN_REQ_SHUTDOWN, ADMIN_REQ_PIN };
+
+struct admin_req {
+	struct admin_req *next; /* main.c's queues */
+	enum admin_req_kind kind;
+	struct router *from; /* borrowed: the requester's loop */
+	/* PIN / UNPIN */
+	char tenant[256];
+	size_t tlen;
+	char cluster[64]; /* "": UNPIN */
+	bool force;
+	/* The answer: ok, or an error with SQLSTATE, message and hint; notice may be set either way. */
+	bool ok;
+	char sqlstate[6];
+	char message[512];
+	char hint[320];
+	char notice[512];
+	bool cancelled;
+	void (*done)(struct admin_req *r);
+	void *arg; /* the console's */
+};
+
 struct router {
 	uv_loop_t *loop;	   /* borrowed */
 	struct config *cfg;	   /* owned reference: the current snapshot */
@@ -52,6 +85,11 @@ struct router {
 	struct log_limit shed_log; /* refusals at once over max_client_conn, on this loop */
 	uint64_t next_session_id;
 	struct pool_set *pools;	  /* owned: pool_mode = session (NULL until first used) */
+	unsigned index;		  /* this event loop's number; 0 is the main loop */
+	uint64_t started_ns;	  /* uv_hrtime() at start, for uptimes */
+	uv_async_t *admin_wake;	  /* borrowed: wakes this loop for kills and console answers */
+	/* main.c: carries out r on the main loop, then answers on r->from's loop. */
+	void (*admin_submit)(struct admin_req *r);
 	bool draining;		  /* SIGTERM: no new logins */
 	void (*on_empty)(struct router *rt); /* called when draining and the last session ends */
 };

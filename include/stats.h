@@ -87,6 +87,7 @@ void stats_hist_read(enum stats_hist_kind k, struct stats_hist_view *out);
 struct stats_cluster_view {
 	const char *name; /* borrowed: lives until exit */
 	uint64_t routed_pin, routed_ring;
+	uint64_t refusals; /* refusals that named this cluster */
 	int64_t sessions[STATS_MAX_STATES]; /* by state, now */
 };
 /* Copies up to cap clusters (in the order first seen); returns how many. */

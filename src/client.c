@@ -55,6 +55,7 @@
 
 #include <uv.h>
 
+#include "admin.h"
 #include "cancel.h"
 #include "config.h"
 #include "conn.h"
@@ -75,7 +76,7 @@
 static const char *const state_names[] = {"startup",	  "tls",	"routing",
 					  "connecting",	  "auth_relay", "splicing",
 					  "closing",	  "local_auth", "no_tenant",
-					  "server_login"};
+					  "server_login", "admin"};
 
 const char *client_state_name(enum client_state s)
 {
@@ -96,7 +97,8 @@ static void set_state(struct session *s, enum client_state next)
 		[CLIENT_SPLICING] = 1u << CLIENT_CLOSING,
 		[CLIENT_CLOSING] = 0,
 		[CLIENT_LOCAL_AUTH] = 1u << CLIENT_NO_TENANT | 1u << CLIENT_ROUTING |
-				      1u << CLIENT_CLOSING,
+				      1u << CLIENT_ADMIN | 1u << CLIENT_CLOSING,
+		[CLIENT_ADMIN] = 1u << CLIENT_CLOSING,
 		[CLIENT_NO_TENANT] = 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
 		[CLIENT_SERVER_LOGIN] = 1u << CLIENT_SPLICING | 1u << CLIENT_CLOSING,
 	};
@@ -118,6 +120,7 @@ static void set_state(struct session *s, enum client_state next)
 	if (next == CLIENT_SPLICING)
 		stats_observe(STATS_LOGIN, uv_hrtime() - s->t0_ns);
 	s->state = next;
+	atomic_store_explicit(&s->ro.state, client_state_name(next), memory_order_relaxed);
 }
 
 
@@ -145,6 +148,8 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	rt->nsessions--;
 	atomic_fetch_sub(rt->live, 1);
+	roster_remove(&s->ro);
+	console_free(s->con);
 	stats_session_end(s->stc, s->state);
 	if (s->over_limit)
 		atomic_fetch_sub(&rt->limits->refusing, 1);
@@ -294,7 +299,8 @@ static bool client_at_boundary(struct session *s)
 	return s->state == CLIENT_STARTUP || s->state == CLIENT_TLS ||
 	       s->state == CLIENT_ROUTING || s->state == CLIENT_CONNECTING ||
 	       s->state == CLIENT_AUTH_RELAY || s->state == CLIENT_LOCAL_AUTH ||
-	       s->state == CLIENT_NO_TENANT || s->state == CLIENT_SERVER_LOGIN;
+	       s->state == CLIENT_NO_TENANT || s->state == CLIENT_SERVER_LOGIN ||
+	       s->state == CLIENT_ADMIN;
 }
 
 /*
@@ -375,6 +381,44 @@ static void refuse_over_limit(struct session *s)
 			      s->rt->cfg->max_client_conn);
 }
 
+static void connect_tenant(struct session *s, const struct startup *st, const struct tenant *tp,
+			   size_t len);
+
+/* A held session's timer: go on, keep waiting, or give up after pause_timeout. */
+static void hold_check(struct session *s)
+{
+	struct login *L = s->login;
+	const struct config *cfg = s->rt->cfg;
+	struct startup st;
+	const char *why;
+	enum roster_hold h = tenant_held(s->rt, &s->ro, L->hold_t.name, L->hold_t.len);
+
+	if (h == ROSTER_GO) {
+		if (startup_parse(L->in, L->hold_len, &st, &why) != PROTO_OK) {
+			client_close(s);
+			return;
+		}
+		arm_timer(s, login_left(s) ? login_left(s) : 1);
+		connect_tenant(s, &st, &L->hold_t, L->hold_len);
+		return;
+	}
+	if (uv_now(s->rt->loop) - L->hold_since >= cfg->pause_timeout_ms) {
+		if (h == ROSTER_PAUSED)
+			session_refuse(s, "57P03",
+				       "An operator paused this tenant (PAUSE TENANT on the admin "
+				       "console); retry later.",
+				       "tenant \"%s\" is paused: no new session within pause_timeout "
+				       "(%llu ms)",
+				       L->hold_t.name, (unsigned long long)cfg->pause_timeout_ms);
+		else
+			session_refuse(s, "57P03", "Its placement is being changed; retry shortly.",
+				       "tenant \"%s\" is being moved to another cluster",
+				       L->hold_t.name);
+		return;
+	}
+	arm_timer(s, HOLD_RECHECK_MS);
+}
+
 static void timer_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
@@ -384,6 +428,10 @@ static void timer_cb(uv_timer_t *t)
 	case CLIENT_STARTUP:
 	case CLIENT_TLS:
 	case CLIENT_ROUTING:
+		if (s->login && s->login->holding) {
+			hold_check(s);
+			break;
+		}
 		if (s->over_limit) {
 			refuse_over_limit(s);
 			break;
@@ -434,6 +482,7 @@ static void timer_cb(uv_timer_t *t)
 		break;
 	case CLIENT_SPLICING:
 	case CLIENT_NO_TENANT:
+	case CLIENT_ADMIN:
 		break;
 	case CLIENT_CLOSING:
 		client_close(s);
@@ -585,9 +634,29 @@ static void connect_tenant(struct session *s, const struct startup *st, const st
 	struct login *L = s->login;
 	const struct cluster_cfg *cl;
 	struct tenant t = *tp;
+	enum roster_hold hold;
 	char why[320];
 	size_t idx;
 
+	/* Paused, or its pin is changing: wait (bounded) before going anywhere. */
+	hold = tenant_held(rt, &s->ro, t.name, t.len);
+	if (hold != ROSTER_GO) {
+		if (!L->holding) {
+			L->holding = true;
+			L->hold_since = uv_now(rt->loop);
+			L->hold_t = t;
+			L->hold_len = len;
+			session_log(s, LOG_INFO, "tenant=%s %s: waiting", t.name,
+				    hold == ROSTER_PAUSED ? "paused" : "being moved");
+		}
+		arm_timer(s, HOLD_RECHECK_MS);
+		return;
+	}
+	if (L->holding) {
+		L->holding = false;
+		session_log(s, LOG_INFO, "tenant=%s released after %llums", t.name,
+			    (unsigned long long)(uv_now(rt->loop) - L->hold_since));
+	}
 	idx = route_lookup(cfg->pins, cfg->ring, t.name, t.len, &L->pinned);
 	s->tenant = strdup(t.name);
 	snprintf(s->cluster, sizeof(s->cluster), "%s", cfg->clusters[idx].name);
@@ -793,6 +862,14 @@ static void pooled_connect(struct session *s)
 
 static void connect_server(struct session *s)
 {
+	struct login *L = s->login;
+	char hp[300];
+
+	/* For SHOW CLIENTS and SHOW TENANTS: where it went, and what decided it. */
+	snprintf(hp, sizeof(hp), strchr(L->target.host, ':') ? "[%s]:%u" : "%s:%u", L->target.host,
+		 L->target.port);
+	roster_set_route(&s->ro, s->cluster, hp,
+			 s->route[0] ? ROSTER_SRC_ROUTE : L->pinned ? ROSTER_SRC_PIN : ROSTER_SRC_RING);
 	if (s->login->lc && s->login->lc->pooled)
 		pooled_connect(s);
 	else
@@ -945,8 +1022,23 @@ static void route(struct session *s, const struct startup *st, size_t len)
 		refuse_over_limit(s);
 		return;
 	}
+	/* The admin console is a database of the router's own, on every listener. */
+	db = startup_database(st);
+	if (db && strcmp(db, ADMIN_DATABASE) == 0) {
+		if (cfg->nadmin_users == 0) {
+			session_refuse(s, "42501",
+				       "Set [router] admin_users (and [auth] auth_file or auth_query) "
+				       "to use it.",
+				       "the admin console is off: no admin_users are configured");
+			return;
+		}
+		s->admin = true;
+		s->ro.admin = true;
+		local_start(s, st, len);
+		return;
+	}
 	/* A static route wins over any tenant: its database is not a tenant's. */
-	db = cfg->nroutes ? startup_database(st) : NULL;
+	db = cfg->nroutes ? db : NULL;
 	if (db && (r = config_route_lookup(cfg, db)) != NULL) {
 		connect_route(s, r, len);
 		return;
@@ -1207,6 +1299,7 @@ static void deliver(struct session *s, struct conn *sd, struct block *b, size_t 
 	}
 	case CLIENT_LOCAL_AUTH:
 	case CLIENT_NO_TENANT:
+	case CLIENT_ADMIN:
 		if (sd == &s->cl)
 			local_in(s, b, n);
 		else
@@ -1263,6 +1356,7 @@ static void cl_tls_up(struct conn *c)
 	struct session *s = c->owner;
 
 	set_state(s, CLIENT_STARTUP);
+	roster_set_tls(&s->ro, true);
 	s->login->inlen = 0;
 	/* PostgreSQL 17 insists on ALPN for direct TLS; so do we. */
 	if (s->login->direct_tls && !tls_alpn_is_postgresql(s->cl.tls))
@@ -1476,6 +1570,13 @@ static bool admit(struct session *s)
 	return false;
 }
 
+/* The roster's wake function: the session's loop looks at its marked sessions. */
+static void session_wake(void *arg)
+{
+	if (arg)
+		uv_async_send(arg);
+}
+
 void client_accept(struct router *rt, uv_stream_t *listener)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -1489,7 +1590,9 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	}
 	s->rt = rt;
 	s->up = &session_up;
-	s->id = ++rt->next_session_id;
+	/* Unique across loops: KILL CLIENT and SHOW CLIENTS name sessions by it. */
+	s->id = roster_next_id();
+	rt->next_session_id = s->id;
 	if (conn_init(&s->cl, rt->loop, &cl_ops, s, true) < 0) {
 		log_error("could not set up a socket for a new connection");
 		free(s);
@@ -1529,6 +1632,16 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 		}
 		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, port);
 	}
+	s->ro.id = s->id;
+	s->ro.loop = rt->index;
+	s->ro.wake = session_wake;
+	s->ro.wake_arg = rt->admin_wake;
+	s->ro.started_ms = roster_now_ms();
+	atomic_init(&s->ro.state, client_state_name(s->state));
+	snprintf(s->ro.peer, sizeof(s->ro.peer), "%s", s->peer);
+	roster_add(&s->ro);
+	s->cl.rx = &s->ro.bytes_in;
+	s->cl.tx = &s->ro.bytes_out;
 	uv_tcp_nodelay(&s->cl.tcp, 1);
 	if (!admit(s))
 		return;
@@ -1547,6 +1660,54 @@ void client_accept(struct router *rt, uv_stream_t *listener)
 	else
 		arm_timer(s, rt->cfg->client_login_timeout_ms);
 	conn_start_reading(&s->cl);
+}
+
+/* KILL of a spliced session: a FATAL where the server's stream allows one, else a bare close. */
+static void kill_spliced(struct session *s, const char *what)
+{
+	char msg[128];
+	struct block *b;
+	size_t len;
+
+	stats_refusal("57P01", s->cluster, s->tenant);
+	if (!link_server_at_boundary(s)) {
+		client_close(s);
+		return;
+	}
+	drop_server(s);
+	snprintf(msg, sizeof(msg), "tenant-router: terminated by the administrator (%s)", what);
+	b = conn_error_block("FATAL", "57P01", msg, "An operator ended this session; reconnect.",
+			     &len);
+	if (b == NULL || conn_send(&s->cl, b, len) < 0) {
+		client_close(s);
+		return;
+	}
+	client_drain(s, &s->cl);
+}
+
+/*
+ * KILL from the console: a FATAL 57P01, as pg_terminate_backend() gives,
+ * then close. A spliced session gets it only where the server's stream is
+ * between messages (the guard frames it); otherwise it is closed bare, so
+ * the client never sees half a message followed by ours.
+ */
+void client_kill_marked(struct router *rt)
+{
+	for (struct session *s = rt->sessions, *next; s; s = next) {
+		int why = roster_kill_reason(&s->ro);
+		const char *what = why == ROSTER_KILL_CLIENT ? "KILL CLIENT" : "KILL TENANT";
+
+		next = s->next;
+		if (why == ROSTER_KILL_NONE || s->closed || s->state == CLIENT_CLOSING)
+			continue;
+		atomic_store(&s->ro.kill, ROSTER_KILL_NONE);
+		session_log(s, LOG_INFO, "killed by the admin console (%s)", what);
+		if (s->state == CLIENT_SPLICING)
+			kill_spliced(s, what);
+		else
+			session_refuse(s, "57P01", "An operator ended this session; reconnect.",
+				       "terminated by the administrator (%s)", what);
+	}
 }
 
 void client_close_all(struct router *rt)

@@ -16,6 +16,7 @@
 
 #include <openssl/crypto.h>
 
+#include "admin.h"
 #include "config.h"
 #include "router.h"
 
@@ -148,6 +149,50 @@ static void pooled_auth_ok(struct session *s)
 	s->up->connect_tenant(s, &st, &lc->tenant, L->extra_off);
 }
 
+/* The admin console's way to its client: the gathered output, sent at once. */
+static bool console_send(void *arg, const uint8_t *p, size_t n)
+{
+	struct session *s = arg;
+
+	/* A client that sends commands and never reads the answers is not kept forever. */
+	if (conn_queued(&s->cl) > ADMIN_RESULT_MAX) {
+		session_log(s, LOG_WARN, "admin console client does not read its answers, closing");
+		s->up->close(s);
+		return false;
+	}
+	return conn_out_put(&s->cl, p, n) && conn_out_flush(&s->cl);
+}
+
+static void console_close(void *arg)
+{
+	struct session *s = arg;
+
+	s->up->drain(s, &s->cl);
+}
+
+/* ParameterStatus a console client needs when no coordinator has told us its own. */
+static void default_parameters(struct session *s)
+{
+	static const char *const kv[][2] = {
+		{"server_version", "15.0 (tenant-router " TR_VERSION ")"},
+		{"server_encoding", "UTF8"},
+		{"client_encoding", "UTF8"},
+		{"DateStyle", "ISO, MDY"},
+		{"integer_datetimes", "on"},
+		{"standard_conforming_strings", "on"},
+	};
+	uint8_t buf[256];
+	struct wbuf w;
+
+	for (size_t i = 0; i < ARRAY_SIZE(kv); i++) {
+		wb_init(&w, buf, sizeof(buf));
+		wb_cstr(&w, kv[i][0]);
+		wb_cstr(&w, kv[i][1]);
+		if (!w.failed)
+			conn_send_msg(&s->cl, 'S', buf, w.len);
+	}
+}
+
 /* The client is who it says: log it in to the router, then wait for the tenant. */
 static void local_auth_ok(struct session *s)
 {
@@ -159,6 +204,12 @@ static void local_auth_ok(struct session *s)
 	const char *why;
 	size_t n;
 
+	/* Only admins get the console; who is one is told only after the password. */
+	if (s->admin && !config_is_admin(s->rt->cfg, lc->user)) {
+		session_refuse(s, "42501", "Add the user to [router] admin_users to give it the console.",
+			       "user \"%s\" is not allowed to use the admin console", lc->user);
+		return;
+	}
 	send_auth_request(s, 0, NULL, 0);
 	if (lc->pooled) {
 		pooled_auth_ok(s);
@@ -166,6 +217,8 @@ static void local_auth_ok(struct session *s)
 	}
 	n = health_parameter_status(s->rt->health, buf, sizeof(buf));
 	conn_out_put(&s->cl, buf, n);
+	if (n == 0 && s->admin)
+		default_parameters(s);
 	if (startup_parse(L->in, L->extra_off, &st, &why) == PROTO_OK &&
 	    (app = startup_get(&st, "application_name")) != NULL) {
 		struct wbuf w;
@@ -187,6 +240,19 @@ static void local_auth_ok(struct session *s)
 	lc->txn = 'I';
 	send_ready(s, lc->txn);
 	lc->phase = LP_DONE;
+	if (s->admin) {
+		struct console_io io = {console_send, console_close, s};
+
+		s->con = console_new(s->rt, lc->user, &io);
+		if (s->con == NULL) {
+			session_refuse(s, "53200", "Retry.", "out of memory for the admin console");
+			return;
+		}
+		s->up->set_state(s, CLIENT_ADMIN);
+		uv_timer_stop(&s->timer);
+		session_log(s, LOG_INFO, "admin console login user=%s", lc->user);
+		return;
+	}
 	s->up->set_state(s, CLIENT_NO_TENANT);
 	uv_timer_stop(&s->timer);
 	session_log(s, LOG_INFO, "logged in at the router user=%s, waiting for the tenant", lc->user);
@@ -322,7 +388,7 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 	}
 	L->inlen = len;
 	conn_start_reading(&s->cl);
-	if (cfg->auth_type == AUTH_TRUST) {
+	if (cfg->auth_type == AUTH_TRUST || (s->admin && cfg->admin_trust)) {
 		local_auth_ok(s);
 		/* A pooled login may be over already (s->login freed). */
 		if (s->login && !s->closed)
@@ -877,7 +943,8 @@ static void local_process(struct session *s)
 {
 	struct local *lc = s->login->lc;
 
-	while (!s->closed && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT)) {
+	while (!s->closed && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT ||
+			      s->state == CLIENT_ADMIN)) {
 		const uint8_t *p = lc->cin.p + lc->cin_off;
 		size_t n = lc->cin.len - lc->cin_off;
 		uint8_t type;
@@ -897,12 +964,15 @@ static void local_process(struct session *s)
 		lc->cin_off += total;
 		if (s->state == CLIENT_LOCAL_AUTH)
 			local_auth_msg(s, type, p + 5, total - 5);
+		else if (s->state == CLIENT_ADMIN)
+			console_message(s->con, type, p + 5, total - 5);
 		else
 			no_tenant_msg(s, p, total);
 	}
 	if (s->closed || s->state == CLIENT_CLOSING || s->login == NULL)
 		return;
-	if (lc->cin_off > 0 && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT)) {
+	if (lc->cin_off > 0 && (s->state == CLIENT_LOCAL_AUTH || s->state == CLIENT_NO_TENANT ||
+				s->state == CLIENT_ADMIN)) {
 		memmove(lc->cin.p, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off);
 		lc->cin.len -= lc->cin_off;
 		lc->cin_off = 0;

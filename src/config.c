@@ -100,6 +100,8 @@ struct loader {
 	size_t npins, pincap;
 	char *auth_cluster; /* [auth] auth_cluster, checked once clusters are known */
 	int auth_cluster_line;
+	const char *pins_override; /* borrowed: read pins from here instead of [pins] file */
+	int admin_users_line;
 	bool oom;
 };
 
@@ -491,6 +493,67 @@ static bool tls_key(struct loader *L, const char *key, const char *value)
 	return false;
 }
 
+static void free_admin_users(struct config *c)
+{
+	for (size_t i = 0; i < c->nadmin_users; i++)
+		free(c->admin_users[i]);
+	free(c->admin_users);
+	c->admin_users = NULL;
+	c->nadmin_users = 0;
+}
+
+/* admin_users = name, name...: PostgreSQL user names (what a startup packet's user may be). */
+static void admin_users_key(struct loader *L, const char *value)
+{
+	struct config *c = L->c;
+	char buf[4096], *items[CONFIG_MAX_ADMIN_USERS + 1];
+	size_t n;
+
+	free_admin_users(c);
+	L->admin_users_line = L->line;
+	if (strlen(value) >= sizeof(buf)) {
+		problem(L, L->line, "[router] admin_users: value too long");
+		return;
+	}
+	strcpy(buf, value);
+	n = split_list(buf, items, ARRAY_SIZE(items));
+	if (n > CONFIG_MAX_ADMIN_USERS) {
+		problem(L, L->line, "[router] admin_users: at most %d users",
+			CONFIG_MAX_ADMIN_USERS);
+		return;
+	}
+	if (n == 0)
+		return; /* empty: the console is off */
+	c->admin_users = calloc(n, sizeof(*c->admin_users));
+	if (c->admin_users == NULL) {
+		L->oom = true;
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (*items[i] == '\0' || strlen(items[i]) > 63 || strpbrk(items[i], " \t\"'\\")) {
+			problem(L, L->line,
+				"[router] admin_users: \"%s\" is not a user name (1 to 63 "
+				"characters, no blanks or quotes)",
+				items[i]);
+			continue;
+		}
+		if ((c->admin_users[c->nadmin_users] = strdup(items[i])) == NULL) {
+			L->oom = true;
+			return;
+		}
+		c->nadmin_users++;
+	}
+}
+
+bool config_is_admin(const struct config *c, const char *user)
+{
+	for (size_t i = 0; i < c->nadmin_users; i++) {
+		if (strcmp(c->admin_users[i], user) == 0)
+			return true;
+	}
+	return false;
+}
+
 static void router_key(struct loader *L, const char *key, const char *value)
 {
 	struct config *c = L->c;
@@ -643,6 +706,17 @@ static void router_key(struct loader *L, const char *key, const char *value)
 		} else if ((c->server_reset_query = strdup(value)) == NULL) {
 			L->oom = true;
 		}
+	} else if (strcmp(key, "admin_users") == 0) {
+		admin_users_key(L, value);
+	} else if (strcmp(key, "admin_trust") == 0) {
+		if (strcmp(value, "on") == 0)
+			c->admin_trust = true;
+		else if (strcmp(value, "off") == 0)
+			c->admin_trust = false;
+		else
+			problem(L, L->line, "[router] admin_trust: \"%s\" is not on or off", value);
+	} else if (strcmp(key, "pause_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->pause_timeout_ms);
 	} else if (strcmp(key, "log_level") == 0) {
 		if (!log_level_parse(value, &c->log_level))
 			problem(L, L->line,
@@ -1197,6 +1271,7 @@ static void set_defaults(struct config *c)
 	c->server_lifetime_ms = 3600000;
 	c->query_wait_timeout_ms = 120000;
 	c->server_login_retry_ms = 15000;
+	c->pause_timeout_ms = 30000;
 }
 
 /* Line of the first "[name]" header, or 0. */
@@ -1410,6 +1485,18 @@ static void validate(struct loader *L)
 		problem(L, 0,
 			"[router] pool_mode = session needs [auth] auth_file or auth_query (or "
 			"auth_type = trust): the router authenticates pooled clients itself");
+	if (c->nadmin_users && c->auth_type == AUTH_TRUST && !c->admin_trust)
+		problem(L, L->admin_users_line,
+			"[router] admin_users: with [auth] auth_type = trust anyone who reaches a "
+			"listener would get the console; set admin_trust = on to allow that, or use "
+			"scram-sha-256 or md5");
+	if (c->nadmin_users && !c->admin_trust && c->auth_type != AUTH_TRUST &&
+	    c->auth_file == NULL && c->auth_query == NULL)
+		problem(L, L->admin_users_line,
+			"[router] admin_users: the router checks admins' passwords itself and "
+			"needs [auth] auth_file or auth_query (or admin_trust = on)");
+	if (c->pause_timeout_ms == 0)
+		problem(L, 0, "[router] pause_timeout: must be more than 0");
 	if (c->auth_file && L->nerrs == 0 && !L->oom) {
 		char uerr[512];
 
@@ -1481,7 +1568,10 @@ static void build_placement(struct loader *L)
 		else if (rc != 0)
 			L->oom = true;
 	}
+	if (L->pins_override && c->pins_file == NULL)
+		problem(L, 0, "[pins] file: not set (the admin console writes pins there)");
 	if (c->pins_file) {
+		const char *pf = L->pins_override ? L->pins_override : c->pins_file;
 		struct pins_clusters pc = {c->cluster_names, c->nclusters};
 		size_t cap = 8192;
 		char *perr = malloc(cap);
@@ -1492,14 +1582,14 @@ static void build_placement(struct loader *L)
 			return;
 		}
 		perr[0] = '\0';
-		rc = pins_load_file(c->pins, c->pins_file, &pc, perr, cap);
+		rc = pins_load_file(c->pins, pf, &pc, perr, cap);
 		if (rc != 0) {
 			/* pins_load_file already names file and line on each of its lines. */
 			for (char *save = NULL, *ln = strtok_r(perr, "\n", &save); ln;
 			     ln = strtok_r(NULL, "\n", &save))
 				add_line(L, ln);
 			if (rc < 0 && perr[0] == '\0')
-				problem(L, 0, "[pins] file: cannot read %s: %s", c->pins_file,
+				problem(L, 0, "[pins] file: cannot read %s: %s", pf,
 					strerror(-rc));
 		}
 		free(perr);
@@ -1584,6 +1674,7 @@ static void free_config(struct config *c)
 	free(c->server_reset_query);
 	free(c->pool_reset_sql);
 	free(c->peer_socket_dir);
+	free_admin_users(c);
 	if (c->userlist)
 		userlist_free(c->userlist);
 	free(c->path);
@@ -1642,9 +1733,11 @@ out:
 	free(share);
 }
 
-struct config *config_load(const char *path, char *err, size_t errlen)
+static struct config *load(const char *path, const char *pins_override, char *err,
+			   size_t errlen)
 {
-	struct loader L = {.path = path};
+	static atomic_uint_fast64_t generations;
+	struct loader L = {.path = path, .pins_override = pins_override};
 	struct config *c;
 	int rc;
 
@@ -1656,6 +1749,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
 		return NULL;
 	}
 	atomic_init(&c->refs, 1);
+	c->generation = atomic_fetch_add(&generations, 1) + 1;
 	set_defaults(c);
 	L.c = c;
 	c->path = strdup(path);
@@ -1716,6 +1810,17 @@ done:
 	return c;
 }
 
+struct config *config_load(const char *path, char *err, size_t errlen)
+{
+	return load(path, NULL, err, errlen);
+}
+
+struct config *config_load_pins(const char *path, const char *pins_path, char *err,
+				size_t errlen)
+{
+	return load(path, pins_path, err, errlen);
+}
+
 struct config *config_ref(struct config *c)
 {
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
@@ -1745,4 +1850,109 @@ int config_cluster_index(const struct config *c, const char *name)
 			return (int)i;
 	}
 	return -1;
+}
+
+/* --- SHOW CONFIG --------------------------------------------------------------------------- */
+
+static const char *fmt_ms(char *buf, size_t cap, uint64_t ms)
+{
+	if (ms % 1000 == 0)
+		snprintf(buf, cap, "%llus", (unsigned long long)(ms / 1000));
+	else
+		snprintf(buf, cap, "%llums", (unsigned long long)ms);
+	return buf;
+}
+
+static const char *fmt_u(char *buf, size_t cap, uint64_t v)
+{
+	snprintf(buf, cap, "%llu", (unsigned long long)v);
+	return buf;
+}
+
+static const char *fmt_hp(char *buf, size_t cap, const struct host_port *hp)
+{
+	if (hp->host == NULL)
+		snprintf(buf, cap, "off");
+	else if (strchr(hp->host, ':'))
+		snprintf(buf, cap, "[%s]:%u", hp->host, hp->port);
+	else
+		snprintf(buf, cap, "%s:%u", hp->host, hp->port);
+	return buf;
+}
+
+static const char *on_off(bool b)
+{
+	return b ? "on" : "off";
+}
+
+void config_show(const struct config *c, config_show_fn fn, void *arg)
+{
+	static const char *const guards[] = {"off", "on", "strict"};
+	static const char *const auths[] = {"trust", "md5", "scram-sha-256"};
+	static const char *const client_tls[] = {"disable", "allow", "require", "verify-ca"};
+	static const char *const srcnames[] = {"options", "parameter", "user", "database", "query"};
+	char v[1024], t[64];
+	size_t n = 0;
+
+	v[0] = '\0';
+	for (size_t i = 0; i < c->nlisten && n < sizeof(v); i++)
+		n += (size_t)snprintf(v + n, sizeof(v) - n, "%s%s", i ? ", " : "",
+				      fmt_hp(t, sizeof(t), &c->listen[i]));
+	fn(arg, "listen", v, "127.0.0.1:6432", false);
+	fn(arg, "threads", fmt_u(v, sizeof(v), c->threads), "1", false);
+	fn(arg, "tenant_key", c->rule.key, "app.tenant_id", true);
+	n = 0;
+	v[0] = '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(srcnames) && n < sizeof(v); i++) {
+		if (c->rule.sources & (1u << i))
+			n += (size_t)snprintf(v + n, sizeof(v) - n, "%s%s", n ? ", " : "",
+					      srcnames[i]);
+	}
+	fn(arg, "tenant_sources", v, "options, parameter", true);
+	snprintf(v, sizeof(v), "%c", c->rule.separator);
+	fn(arg, "tenant_separator", v, "+", true);
+	fn(arg, "tenant_column", c->tenant_column ? c->tenant_column : "", "", true);
+	fn(arg, "max_client_conn", fmt_u(v, sizeof(v), c->max_client_conn), "1000", true);
+	fn(arg, "client_login_timeout", fmt_ms(v, sizeof(v), c->client_login_timeout_ms), "60s",
+	   true);
+	fn(arg, "server_connect_timeout", fmt_ms(v, sizeof(v), c->server_connect_timeout_ms),
+	   "5s", true);
+	fn(arg, "shutdown_timeout", fmt_ms(v, sizeof(v), c->shutdown_timeout_ms), "30s", true);
+	fn(arg, "pause_timeout", fmt_ms(v, sizeof(v), c->pause_timeout_ms), "30s", true);
+	fn(arg, "log_level", log_level_name(c->log_level), "info", true);
+	fn(arg, "guard", guards[c->guard], "on", true);
+	fn(arg, "guard_max_statement", fmt_u(v, sizeof(v), c->guard_max_statement), "1048576",
+	   true);
+	fn(arg, "guard_max_held", fmt_u(v, sizeof(v), c->guard_max_held), "67108864", true);
+	fn(arg, "guard_server_check", on_off(c->guard_server_check), "off", true);
+	fn(arg, "metrics_listen", fmt_hp(v, sizeof(v), &c->metrics_listen), "off", false);
+	fn(arg, "peer_socket_dir", c->peer_socket_dir ? c->peer_socket_dir : "", "", false);
+	n = 0;
+	v[0] = '\0';
+	for (size_t i = 0; i < c->nadmin_users && n < sizeof(v); i++)
+		n += (size_t)snprintf(v + n, sizeof(v) - n, "%s%s", i ? ", " : "",
+				      c->admin_users[i]);
+	fn(arg, "admin_users", v, "", true);
+	fn(arg, "admin_trust", on_off(c->admin_trust), "off", true);
+	fn(arg, "client_tls_mode", client_tls[c->client_tls_mode], "disable", true);
+	fn(arg, "server_tls_mode", tls_server_mode_name(c->server_tls_mode), "prefer", true);
+	fn(arg, "auth.auth_type", auths[c->auth_type], "scram-sha-256", true);
+	fn(arg, "auth.auth_file", c->auth_file ? c->auth_file : "", "", true);
+	fn(arg, "auth.auth_query", c->auth_query ? c->auth_query : "", "", true);
+	fn(arg, "auth.auth_cluster", c->nclusters ? c->cluster_names[c->auth_cluster] : "", "",
+	   true);
+	fn(arg, "health.interval", fmt_ms(v, sizeof(v), c->health_interval_ms), "1s", true);
+	fn(arg, "health.timeout", fmt_ms(v, sizeof(v), c->health_timeout_ms), "2s", true);
+	fn(arg, "health.fail_after", fmt_u(v, sizeof(v), c->health_fail_after), "2", true);
+	fn(arg, "health.worker_interval", fmt_ms(v, sizeof(v), c->health_worker_interval_ms),
+	   "5s", true);
+	fn(arg, "health.worker_timeout", fmt_ms(v, sizeof(v), c->health_worker_timeout_ms), "10s",
+	   true);
+	/* conninfo may carry a password: say only whether it is set. */
+	fn(arg, "health.conninfo", c->health_conninfo && *c->health_conninfo ? "(set)" : "", "",
+	   true);
+	fn(arg, "ring.vnodes", fmt_u(v, sizeof(v), c->vnodes), "256", true);
+	fn(arg, "pins.file", c->pins_file ? c->pins_file : "", "", true);
+	fn(arg, "pins.count", fmt_u(v, sizeof(v), pins_count(c->pins)), "0", true);
+	fn(arg, "clusters", fmt_u(v, sizeof(v), c->nclusters), "", true);
 }

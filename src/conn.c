@@ -73,6 +73,8 @@ static void write_cb(uv_write_t *req, int status)
 static void count_sent(struct conn *c, size_t n)
 {
 	stats_bytes(c->client ? STATS_TO_CLIENT : STATS_TO_SERVER, n);
+	if (c->tx)
+		atomic_fetch_add_explicit(c->tx, n, memory_order_relaxed);
 }
 
 /* Moves the ciphertext TLS produced for c onto its socket. */
@@ -295,6 +297,8 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	stats_bytes(c->client ? STATS_FROM_CLIENT : STATS_FROM_SERVER, (size_t)nread);
+	if (c->rx)
+		atomic_fetch_add_explicit(c->rx, (size_t)nread, memory_order_relaxed);
 	if (c->tls) {
 		tls_in(c, b, (size_t)nread);
 		return;

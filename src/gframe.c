@@ -685,6 +685,25 @@ static void server_scan(struct gframe *f, const uint8_t *p, size_t n)
 			i += take;
 			continue;
 		}
+		if (f->shlen == 0 && n - i >= 5) {
+			/* A whole header in this read (the usual case): read it where it is. */
+			uint32_t mlen = proto_get_u32(p + i + 1);
+			bool ready = p[i] == 'Z';
+
+			i += 5;
+			f->scut = false;
+			if (mlen < 4)
+				f->sblind = true;
+			f->sleft = mlen >= 4 ? mlen - 4 : 0;
+			if (f->sleft <= n - i) {
+				/* And its body too. */
+				i += f->sleft;
+				f->sleft = 0;
+			}
+			if (ready)
+				server_ready(f);
+			continue;
+		}
 		i += header_take(f->shdr, &f->shlen, p, n, i);
 		if (f->shlen == 5) {
 			uint32_t mlen = proto_get_u32(f->shdr + 1);

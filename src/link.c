@@ -81,6 +81,13 @@ void link_server_data(struct session *s, struct block *b, size_t n)
 		conn_forward(&s->cl, b, n);
 }
 
+bool link_server_at_boundary(const struct session *s)
+{
+	const struct gframe *f = &s->g.f;
+
+	return s->g.on && !f->sblind && !f->blind && f->shlen == 0 && f->sleft == 0 && !f->ehold;
+}
+
 /* Only a relayed login and a splice read under back-pressure; other states read on their own. */
 void link_writable(struct session *s, struct conn *dst)
 {

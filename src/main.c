@@ -17,7 +17,11 @@
  * which also owns signals, reloads and the health checkers; every worker
  * has its own SO_REUSEPORT listener and its own sessions. The main loop
  * talks to the others only through each worker's uv_async_t and a small
- * mailbox under a mutex (a new config, drain, close all, stop).
+ * mailbox under a mutex (a new config, drain, close all, stop). The admin
+ * console runs on any loop; what it asks of the daemon (RELOAD, SHUTDOWN,
+ * PIN, UNPIN) comes to the main loop through an inbox of its own and goes
+ * back through a second async handle per worker, which also makes each loop
+ * end the sessions KILL marked in the roster.
  *
  * Rolling restart: every listener has SO_REUSEPORT, also with one thread,
  * so a second process can listen on the same addresses. With
@@ -49,17 +53,18 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
+#include "admin.h"
 #include "peer.h"
 #include "pool.h"
 #include "pins.h"
 #include "ring.h"
 #include "route.h"
+#include "roster.h"
 #include "router.h"
 #include "sdnotify.h"
 #include "splice.h"
 #include "stats.h"
 
-#define TR_VERSION "0.1.0"
 #define RELOAD_ERR_CAP 16384
 #define MAX_THREADS 64
 /* Listening sockets per worker: one per address, plus any handed over by a process with more threads. */
@@ -82,6 +87,10 @@ struct worker {
 	uv_mutex_t lock;
 	struct config *pending; /* owned reference */
 	bool drain, close_all, stop;
+	struct admin_req *replies; /* console answers for this loop, under lock */
+	uv_async_t admin_async;	   /* on this worker's loop: answers and kills */
+	bool admin_async_inited;
+	atomic_uint_fast64_t gen; /* generation of the snapshot this loop routes with */
 };
 
 struct daemon {
@@ -106,6 +115,14 @@ struct daemon {
 	bool finishing;
 	int exit_code;
 	struct metrics *metrics; /* owned; NULL unless metrics_listen */
+	/* Console requests for the main loop (admin_submit), from any loop. */
+	uv_mutex_t admin_lock;
+	struct admin_req *admin_inbox; /* under admin_lock */
+	uv_async_t admin_in;
+	struct admin_req *reload_waiting; /* RELOADs answered by the reload running now */
+	struct admin_req *reload_next;	  /* RELOADs answered by the next one */
+	struct admin_req *pin_queue;	  /* PIN/UNPIN waiting for the reload or pin before */
+	struct pin_job *pin_job;	  /* the pin change running, or NULL */
 };
 
 static struct daemon D;
@@ -194,6 +211,9 @@ static void post(struct worker *w, struct config *cfg, bool drain, bool close_al
 
 static void health_stopped_cb(void *arg)
 {
+	uv_close((uv_handle_t *)&D.admin_in, close_noop_cb);
+	if (D.workers[0].admin_async_inited)
+		uv_close((uv_handle_t *)&D.workers[0].admin_async, close_noop_cb);
 	uv_close((uv_handle_t *)&D.sighup, close_noop_cb);
 	uv_close((uv_handle_t *)&D.sigterm, close_noop_cb);
 	uv_close((uv_handle_t *)&D.sigint, close_noop_cb);
@@ -297,6 +317,9 @@ static void wake_cb(uv_async_t *a)
 	if (cfg) {
 		release_config(w->loop, w->rt.cfg);
 		w->rt.cfg = cfg;
+		atomic_store(&w->gen, cfg->generation);
+		/* The main loop forgets pin changes every loop has caught up with. */
+		uv_async_send(&D.admin_in);
 	}
 	if (drain)
 		worker_drain(w);
@@ -448,9 +471,71 @@ static bool same_metrics_listen(const struct config *a, const struct config *b)
 	return x->port == y->port && strcmp(x->host, y->host) == 0;
 }
 
+static void admin_answer(struct admin_req *r);
+static void admin_fail(struct admin_req *r, const char *sqlstate, const char *hint,
+		       const char *fmt, ...) PRINTF_LIKE(4, 5);
+static void pin_next(void);
+
+/*
+ * Swaps in a new snapshot on every loop (the main loop now, the others
+ * through their mailboxes). Returns 0, or a libuv error with the old
+ * snapshot kept (nc is then still the caller's).
+ */
+static int apply_config(struct config *nc, const char *what)
+{
+	struct config *old = D.cfg;
+	int rc = health_apply(D.health, nc, NULL, NULL);
+
+	if (rc < 0)
+		return rc;
+	if (!same_listen(old, nc))
+		log_warn("%s: listen addresses or threads changed; restart to apply them", what);
+	if (!same_metrics_listen(old, nc))
+		log_warn("%s: metrics_listen changed; restart to apply it", what);
+	if ((old->peer_socket_dir == NULL) != (nc->peer_socket_dir == NULL) ||
+	    (old->peer_socket_dir && strcmp(old->peer_socket_dir, nc->peer_socket_dir) != 0))
+		log_warn("%s: peer_socket_dir changed; restart to apply it", what);
+	D.cfg = nc;
+	release_config(&D.loop, D.workers[0].rt.cfg);
+	D.workers[0].rt.cfg = config_ref(nc);
+	atomic_store(&D.workers[0].gen, nc->generation);
+	for (size_t i = 1; i < D.nworkers; i++) {
+		struct worker *w = &D.workers[i];
+
+		if (w->started) {
+			post(w, nc, false, false, false);
+			continue;
+		}
+		/* Not running yet (before the first health round): still ours to set. */
+		release_config(&D.loop, w->rt.cfg);
+		w->rt.cfg = config_ref(nc);
+		atomic_store(&w->gen, nc->generation);
+	}
+	release_config(&D.loop, old);
+	log_set_level(nc->log_level);
+	fd_budget_update(nc, false);
+	return 0;
+}
+
+/* Answers the RELOADs this reload was for. */
+static void reload_answer(bool ok, const char *why)
+{
+	struct admin_req *r = D.reload_waiting, *next;
+
+	D.reload_waiting = NULL;
+	for (; r; r = next) {
+		next = r->next;
+		if (ok)
+			admin_answer(r);
+		else
+			admin_fail(r, "F0000", "Fix the configuration file; the running one is kept.",
+				   "reload failed: %s", why);
+	}
+}
+
 static void reload_after_cb(uv_work_t *work, int status)
 {
-	struct config *nc = D.reload_result, *old = D.cfg;
+	struct config *nc = D.reload_result;
 	int rc;
 
 	D.reloading = false;
@@ -459,46 +544,39 @@ static void reload_after_cb(uv_work_t *work, int status)
 		one_line(D.reload_err);
 		log_error("reload failed, keeping the running configuration: %s", D.reload_err);
 		stats_reload(false);
+		reload_answer(false, D.reload_err);
 		goto done;
 	}
 	if (D.draining) {
 		config_unref(nc);
+		reload_answer(false, "the router is shutting down");
+		/* No reload or pin change starts any more: answer those still waiting. */
+		D.reload_waiting = D.reload_next;
+		D.reload_next = NULL;
+		reload_answer(false, "the router is shutting down");
+		pin_next();
 		return;
 	}
-	rc = health_apply(D.health, nc, NULL, NULL);
+	rc = apply_config(nc, "reload");
 	if (rc < 0) {
 		log_error("reload failed, keeping the running configuration: %s", uv_strerror(rc));
 		stats_reload(false);
+		reload_answer(false, uv_strerror(rc));
 		config_unref(nc);
 		nc = NULL;
 		goto done;
 	}
-	if (!same_listen(old, nc))
-		log_warn("reload: listen addresses or threads changed; restart to apply them");
-	if (!same_metrics_listen(old, nc))
-		log_warn("reload: metrics_listen changed; restart to apply it");
-	if ((old->peer_socket_dir == NULL) != (nc->peer_socket_dir == NULL) ||
-	    (old->peer_socket_dir && strcmp(old->peer_socket_dir, nc->peer_socket_dir) != 0))
-		log_warn("reload: peer_socket_dir changed; restart to apply it");
-	D.cfg = nc;
-	release_config(&D.loop, D.workers[0].rt.cfg);
-	D.workers[0].rt.cfg = config_ref(nc);
-	for (size_t i = 1; i < D.nworkers; i++) {
-		if (D.workers[i].started)
-			post(&D.workers[i], nc, false, false, false);
-	}
-	release_config(&D.loop, old);
-	log_set_level(nc->log_level);
-	fd_budget_update(nc, false);
 	log_info("reloaded configuration clusters=%zu pins=%zu", nc->nclusters,
 		 pins_count(nc->pins));
 	stats_reload(true);
+	reload_answer(true, NULL);
 done:
 	notify_serving("READY=1", nc ? "serving" : "serving (reload failed, configuration kept)");
 	if (D.reload_again && !D.draining) {
 		D.reload_again = false;
 		reload_start();
 	}
+	pin_next();
 }
 
 static void reload_start(void)
@@ -508,13 +586,389 @@ static void reload_start(void)
 		return;
 	}
 	D.reloading = true;
+	/* RELOADs that came before this point are answered by this reload. */
+	D.reload_waiting = D.reload_next;
+	D.reload_next = NULL;
 	sdnotifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
 		  sdnotify_monotonic_usec(), D.config_path);
 	log_info("reloading configuration from %s", D.config_path);
 	if (uv_queue_work(&D.loop, &D.reload_work, reload_work_cb, reload_after_cb) < 0) {
 		D.reloading = false;
 		log_error("reload failed: could not queue work");
+		reload_answer(false, "could not queue work");
 	}
+}
+
+/*
+ * --- Console commands that the main loop carries out ---
+ *
+ * A console runs on whatever loop its client landed on; RELOAD, SHUTDOWN,
+ * PIN and UNPIN change the daemon, which only the main loop may touch. The
+ * console submits a request (any thread: inbox under a lock, then an async
+ * wakeup), the main loop runs it, and the answer goes back to the
+ * requester's loop through that worker's own async handle.
+ *
+ * A pin change is a reload with one pins file line changed: the file is
+ * rewritten to a temporary copy, the configuration is loaded with the
+ * copy's pins on the thread pool, the copy is renamed over the file, and
+ * the new snapshot is published to every loop the way a reload publishes
+ * one. Pin changes and reloads run one at a time (both use D.reloading).
+ * From the check that the tenant has no live session until every loop routes
+ * with the new snapshot, the tenant's new sessions wait (roster.h).
+ */
+
+/* Hands r back to its console's loop. */
+static void admin_answer(struct admin_req *r)
+{
+	struct worker *w = container_of(r->from, struct worker, rt);
+
+	r->next = NULL;
+	uv_mutex_lock(&w->lock);
+	r->next = w->replies;
+	w->replies = r;
+	uv_mutex_unlock(&w->lock);
+	r->ok = r->sqlstate[0] == '\0';
+	uv_async_send(&w->admin_async);
+}
+
+static void admin_fail(struct admin_req *r, const char *sqlstate, const char *hint,
+		       const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->message, sizeof(r->message), fmt, ap);
+	va_end(ap);
+	snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", sqlstate);
+	snprintf(r->hint, sizeof(r->hint), "%s", hint);
+	admin_answer(r);
+}
+
+/* From any loop. */
+static void admin_submit(struct admin_req *r)
+{
+	r->sqlstate[0] = r->message[0] = r->hint[0] = r->notice[0] = '\0';
+	uv_mutex_lock(&D.admin_lock);
+	r->next = D.admin_inbox;
+	D.admin_inbox = r;
+	uv_mutex_unlock(&D.admin_lock);
+	uv_async_send(&D.admin_in);
+}
+
+/* Forgets finished pin changes that every running loop routes past. */
+static void admin_sweep(void)
+{
+	uint64_t min = UINT64_MAX;
+
+	for (size_t i = 0; i < D.nworkers; i++) {
+		uint64_t g = atomic_load(&D.workers[i].gen);
+
+		if (g < min)
+			min = g;
+	}
+	roster_sweep(min);
+}
+
+struct pin_job {
+	uv_work_t work;
+	struct admin_req *r; /* owned until answered */
+	char *config_path;   /* borrowed: D.config_path */
+	char pins_file[4096];
+	char tmp[4200];
+	bool unpin;
+	struct config *result; /* owned: the snapshot with the change */
+	char err[RELOAD_ERR_CAP];
+	char sqlstate[6];
+	char hint[320];
+};
+
+static void pin_work_cb(uv_work_t *work)
+{
+	struct pin_job *j = container_of(work, struct pin_job, work);
+	struct admin_req *r = j->r;
+	struct config *nc;
+	bool found;
+	int idx;
+
+	if (pins_file_rewrite(j->pins_file, r->tenant, r->tlen, j->unpin ? NULL : r->cluster, j->tmp,
+			      sizeof(j->tmp), &found, j->err, sizeof(j->err)) < 0) {
+		snprintf(j->sqlstate, sizeof(j->sqlstate), "58030");
+		snprintf(j->hint, sizeof(j->hint),
+			 "The router must be able to write the pins file's directory.");
+		return;
+	}
+	if (j->unpin && !found) {
+		unlink(j->tmp);
+		snprintf(j->sqlstate, sizeof(j->sqlstate), "42704");
+		snprintf(j->err, sizeof(j->err), "tenant \"%s\" has no line in the pins file %s",
+			 r->tenant, j->pins_file);
+		snprintf(j->hint, sizeof(j->hint),
+			 "A pin written inline in [pins] of the configuration file is removed "
+			 "there; ROUTE shows where the tenant goes.");
+		return;
+	}
+	nc = config_load_pins(j->config_path, j->tmp, j->err, sizeof(j->err));
+	if (nc == NULL) {
+		unlink(j->tmp);
+		one_line(j->err);
+		snprintf(j->sqlstate, sizeof(j->sqlstate), "F0000");
+		snprintf(j->hint, sizeof(j->hint),
+			 "Nothing changed. Fix the configuration file, RELOAD, then try again.");
+		return;
+	}
+	idx = pins_lookup(nc->pins, r->tenant, r->tlen);
+	if (strcmp(nc->pins_file, j->pins_file) != 0 ||
+	    (j->unpin ? idx >= 0 : idx != config_cluster_index(nc, r->cluster))) {
+		unlink(j->tmp);
+		snprintf(j->sqlstate, sizeof(j->sqlstate), "55000");
+		if (strcmp(nc->pins_file, j->pins_file) != 0)
+			snprintf(j->err, sizeof(j->err),
+				 "[pins] file changed in the configuration file since it was "
+				 "loaded");
+		else
+			snprintf(j->err, sizeof(j->err),
+				 "tenant \"%s\" is pinned inline in [pins] of %s, which the console "
+				 "does not change",
+				 r->tenant, j->config_path);
+		snprintf(j->hint, sizeof(j->hint), "Nothing changed. Edit the configuration file "
+						   "and RELOAD.");
+		config_unref(nc);
+		return;
+	}
+	if (pins_file_commit(j->tmp, j->pins_file, j->err, sizeof(j->err)) < 0) {
+		snprintf(j->sqlstate, sizeof(j->sqlstate), "58030");
+		snprintf(j->hint, sizeof(j->hint), "Nothing changed in routing; check the disk.");
+		config_unref(nc);
+		return;
+	}
+	j->result = nc;
+}
+
+static void pin_after_cb(uv_work_t *work, int status)
+{
+	struct pin_job *j = container_of(work, struct pin_job, work);
+	struct admin_req *r = j->r;
+	struct config *nc = j->result;
+	const char *verb = j->unpin ? "unpin" : "pin";
+	int rc;
+
+	D.reloading = false;
+	D.pin_job = NULL;
+	if (nc == NULL) {
+		roster_move_end(r->tenant, r->tlen, 0);
+		log_warn("console %s tenant=%s failed: %s", verb, r->tenant, j->err);
+		admin_fail(r, j->sqlstate[0] ? j->sqlstate : "58030", j->hint, "%s", j->err);
+	} else if (D.draining) {
+		roster_move_end(r->tenant, r->tlen, 0);
+		config_unref(nc);
+		admin_fail(r, "57P01", "The new pin is in the pins file; it applies at the next start.",
+			   "the router is shutting down");
+	} else if ((rc = apply_config(nc, verb)) < 0) {
+		roster_move_end(r->tenant, r->tlen, 0);
+		config_unref(nc);
+		log_error("console %s tenant=%s: written to the pins file but not applied: %s", verb,
+			  r->tenant, uv_strerror(rc));
+		admin_fail(r, "58000", "RELOAD applies the pins file as it is now.",
+			   "the pins file was changed but the router could not apply it: %s",
+			   uv_strerror(rc));
+	} else {
+		roster_move_end(r->tenant, r->tlen, nc->generation);
+		log_info("console %s tenant=%s%s%s pins=%zu", verb, r->tenant,
+			 j->unpin ? "" : " cluster=", j->unpin ? "" : r->cluster,
+			 pins_count(nc->pins));
+		stats_reload(true);
+		admin_answer(r);
+	}
+	free(j);
+	if (D.reload_again && !D.draining) {
+		D.reload_again = false;
+		reload_start();
+	} else if (D.draining && D.reload_next) {
+		D.reload_waiting = D.reload_next;
+		D.reload_next = NULL;
+		reload_answer(false, "the router is shutting down");
+	}
+	pin_next();
+}
+
+/*
+ * Starts r (PIN or UNPIN) on the main loop's snapshot. Refusals that need
+ * no file (no pins file, unknown cluster, live sessions) answer at once.
+ */
+static void pin_start(struct admin_req *r)
+{
+	const struct config *cfg = D.cfg;
+	bool unpin = r->cluster[0] == '\0', pinned;
+	size_t now = route_lookup(cfg->pins, cfg->ring, r->tenant, r->tlen, &pinned), to;
+	struct pin_job *j;
+	int live, idx;
+
+	if (cfg->pins_file == NULL) {
+		admin_fail(r, "55000",
+			   "Add [pins] file = PATH to the configuration file and RELOAD: PIN and "
+			   "UNPIN write there, so a change survives a restart.",
+			   "no pins file is configured");
+		return;
+	}
+	if (!admin_tenant_is_pinnable(r->tenant, r->tlen)) {
+		admin_fail(r, "22023",
+			   "A pins file line is TENANT CLUSTER: the tenant cannot hold blanks, '#' "
+			   "or control characters.",
+			   "tenant \"%s\" cannot be written to the pins file", r->tenant);
+		return;
+	}
+	if (unpin) {
+		to = ring_lookup(cfg->ring, r->tenant, r->tlen);
+		if (!pinned) {
+			admin_fail(r, "42704", "ROUTE shows where the tenant goes.",
+				   "tenant \"%s\" is not pinned", r->tenant);
+			return;
+		}
+	} else {
+		idx = config_cluster_index(cfg, r->cluster);
+		if (idx < 0) {
+			admin_fail(r, "42704", "SHOW CLUSTERS lists the clusters.",
+				   "unknown cluster \"%s\"", r->cluster);
+			return;
+		}
+		to = (size_t)idx;
+	}
+	live = roster_move_begin(r->tenant, r->tlen);
+	if (live == -EBUSY) {
+		admin_fail(r, "55006", "Try again when the other change has finished.",
+			   "another pin change of tenant \"%s\" is in progress", r->tenant);
+		return;
+	}
+	if (live < 0) {
+		admin_fail(r, "53000", "RESUME paused tenants first.",
+			   "too many tenants are paused or being moved");
+		return;
+	}
+	if (to != now && live > 0 && !r->force) {
+		roster_move_end(r->tenant, r->tlen, 0);
+		admin_fail(r, "55006",
+			   "New sessions would go to the other cluster while these stay where they "
+			   "are. Move the tenant's data first, end its sessions (KILL TENANT), then "
+			   "retry; FORCE changes the pin anyway.",
+			   "tenant \"%s\" has %d live session%s on cluster \"%s\"", r->tenant, live,
+			   live == 1 ? "" : "s", cfg->clusters[now].name);
+		return;
+	}
+	if (to != now && live > 0)
+		snprintf(r->notice, sizeof(r->notice),
+			 "tenant \"%s\" now goes to cluster \"%s\"; its %d live session%s stay%s on "
+			 "cluster \"%s\" until they end",
+			 r->tenant, cfg->clusters[to].name, live, live == 1 ? "" : "s",
+			 live == 1 ? "s" : "", cfg->clusters[now].name);
+	else if (to != now)
+		snprintf(r->notice, sizeof(r->notice),
+			 "tenant \"%s\" moves from cluster \"%s\" to \"%s\": its data must be there",
+			 r->tenant, cfg->clusters[now].name, cfg->clusters[to].name);
+	j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		roster_move_end(r->tenant, r->tlen, 0);
+		admin_fail(r, "53200", "Retry.", "out of memory");
+		return;
+	}
+	j->r = r;
+	j->unpin = unpin;
+	j->config_path = (char *)D.config_path;
+	snprintf(j->pins_file, sizeof(j->pins_file), "%s", cfg->pins_file);
+	D.reloading = true;
+	D.pin_job = j;
+	if (uv_queue_work(&D.loop, &j->work, pin_work_cb, pin_after_cb) < 0) {
+		D.reloading = false;
+		D.pin_job = NULL;
+		roster_move_end(r->tenant, r->tlen, 0);
+		free(j);
+		admin_fail(r, "58000", "Retry.", "could not queue the pins file change");
+	}
+}
+
+/* Starts the next queued pin change when nothing else is changing the snapshot. */
+static void pin_next(void)
+{
+	struct admin_req *r;
+
+	if (D.reloading || D.pin_queue == NULL)
+		return;
+	r = D.pin_queue;
+	D.pin_queue = r->next;
+	if (D.draining) {
+		admin_fail(r, "57P01", "Retry against the router that replaces this one.",
+			   "the router is shutting down");
+		pin_next();
+		return;
+	}
+	pin_start(r);
+}
+
+static void admin_in_cb(uv_async_t *a)
+{
+	struct admin_req *r, *rev = NULL, *next;
+
+	uv_mutex_lock(&D.admin_lock);
+	r = D.admin_inbox;
+	D.admin_inbox = NULL;
+	uv_mutex_unlock(&D.admin_lock);
+	/* The inbox is a stack: turn it round to run requests in the order they came. */
+	for (; r; r = next) {
+		next = r->next;
+		r->next = rev;
+		rev = r;
+	}
+	admin_sweep();
+	for (r = rev; r; r = next) {
+		next = r->next;
+		r->next = NULL;
+		if (D.draining && r->kind != ADMIN_REQ_SHUTDOWN) {
+			admin_fail(r, "57P01", "Retry against the router that replaces this one.",
+				   "the router is shutting down");
+			continue;
+		}
+		switch (r->kind) {
+		case ADMIN_REQ_RELOAD:
+			log_info("console: reload requested");
+			r->next = D.reload_next;
+			D.reload_next = r;
+			reload_start();
+			break;
+		case ADMIN_REQ_SHUTDOWN:
+			log_info("console: shutdown requested");
+			admin_answer(r);
+			begin_shutdown(SIGTERM);
+			break;
+		case ADMIN_REQ_PIN: {
+			struct admin_req **tail = &D.pin_queue;
+
+			while (*tail)
+				tail = &(*tail)->next;
+			*tail = r;
+			pin_next();
+			break;
+		}
+		}
+	}
+}
+
+/* On each worker's own loop: console answers, and sessions marked to be killed. */
+static void admin_async_cb(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	struct admin_req *r, *next;
+
+	uv_mutex_lock(&w->lock);
+	r = w->replies;
+	w->replies = NULL;
+	uv_mutex_unlock(&w->lock);
+	for (; r; r = next) {
+		next = r->next;
+		if (r->cancelled)
+			free(r);
+		else
+			r->done(r);
+	}
+	client_kill_marked(&w->rt);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -790,6 +1244,15 @@ static int workers_init(struct config *cfg)
 				return UV_ENOMEM;
 			w->wake.data = w;
 		}
+		if (uv_async_init(w->loop, &w->admin_async, admin_async_cb) != 0)
+			return UV_ENOMEM;
+		w->admin_async.data = w;
+		w->admin_async_inited = true;
+		atomic_init(&w->gen, cfg->generation);
+		w->rt.index = (unsigned)i;
+		w->rt.started_ns = uv_hrtime();
+		w->rt.admin_wake = &w->admin_async;
+		w->rt.admin_submit = admin_submit;
 		w->rt.loop = w->loop;
 		w->rt.cfg = config_ref(cfg);
 		w->rt.health = D.health;
@@ -821,6 +1284,13 @@ static void workers_free(void)
 		pool_set_free(w->rt.pools);
 		config_unref(w->pending);
 		config_unref(w->rt.cfg);
+		/* Answers that came after the console's loop stopped. */
+		while (w->replies) {
+			struct admin_req *r = w->replies;
+
+			w->replies = r->next;
+			free(r);
+		}
 		uv_mutex_destroy(&w->lock);
 	}
 	free(D.workers);
@@ -858,6 +1328,11 @@ static int run(const char *path)
 	D.cfg = cfg;
 	if (uv_loop_init(&D.loop) != 0) {
 		log_error("could not create the event loop");
+		return 1;
+	}
+	if (uv_mutex_init(&D.admin_lock) != 0 ||
+	    uv_async_init(&D.loop, &D.admin_in, admin_in_cb) != 0) {
+		log_error("out of memory at start-up");
 		return 1;
 	}
 	D.cancels = cancel_map_new();

@@ -34,7 +34,7 @@
 
 #include "status_html.h"
 
-#define NSTATES (CLIENT_SERVER_LOGIN + 1)
+#define NSTATES (CLIENT_ADMIN + 1)
 /* A string literal, without its NUL. */
 #define APPEND_LIT(res, lit) http_append((res), (lit), sizeof(lit) - 1)
 
@@ -229,7 +229,7 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	       "Sessions routed to a cluster and open now, by cluster and state.");
 	for (size_t i = 0; i < ncv; i++) {
 		for (int s = CLIENT_ROUTING; s < NSTATES; s++) {
-			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT)
+			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT || s == CLIENT_ADMIN)
 				continue; /* a session in these has no cluster yet */
 			cluster_label(res, "tenant_router_sessions", cv[i].name);
 			http_printf(res, ",state=\"%s\"} %" PRId64 "\n",
@@ -485,7 +485,7 @@ static void render_status(struct metrics *m, struct http_response *res)
 		            "\"sessions\":%" PRId64 ",\"sessions_by_state\":{",
 		            cl->weight, cl->ring_share, cl->npins, total);
 		for (int s = CLIENT_ROUTING; s < NSTATES; s++) {
-			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT)
+			if (s == CLIENT_LOCAL_AUTH || s == CLIENT_NO_TENANT || s == CLIENT_ADMIN)
 				continue;
 			http_printf(res, "%s\"%s\":%" PRId64, s == CLIENT_ROUTING ? "" : ",",
 			            client_state_name((enum client_state)s), v.sessions[s]);

@@ -24,6 +24,7 @@
 #include "pins.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
@@ -875,4 +877,139 @@ uint64_t pins_digest(const struct pins *p, const char *const *names, size_t n,
 			per_cluster[cl]++;
 	}
 	return sum;
+}
+
+/*
+ * --- Changing the file (the admin console's PIN and UNPIN) ---
+ *
+ * The file is rewritten whole into a temporary file next to it, flushed to
+ * disk, then renamed over it and the directory flushed, so a crash leaves
+ * either the old file or the new one, never half of one. Comments, blank
+ * lines and every other pin are kept as they are, in order.
+ */
+
+/* The tenant of a pins file line (its first field), or NULL for a blank or comment line. */
+static const char *line_tenant(const char *s, size_t len, size_t *tlen)
+{
+	struct fields fl;
+
+	split_fields((const uint8_t *)s, len, &fl);
+	if (fl.n == 0)
+		return NULL;
+	*tlen = fl.len[0];
+	return (const char *)fl.f[0];
+}
+
+static int fail_errno(char *err, size_t errlen, const char *what, const char *path)
+{
+	int e = errno ? errno : EIO;
+
+	snprintf(err, errlen, "%s %s: %s", what, path, strerror(e));
+	return -e;
+}
+
+int pins_file_rewrite(const char *path, const void *tenant, size_t len, const char *cluster,
+		      char *tmp, size_t tmpcap, bool *found, char *err, size_t errlen)
+{
+	FILE *in, *out = NULL;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int fd, rc = 0;
+	bool ends_nl = true;
+
+	*found = false;
+	if ((size_t)snprintf(tmp, tmpcap, "%s.tmp.XXXXXX", path) >= tmpcap) {
+		snprintf(err, errlen, "pins file path too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	in = fopen(path, "r");
+	if (in == NULL && errno != ENOENT)
+		return fail_errno(err, errlen, "cannot read", path);
+	fd = mkstemp(tmp);
+	if (fd == -1) {
+		rc = fail_errno(err, errlen, "cannot create a file next to", path);
+		goto out;
+	}
+	/* mkstemp makes it 0600; a pins file is configuration, readable like the rest. */
+	(void)fchmod(fd, 0644);
+	out = fdopen(fd, "w");
+	if (out == NULL) {
+		close(fd);
+		unlink(tmp);
+		rc = fail_errno(err, errlen, "cannot write", tmp);
+		goto out;
+	}
+	while (in && (n = getline(&line, &cap, in)) != -1) {
+		size_t tl;
+		const char *t = line_tenant(line, (size_t)n, &tl);
+
+		if (t && tl == len && memcmp(t, tenant, len) == 0) {
+			*found = true;
+			continue;
+		}
+		fwrite(line, 1, (size_t)n, out);
+		ends_nl = n > 0 && line[n - 1] == '\n';
+	}
+	if (in && ferror(in)) {
+		rc = fail_errno(err, errlen, "cannot read", path);
+		goto fail;
+	}
+	if (cluster) {
+		if (!ends_nl)
+			fputc('\n', out);
+		fwrite(tenant, 1, len, out);
+		fprintf(out, " %s\n", cluster);
+	}
+	if (fflush(out) != 0 || fsync(fileno(out)) == -1) {
+		rc = fail_errno(err, errlen, "cannot write", tmp);
+		goto fail;
+	}
+	if (fclose(out) != 0) {
+		out = NULL;
+		rc = fail_errno(err, errlen, "cannot write", tmp);
+		goto fail;
+	}
+	out = NULL;
+	goto out;
+fail:
+	if (out)
+		fclose(out);
+	unlink(tmp);
+out:
+	free(line);
+	if (in)
+		fclose(in);
+	return rc;
+}
+
+int pins_file_commit(const char *tmp, const char *path, char *err, size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[4096];
+	int fd;
+
+	if (rename(tmp, path) == -1) {
+		int rc = fail_errno(err, errlen, "cannot replace", path);
+
+		unlink(tmp);
+		return rc;
+	}
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	/* The rename is durable only once the directory is on disk too. */
+	fd = open(dir, O_RDONLY | O_DIRECTORY);
+	if (fd == -1 || fsync(fd) == -1) {
+		int rc = fail_errno(err, errlen, "cannot flush the directory", dir);
+
+		if (fd != -1)
+			close(fd);
+		return rc;
+	}
+	close(fd);
+	return 0;
 }

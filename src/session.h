@@ -28,12 +28,14 @@
 #include "client.h"
 #include "common.h"
 #include "conn.h"
+#include "console.h"
 #include "gframe.h"
 #include "health.h"
 #include "log.h"
 #include "pframe.h"
 #include "pool.h"
 #include "query.h"
+#include "roster.h"
 #include "server.h"
 #include "splice.h"
 #include "startup.h"
@@ -138,11 +140,20 @@ struct login {
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
 	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
 	enum tls_server_mode sv_mode;
-	struct local *lc; /* owned: for tenant source query and pool_mode = session */
+	struct local *lc; /* owned: for tenant source query, pool_mode = session and the admin
+			     console */
 	bool pool_slot;	  /* a pool granted a slot (s->preq.pool) not filled yet */
 	char pool_state[6]; /* why that slot's login failed, for server_login_retry */
 	char pool_err[400];
+	/* Held before connecting: the tenant is paused or its pin is changing (tenant_held). */
+	bool holding;
+	uint64_t hold_since; /* uv_now() when it began to wait */
+	struct tenant hold_t;
+	size_t hold_len; /* the startup packet's length, to parse it again */
 };
+
+/* How often a held session looks again whether its tenant may go on. */
+#define HOLD_RECHECK_MS 100
 
 /* The stickiness guard (client_guard.c); on only when guard != off. */
 #define GUARD_SQLSTATE "42501"
@@ -218,6 +229,9 @@ struct session {
 	struct pframe pf;
 	struct pool_req preq; /* waiting for a pooled connection */
 	uint64_t t0_ns;		   /* uv_hrtime() at accept, for the login latency */
+	struct roster_entry ro;	   /* in the roster of every loop's sessions (SHOW CLIENTS, KILL) */
+	bool admin;		   /* asked for the admin console (database tenant_router) */
+	struct console *con;	   /* owned: the console, once logged in to it */
 };
 
 /* session.c: what every file of the module uses (the bottom: calls up only through s->up). */
@@ -230,7 +244,7 @@ struct conn *session_server_conn(struct session *s);
 bool session_bind_param(const uint8_t *body, size_t len, const struct xstmt *st, char *out,
 			size_t cap, size_t *outlen);
 
-/* client_local.c: tenant source query. */
+/* client_local.c: tenant source query, and the admin console's login. */
 /* No tenant in the startup packet (len bytes, in s->login->in): authenticate the client. */
 void local_start(struct session *s, const struct startup *st, size_t len);
 /* pool_mode = session: authenticate the client, then connect_tenant(t) for a pooled server. */
@@ -272,5 +286,11 @@ void link_client_bytes(struct session *s, const uint8_t *p, size_t n);
 void link_server_data(struct session *s, struct block *b, size_t n);
 /* A write to dst completed under the low-water mark: read its source again. */
 void link_writable(struct session *s, struct conn *dst);
+/*
+ * Whether the server's stream to the client is between messages, so one
+ * of ours (a FATAL) can go in: only the guard frames it, so false with the
+ * guard off or when the framing is lost.
+ */
+bool link_server_at_boundary(const struct session *s);
 
 #endif /* TR_SESSION_H */

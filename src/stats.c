@@ -37,6 +37,7 @@ struct stats_cluster {
 	atomic_int state; /* enum slot_state */
 	char name[64];
 	atomic_uint_fast64_t routed_pin, routed_ring;
+	atomic_uint_fast64_t refusals;
 	atomic_int_fast64_t sessions[STATS_MAX_STATES];
 };
 
@@ -206,6 +207,13 @@ void stats_refusal(const char *sqlstate, const char *cluster, const char *tenant
 		}
 		atomic_fetch_add_explicit(&q->n, 1, memory_order_relaxed);
 	}
+	/* Host routes ("route:NAME") are not clusters and get no slot of their own. */
+	if (cluster && *cluster && strchr(cluster, ':') == NULL) {
+		struct stats_cluster *c = stats_cluster(cluster);
+
+		if (c)
+			atomic_fetch_add_explicit(&c->refusals, 1, memory_order_relaxed);
+	}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	while (atomic_flag_test_and_set_explicit(&recent_lock, memory_order_acquire))
 		;
@@ -264,6 +272,7 @@ static void cluster_view(struct stats_cluster *c, struct stats_cluster_view *v)
 	v->name = c->name;
 	v->routed_pin = atomic_load_explicit(&c->routed_pin, memory_order_relaxed);
 	v->routed_ring = atomic_load_explicit(&c->routed_ring, memory_order_relaxed);
+	v->refusals = atomic_load_explicit(&c->refusals, memory_order_relaxed);
 	for (size_t i = 0; i < STATS_MAX_STATES; i++)
 		v->sessions[i] = atomic_load_explicit(&c->sessions[i], memory_order_relaxed);
 }

@@ -33,7 +33,9 @@ import psycopg
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HZ = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "pgbouncer", "router")
+# router-pool-session: a second router with pool_mode = session (issue #10), server connections
+# reused across client sessions as PgBouncer does.
+TARGETS = ("direct", "pgbouncer", "router", "router-pool-session")
 # The TLS section (issue #4): the main router (plaintext), two more routers with TLS on one or both
 # legs, and PostgreSQL itself over TLS.
 TLS_TARGETS = ("router-plain", "router-tls-client", "router-tls-both", "direct-tls")
@@ -316,7 +318,7 @@ class Router:
     """One tenant-router process with its own config and log."""
 
     def __init__(self, root, name, servers, pins_file=None, max_client_conn=12000,
-                 server_tls_mode="disable", client_tls=None, guard=None):
+                 server_tls_mode="disable", client_tls=None, guard=None, pool=False):
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -331,6 +333,13 @@ class Router:
                     f"client_tls_key_file = {client_tls[2]}\n")
         # guard = on | strict | off (the stickiness guard); None leaves the daemon's default.
         guard_line = f"guard = {guard}\n" if guard is not None else ""
+        # pool: session pooling with the router's own login, trust as PgBouncer has here
+        auth = ""
+        if pool:
+            with open(os.path.join(self.dir, "userlist.txt"), "w") as f:
+                f.write('"bench" ""\n')
+            guard_line += "pool_mode = session\npool_size = 6000\nmax_server_conn = 6000\n"
+            auth = f"[auth]\nauth_type = trust\nauth_file = {self.dir}/userlist.txt\n\n"
         clusters = "".join(f"[cluster.{n}]\nhosts = 127.0.0.1:{s.port}\nweight = 1\n\n"
                            for n, s in servers.items())
         with open(self.cfg, "w") as f:
@@ -353,7 +362,7 @@ conninfo = user=postgres dbname=postgres
 [ring]
 vnodes = 256
 
-{clusters}{pins}""")
+{clusters}{auth}{pins}""")
         self.proc = None
 
     @property
@@ -484,6 +493,7 @@ class Env:
         self.tmp = None
         self.servers = {}
         self.router = None
+        self.pool_router = None
         self.pgb = None
         self.tenant = None
         self.target_cluster = "a"
@@ -499,6 +509,8 @@ class Env:
     def _router(self, target):
         if target in ("router", "router-plain"):
             return self.router
+        if target == "router-pool-session":
+            return self.pool_router
         if target in self.guard_routers:
             return self.guard_routers[target]
         return self.tls_routers.get(target)
@@ -1161,6 +1173,11 @@ def setup(env):
     env.router = Router(env.tmp, "router", env.servers, max_client_conn=5000)
     say("starting tenant-router")
     env.router.start()
+    if "router-pool-session" in TARGETS:
+        env.pool_router = Router(env.tmp, "router-pool-session", env.servers,
+                                 max_client_conn=5000, pool=True)
+        say("starting tenant-router with pool_mode = session")
+        env.pool_router.start()
     cands = [f"bench-{i}" for i in range(1, 200)]
     env.tenant = next(t for t, c in env.router.route(cands).items() if c == env.target_cluster)
     say(f"tenant {env.tenant!r} lives on cluster {env.target_cluster} "
@@ -1171,7 +1188,8 @@ def setup(env):
 
 
 def teardown(env):
-    for p in (env.router, env.pgb, *env.tls_routers.values(), *env.guard_routers.values()):
+    for p in (env.router, env.pool_router, env.pgb, *env.tls_routers.values(),
+              *env.guard_routers.values()):
         if p:
             try:
                 p.stop()
@@ -1807,6 +1825,32 @@ def evaluate(env, agg):
                 out.append((f"router CPU/MB, {a['workload']}", "≤ 0.5 × PgBouncer",
                             f"{a['cpu_us_per_op']:.0f} vs {p['cpu_us_per_op']:.0f} µs/MB = "
                             f"{a['cpu_vs_pgb']:.2f}×", verdict(a["cpu_vs_pgb"] <= 0.5)))
+    # Issue #10: session pooling against PgBouncer's session mode.
+    pool_c = A.get(("churn -C c8", "router-pool-session"))
+    pgb_c = A.get(("churn -C c8", "pgbouncer"))
+    if pool_c and pgb_c:
+        if pool_c["ok"] == 0 or pgb_c["ok"] == 0 or pool_c["cpu_vs_pgb"] is None:
+            out.append(("pooled churn -C c8", "≥ PgBouncer's TPS, CPU/conn ≤ PgBouncer's",
+                        "FAIL runs", "FAIL"))
+        else:
+            out.append(("pooled churn -C c8: throughput", "≥ PgBouncer session",
+                        f"{pool_c['tput']:.0f} vs {pgb_c['tput']:.0f} tps = "
+                        f"{pool_c['tput'] / pgb_c['tput']:.2f}×",
+                        verdict(pool_c["tput"] >= pgb_c["tput"])))
+            out.append(("pooled churn -C c8: router CPU per connection", "≤ PgBouncer's",
+                        f"{pool_c['cpu_us_per_op']:.0f} vs {pgb_c['cpu_us_per_op']:.0f} µs/conn "
+                        f"= {pool_c['cpu_vs_pgb']:.2f}×", verdict(pool_c["cpu_vs_pgb"] <= 1.0)))
+    for a in agg:
+        if a["target"] != "router-pool-session" or a["kind"] != "select":
+            continue
+        p = A.get((a["workload"], "pgbouncer"))
+        if a["ok"] == 0 or not p or a["cpu_vs_pgb"] is None:
+            out.append((f"pooled router CPU/txn, {a['workload']}", "≤ 1.0 × PgBouncer",
+                        "FAIL runs", "FAIL"))
+            continue
+        out.append((f"pooled router CPU/txn, {a['workload']}", "≤ 1.0 × PgBouncer",
+                    f"{a['cpu_us_per_op']:.1f} vs {p['cpu_us_per_op']:.1f} µs/txn = "
+                    f"{a['cpu_vs_pgb']:.2f}×", verdict(a["cpu_vs_pgb"] <= 1.0)))
     idle = env.extra.get("idle")
     if idle and "router" in idle:
         r = idle["router"]
@@ -1935,7 +1979,8 @@ def write_reports(env, agg, targets):
                  if a["ratio"] is not None else "n/a")
         cpu = (f"{a['cpu_us_per_op']:.1f} {cpu_unit(a['kind'])}"
                if a["cpu_us_per_op"] is not None else "–")
-        vs = f"{a['cpu_vs_pgb']:.2f}×" if a["target"] == "router" and a["cpu_vs_pgb"] else ""
+        vs = (f"{a['cpu_vs_pgb']:.2f}×" if a["target"] in ("router", "router-pool-session")
+              and a["cpu_vs_pgb"] else "")
         okc = f"{a['ok']}/{a['runs']}" + (" **FAIL**" if a["ok"] < a["runs"] else "")
         tput = f"{a['tput']:.0f} tps" if a["unit"] == "tps" else f"{a['tput']:.1f} MB/s"
         L.append(f"| {a['workload']} | {a['target']} | {okc} | {tput} | {lat} | {p99} | "
@@ -2069,7 +2114,8 @@ def chart(env, agg):
     cap = 1.5
     dat = os.path.join(S.results, "chart.dat")
     with open(dat, "w") as f:
-        f.write("# workload\tdirect\tpgbouncer\trouter (throughput / direct, same round)\n")
+        f.write("# workload\tdirect\tpgbouncer\trouter\trouter-pool-session "
+                "(throughput / direct, same round)\n")
         for w in wls:
             vals = []
             for t in TARGETS:
@@ -2079,11 +2125,12 @@ def chart(env, agg):
             f.write(f"\"{w['name']}\"\t" + "\t".join(f"{v:.4f}" for v in vals) + "\n")
     cdat = os.path.join(S.results, "chart_cpu.dat")
     with open(cdat, "w") as f:
-        f.write("# workload\tpgbouncer\trouter (proxy CPU µs per transaction or connection)\n")
+        f.write("# workload\tpgbouncer\trouter\trouter-pool-session "
+                "(proxy CPU µs per transaction or connection)\n")
         for w in wls:
             if w["kind"] not in ("select", "churn"):
                 continue
-            cpu = [A.get((w["name"], t)) for t in ("pgbouncer", "router")]
+            cpu = [A.get((w["name"], t)) for t in ("pgbouncer", "router", "router-pool-session")]
             cpu = [a["cpu_us_per_op"] if a and a["cpu_us_per_op"] is not None else 0
                    for a in cpu]
             f.write(f"\"{w['name']}\"\t" + "\t".join(f"{v:.2f}" for v in cpu) + "\n")
@@ -2110,9 +2157,11 @@ set arrow from graph 0, first 0.95 to graph 1, first 0.95 nohead dt 3 lc rgb "re
 plot '{dat}' using 2:xtic(1) title "direct" lc rgb "#999999", \\
      '' using 3 title "pgbouncer" lc rgb "#1f77b4", \\
      '' using 4 title "router" lc rgb "#d62728", \\
-     '' using ($0-0.25):(clip($2)):(sprintf("%.2f",$2)) with labels {lab}, \\
-     '' using ($0):(clip($3)):(sprintf("%.2f",$3)) with labels {lab}, \\
-     '' using ($0+0.25):(clip($4)):(sprintf("%.2f",$4)) with labels {lab}
+     '' using 5 title "router, pool_mode = session" lc rgb "#2ca02c", \\
+     '' using ($0-0.3):(clip($2)):(sprintf("%.2f",$2)) with labels {lab}, \\
+     '' using ($0-0.1):(clip($3)):(sprintf("%.2f",$3)) with labels {lab}, \\
+     '' using ($0+0.1):(clip($4)):(sprintf("%.2f",$4)) with labels {lab}, \\
+     '' using ($0+0.3):(clip($5)):(sprintf("%.2f",$5)) with labels {lab}
 unset arrow
 set style histogram clustered gap 1
 set ylabel "proxy CPU µs per transaction (churn: per connection)"
@@ -2120,8 +2169,10 @@ set logscale y
 set yrange [5:*]
 plot '{cdat}' using ($2 > 0 ? $2 : 1/0):xtic(1) title "pgbouncer" lc rgb "#1f77b4", \\
      '' using ($3 > 0 ? $3 : 1/0) title "router" lc rgb "#d62728", \\
-     '' using ($0-1.0/6):2:(sprintf("%.0f",$2)) with labels {lab}, \\
-     '' using ($0+1.0/6):3:(sprintf("%.0f",$3)) with labels {lab}
+     '' using ($4 > 0 ? $4 : 1/0) title "router, pool_mode = session" lc rgb "#2ca02c", \\
+     '' using ($0-0.25):2:(sprintf("%.0f",$2)) with labels {lab}, \\
+     '' using ($0):3:(sprintf("%.0f",$3)) with labels {lab}, \\
+     '' using ($0+0.25):4:(sprintf("%.0f",$4)) with labels {lab}
 unset multiplot
 """)
     r = subprocess.run(["gnuplot", gp], capture_output=True, text=True, timeout=60)
@@ -2159,6 +2210,10 @@ def big_step(env):
     env.warnings["router"] = router_warnings(env.router)
     env.router.stop()
     env.router = None
+    if env.pool_router:
+        env.warnings["router-pool-session"] = router_warnings(env.pool_router)
+        env.pool_router.stop()
+        env.pool_router = None
     if env.pgb:
         env.pgb.stop()
     for s in env.servers.values():
@@ -2230,6 +2285,8 @@ def main():
                 say(f"reload step failed: {e}")
         if env.router:
             env.warnings["router"] = router_warnings(env.router)
+        if env.pool_router:
+            env.warnings["router-pool-session"] = router_warnings(env.pool_router)
         if S.want("big") and S.big > 0:
             env.extra["big"] = big_step(env)
         agg = aggregate(env)

@@ -6,12 +6,17 @@ against the router (or PgBouncer) and, at the same time, one of:
   perf    perf record -g (cpu-clock, frame pointers and DWARF-less call graphs) of the proxy
   strace  strace -c -f of the proxy: syscall counts and time per transaction
   stat    only the proxy's CPU per transaction (utime/stime split)
+  insn    user-space instructions per transaction (valgrind --tool=callgrind): a fresh copy of
+          the proxy under callgrind on a port of its own, once for a short pgbench -t run and
+          once for a longer one; the difference over the extra transactions (login, start-up
+          and shutdown cancel out). Counts do not depend on the machine's load, unlike CPU time.
 then prints the top of the report to stdout and leaves the full report in the results dir.
 
-    /usr/bin/python3 tests/bench/profile.py [perf|strace|stat] ...
+    /usr/bin/python3 tests/bench/profile.py [perf|strace|stat|insn] ...
 Environment: PROFILE_TARGET (router | pgbouncer), PROFILE_CLIENTS (16), PROFILE_MODE (simple),
-PROFILE_CHURN (0; 1 adds -C), PROFILE_SECONDS (8), BENCH_RESULTS_DIR (build/bench), TR_BIN.
-Needs linux-perf for perf (apt-get install linux-perf) and strace for strace.
+PROFILE_CHURN (0; 1 adds -C), PROFILE_SECONDS (8), PROFILE_INSN_TXNS (2000: the extra
+transactions of insn's longer run, over all clients), BENCH_RESULTS_DIR (build/bench), TR_BIN.
+Needs linux-perf for perf (apt-get install linux-perf), strace for strace, valgrind for insn.
 """
 
 import os
@@ -22,6 +27,72 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+
+# What a proxy reads and writes its sockets with: the router (libuv) read/write,
+# PgBouncer recv/send (recvfrom/sendto).
+IO_CALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+            "epoll_wait", "epoll_ctl", "total")
+
+
+def callgrind_total(path):
+    """The Ir total of a callgrind output file."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def insn_run(env, target, mode, clients, per_client, outdir):
+    """Ir of a fresh proxy under callgrind that served pgbench -t per_client, then stopped."""
+    port = bench.free_port()
+    out = os.path.join(outdir, f"callgrind-{target}-{per_client}.out")
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    if target == "pgbouncer":
+        cfg = os.path.join(outdir, "pgbouncer.ini")
+        with open(env.pgb.ini) as f:
+            txt = re.sub(r"(?m)^listen_port = \d+", f"listen_port = {port}", f.read())
+        cmd = vg + ["pgbouncer", cfg]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] + cmd
+    else:
+        cfg = os.path.join(outdir, "router.ini")
+        with open(env.router.cfg) as f:
+            txt = re.sub(r"(?m)^listen = \S+", f"listen = 127.0.0.1:{port}", f.read())
+        cmd = vg + [bench.S.tr_bin, "-c", cfg]
+    with open(cfg, "w") as f:
+        f.write(txt)
+    os.chmod(cfg, 0o644)
+    if os.path.exists(out):
+        os.unlink(out)
+    log = open(os.path.join(outdir, f"{target}.log"), "ab")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=outdir)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{target} under valgrind exited {proc.returncode}")
+            try:
+                bench.socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return True
+            except OSError:
+                return False
+        bench.wait_until(up, 120, f"{target} under valgrind to listen")
+        e = env.client_env(target)
+        e["PGPORT"] = str(port)
+        r = subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j",
+                            str(min(2, clients)), "-t", str(per_client)], env=e,
+                           capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0 or "actually processed" not in r.stdout:
+            raise RuntimeError(f"pgbench through {target} under valgrind failed:\n{r.stderr}")
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    return callgrind_total(out)
 
 
 def main():
@@ -44,6 +115,19 @@ def main():
         subprocess.run(["pgbench", "-n", "-S", "-c", "64", "-j", "2", "-T", "2"],
                        env=env.client_env(target), capture_output=True, timeout=60)
         for tool in tools:
+            if tool == "insn":
+                outdir = os.path.join(env.tmp, f"insn-{tag}")
+                os.makedirs(outdir, exist_ok=True)
+                os.chmod(outdir, 0o777)  # PgBouncer under valgrind runs as postgres
+                extra = int(os.environ.get("PROFILE_INSN_TXNS", "2000"))
+                short, more = 50, max(1, extra // clients)
+                ir0 = insn_run(env, target, mode, clients, short, outdir)
+                ir1 = insn_run(env, target, mode, clients, short + more, outdir)
+                print(f"== insn: {target} pgbench -S -M {mode} -c {clients}: "
+                      f"{(ir1 - ir0) / (more * clients):.0f} instructions per txn in user space "
+                      f"({ir0} Ir for {short * clients} txns, {ir1} Ir for "
+                      f"{(short + more) * clients})", flush=True)
+                continue
             args = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j",
                     str(min(2, clients)), "-T", str(secs)] + (["-C"] if churn else [])
             out = os.path.join(S.results, f"profile-{tool}-{tag}")
@@ -99,8 +183,7 @@ def main():
                 print(txt[:4000])
                 for line in txt.splitlines():
                     p = line.split()
-                    if len(p) >= 5 and p[-1] in ("read", "write", "writev", "readv",
-                                                 "epoll_wait", "epoll_ctl", "total"):
+                    if len(p) >= 5 and p[-1] in IO_CALLS:
                         calls = int(p[3])
                         print(f"   {p[-1]}: {calls / n:.2f} calls per txn")
     finally:

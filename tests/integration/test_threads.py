@@ -7,6 +7,7 @@ session, a reload reaching every loop, and a drain that waits for all of them.
 """
 
 import signal
+import socket
 import threading
 import time
 
@@ -95,3 +96,33 @@ def test_threads_max_client_conn_counts_all_loops(make_router):
             s.close()
     time.sleep(0.3)
     r.connect("thm-after").close()
+
+
+def test_threads_reload_before_first_health_round(make_router, clusters):
+    """A SIGHUP while the first health round still runs must reach every loop: the loops
+    that start after it once routed with the configuration of the start."""
+    # A host that takes the TCP connection and never answers holds the first round.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    try:
+        t = "thpre"
+        r = make_router(overrides={"router": {"threads": "2"},
+                                   "health": {"timeout": f"{int(4 * harness.SLOW)}s"},
+                                   "cluster.c": {"hosts": f"127.0.0.1:{hole.getsockname()[1]}"},
+                                   "pins": {t: "a"}}, start=False)
+        off = r.log_size()
+        starter = threading.Thread(target=r.start)
+        starter.start()
+        harness.wait_until(lambda: "starting:" in r.log_since(off), 10 * harness.SLOW,
+                           what="router start-up")
+        r.write_config({"pins": {t: "b"}})
+        assert r.reload() == "ok", r.log_tail()
+        assert "listening on" not in r.log_since(off), "the first round ended too soon"
+        starter.join(30 * harness.SLOW)
+        assert "running 2 event-loop threads" in r.log_tail(200)
+        # Whichever loop accepts it, every session routes by the reloaded pin.
+        for _ in range(16):
+            assert r.server_port(t) == clusters["b"].port
+    finally:
+        hole.close()

@@ -583,6 +583,81 @@ static void test_config_query_and_auth(void **state)
 	assert_non_null(strstr(err, "nope.txt"));
 }
 
+static void show_count_cb(void *arg, const char *key, const char *value, const char *defval,
+			  bool reloadable)
+{
+	(*(int *)arg)++;
+	assert_non_null(value);
+	assert_non_null(defval);
+	if (strcmp(key, "listen") == 0)
+		assert_false(reloadable);
+	if (strcmp(key, "admin_users") == 0)
+		assert_string_equal(value, "alice, bob");
+	if (strcmp(key, "pause_timeout") == 0)
+		assert_string_equal(value, "1500ms");
+}
+
+static void test_config_admin_console(void **state)
+{
+	char err[4096], text[1024];
+	struct config *c, *d;
+	const char *path;
+	int n = 0;
+
+	write_file("users.txt", "\"alice\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n");
+	write_file("pins.txt", "t1 a\n");
+	write_file("pins2.txt", "t1 b\nt2 b\n");
+	snprintf(text, sizeof(text),
+		 "[router]\nadmin_users = alice, bob\npause_timeout = 1500ms\n[auth]\n"
+		 "auth_file = users.txt\n[pins]\nfile = pins.txt\n%s",
+		 base);
+	path = write_file("adm.ini", text);
+	c = config_load(path, err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(c->nadmin_users, 2);
+	assert_true(config_is_admin(c, "bob"));
+	assert_false(config_is_admin(c, "bo"));
+	assert_false(c->admin_trust);
+	assert_int_equal(c->pause_timeout_ms, 1500);
+	config_show(c, show_count_cb, &n);
+	assert_true(n > 30);
+	/* The same file with the pins read from elsewhere: a later generation, the same path. */
+	snprintf(text, sizeof(text), "%s/pins2.txt", dir);
+	d = config_load_pins(path, text, err, sizeof(err));
+	assert_non_null(d);
+	assert_true(d->generation > c->generation);
+	assert_int_equal(pins_count(d->pins), 2);
+	assert_non_null(strstr(d->pins_file, "/pins.txt"));
+	config_unref(d);
+	config_unref(c);
+
+	/* Trust needs saying so; passwords need a place to come from; no pins file, no PIN. */
+	snprintf(text, sizeof(text), "[router]\nadmin_users = alice\n[auth]\nauth_type = trust\n%s",
+		 base);
+	path = write_file("adm2.ini", text);
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, "admin_trust = on"));
+	snprintf(text, sizeof(text), "[router]\nadmin_users = alice\n%s", base);
+	path = write_file("adm3.ini", text);
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, "auth_file or auth_query"));
+	snprintf(text, sizeof(text), "[router]\nadmin_users = alice\nadmin_trust = on\n%s", base);
+	path = write_file("adm4.ini", text);
+	c = config_load(path, err, sizeof(err));
+	assert_non_null(c);
+	config_unref(c);
+	assert_null(config_load_pins(path, "/tmp/whatever", err, sizeof(err)));
+	assert_non_null(strstr(err, "[pins] file: not set"));
+	snprintf(text, sizeof(text),
+		 "[router]\nadmin_users = al ice\nadmin_trust = maybe\npause_timeout = 0\n%s",
+		 base);
+	path = write_file("adm5.ini", text);
+	assert_null(config_load(path, err, sizeof(err)));
+	assert_non_null(strstr(err, "admin_users"));
+	assert_non_null(strstr(err, "admin_trust"));
+	assert_non_null(strstr(err, "pause_timeout"));
+}
+
 static void test_config_refcount(void **state)
 {
 	char err[4096];
@@ -683,6 +758,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_defaults),
 		cmocka_unit_test(test_config_pool_keys),
+		cmocka_unit_test(test_config_admin_console),
 		cmocka_unit_test(test_config_all_keys),
 		cmocka_unit_test(test_config_reports_every_problem),
 		cmocka_unit_test(test_config_duplicates_and_syntax),

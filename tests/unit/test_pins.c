@@ -409,10 +409,68 @@ static void test_route_pinned_beats_ring(void **state)
 	ring_free(r);
 }
 
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = calloc(1, 4096);
+
+	assert_non_null(f);
+	assert_non_null(buf);
+	assert_true(fread(buf, 1, 4095, f) < 4095);
+	fclose(f);
+	return buf;
+}
+
+/* PIN and UNPIN rewrite the file: other lines stay, the tenant's lines go, a new pin is last. */
+static void test_pins_file_rewrite_and_commit(void **state)
+{
+	static const char body[] = "# pins\nacme alpha\n\nfoo beta # note\nacme alpha\nbar beta";
+	char *path = write_temp(body, sizeof(body) - 1), tmp[4200], err[256], *got;
+	bool found;
+
+	assert_int_equal(pins_file_rewrite(path, "acme", 4, "beta", tmp, sizeof(tmp), &found, err,
+					   sizeof(err)),
+			 0);
+	assert_true(found);
+	assert_int_equal(pins_file_commit(tmp, path, err, sizeof(err)), 0);
+	got = slurp(path);
+	assert_string_equal(got, "# pins\n\nfoo beta # note\nbar beta\nacme beta\n");
+	free(got);
+	assert_int_equal(pins_file_rewrite(path, "zzz", 3, NULL, tmp, sizeof(tmp), &found, err,
+					   sizeof(err)),
+			 0);
+	assert_false(found);
+	unlink(tmp);
+	assert_int_equal(pins_file_rewrite(path, "foo", 3, NULL, tmp, sizeof(tmp), &found, err,
+					   sizeof(err)),
+			 0);
+	assert_true(found);
+	assert_int_equal(pins_file_commit(tmp, path, err, sizeof(err)), 0);
+	got = slurp(path);
+	assert_string_equal(got, "# pins\n\nbar beta\nacme beta\n");
+	free(got);
+	unlink(path);
+	/* A missing file reads as empty. */
+	assert_int_equal(pins_file_rewrite(path, "n", 1, "alpha", tmp, sizeof(tmp), &found, err,
+					   sizeof(err)),
+			 0);
+	assert_int_equal(pins_file_commit(tmp, path, err, sizeof(err)), 0);
+	got = slurp(path);
+	assert_string_equal(got, "n alpha\n");
+	free(got);
+	unlink(path);
+	/* No directory: an error, no file left. */
+	assert_true(pins_file_rewrite("/nonexistent/dir/pins", "n", 1, "alpha", tmp, sizeof(tmp),
+				      &found, err, sizeof(err)) < 0);
+	assert_true(strstr(err, "/nonexistent/dir/pins") != NULL);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_pins_lookup_exact_bytes),
+	        cmocka_unit_test(test_pins_file_rewrite_and_commit),
 	        cmocka_unit_test(test_pins_conflicting_add_returns_eexist),
 	        cmocka_unit_test(test_pins_add_rejects_bad_tenant),
 	        cmocka_unit_test(test_pins_grow_keeps_every_pin),
