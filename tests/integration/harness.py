@@ -448,9 +448,13 @@ class Router:
             return 0
 
     def log_since(self, offset):
-        with open(self.logfile, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
+        # Before start() has opened it there is no log yet (log_size says 0 then too).
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def log_tail(self, n=60):
         if getattr(self, "_closed_log", None) is not None:

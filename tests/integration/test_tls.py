@@ -238,7 +238,8 @@ def test_tls_pooled_both_legs_encrypted_and_reused(request, pki, tls_clusters):
     request.node._tr_routers = routers
     make = conftest._router_factory(tls_clusters, routers, pool_mode="session")
     try:
-        r = make(tls_overrides(pki), cluster_set=tls_clusters)
+        # One connection per pool, so the next client takes the one given back.
+        r = make(tls_overrides(pki, pool_size="1"), cluster_set=tls_clusters)
         for name, srv in tls_clusters.items():
             t = tenant_on(r, name)
             pids = set()
