@@ -18,9 +18,10 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 CC      ?= cc
 
 PKGS    := libuv libpq libxxhash inih openssl
-PURE    := proto startup ring pins directory route query auth gframe federation stats admin roster
-IO      := log config health citus conn server session link client client_local client_guard splice \
-           cancel main sdnotify dirsync dircli \
+PURE    := proto startup ring pins directory route query auth gframe pframe federation stats admin \
+           roster
+IO      := log config health citus conn server pool session link client client_local client_guard \
+           splice cancel main sdnotify dirsync dircli \
            tls http metrics peer console
 
 ifeq ($(SAN),1)

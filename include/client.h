@@ -17,14 +17,16 @@ enum client_state {
 	CLIENT_STARTUP,	   /* reading the startup packet (login timer) */
 	CLIENT_TLS,	   /* reserved for the TLS handshake */
 	CLIENT_ROUTING,	   /* tenant -> cluster -> writer (synchronous) */
-	CLIENT_CONNECTING, /* TCP connect to the writer (connect timer) */
+	CLIENT_CONNECTING, /* TCP connect to the writer (connect timer), or waiting for a pooled
+			      server connection (query_wait_timeout) */
 	CLIENT_AUTH_RELAY, /* relaying authentication until ReadyForQuery */
 	CLIENT_SPLICING,   /* bytes in, bytes out */
 	CLIENT_CLOSING,	   /* flushing, then closing handles */
 	/* Tenant source query: the router authenticates the client and answers it itself. */
 	CLIENT_LOCAL_AUTH,    /* checking the client's password (login timer) */
 	CLIENT_NO_TENANT,     /* logged in to the router; SETs answered here until the tenant */
-	CLIENT_SERVER_LOGIN,  /* logging in to the chosen server for the client, replaying SETs */
+	CLIENT_SERVER_LOGIN,  /* logging in to the chosen server for the client, replaying SETs,
+				 or setting up a pooled connection for it */
 	CLIENT_ADMIN,	      /* logged in to the admin console (database tenant_router) */
 };
 

@@ -42,9 +42,17 @@ struct host_port {
 	uint16_t port;
 };
 
+/* pool_mode: none passes each client's login through to its own server connection. */
+enum pool_mode { POOL_NONE, POOL_SESSION };
+
 struct cluster_cfg {
 	char *name; /* owned */
 	uint32_t weight;
+	/* Pooling: the [router] values unless set in the section. */
+	enum pool_mode pool_mode;
+	uint32_t pool_size;
+	uint32_t max_server_conn; /* 0: no limit */
+	bool pool_mode_set, pool_size_set, max_server_conn_set;
 	/* TLS to this cluster's hosts: [router] server_tls_* unless overridden here. */
 	enum tls_server_mode tls_mode;
 	bool tls_mode_set;
@@ -94,6 +102,18 @@ struct config {
 	size_t guard_max_held;	    /* what all sessions' guards may hold together */
 	bool guard_server_check;    /* hosts must run the tenant_guard server library */
 	struct host_port metrics_listen; /* HTTP metrics and status; host NULL: off */
+	/* Session pooling (the per-cluster values are in struct cluster_cfg). */
+	enum pool_mode pool_mode;
+	bool pooling; /* some cluster has pool_mode = session */
+	uint32_t pool_size;
+	uint32_t max_server_conn; /* per cluster; 0: no limit */
+	uint64_t server_idle_timeout_ms; /* 0: never */
+	uint64_t server_lifetime_ms;	 /* 0: never */
+	char *server_reset_query;	 /* owned; "" : none */
+	char *pool_reset_sql; /* owned: what runs at logout (server_reset_query, or at least RESET of
+				 tenant_key) */
+	uint64_t query_wait_timeout_ms;	 /* 0: wait for ever */
+	uint64_t server_login_retry_ms;
 	/* The admin console (virtual database tenant_router). */
 	char **admin_users; /* owned array of owned names; NULL: the console is off */
 	size_t nadmin_users;

@@ -25,6 +25,7 @@ struct cancel_map;
 struct config;
 struct dirsync;
 struct health;
+struct pool_set;
 struct session;
 
 /*
@@ -85,6 +86,7 @@ struct router {
 	struct log_limit fd_log;   /* refusals for want of descriptors, on this loop */
 	struct log_limit shed_log; /* refusals at once over max_client_conn, on this loop */
 	uint64_t next_session_id;
+	struct pool_set *pools;	  /* owned: pool_mode = session (NULL until first used) */
 	unsigned index;		  /* this event loop's number; 0 is the main loop */
 	uint64_t started_ns;	  /* uv_hrtime() at start, for uptimes */
 	uv_async_t *admin_wake;	  /* borrowed: wakes this loop for kills and console answers */

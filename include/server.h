@@ -25,6 +25,8 @@
 #include "proto.h"
 #include "tls.h"
 
+struct pool;
+
 /* Server messages during login are small; anything near this is broken. */
 #define SERVER_LOGIN_MSG_MAX (1u << 20)
 /* ParameterStatus kept for a pooled connection (PostgreSQL reports about 15). */
@@ -87,11 +89,12 @@ struct server {
 	uint8_t *params; /* owned: the ParameterStatus messages, framed */
 	size_t paramslen;
 	/* The pool's bookkeeping (pool.c). */
-	void *pool;       /* borrowed: the pool this connection belongs to, or NULL */
-	uint64_t born_ms; /* uv_now at connect */
-	uint64_t idle_ms; /* uv_now when it went idle */
-	uint64_t gen;     /* the writer generation it was made for */
-	bool dirty;       /* its state is not known to be clean: never reused */
+	struct pool *pool;   /* borrowed: the pool this connection belongs to, or NULL */
+	uint8_t pstate;      /* pool.c's: busy, resetting or idle */
+	uint8_t resets_left; /* ReadyForQuery still to come for the reset's queries */
+	uint64_t born_ms;    /* uv_now at connect */
+	uint64_t since_ms;   /* uv_now when it went idle, or began its reset */
+	bool dirty;          /* its state is not known to be clean: never reused */
 };
 
 /*
@@ -120,6 +123,10 @@ bool server_login_bytes(struct server *sv, const uint8_t *p, size_t n, char *why
 bool server_check_sasl(struct server *sv, const uint8_t *p, size_t n);
 /* Sends one message (type, body) to the server. 0 or a libuv error. */
 int server_send_msg(struct server *sv, uint8_t type, const void *body, size_t len) MUSTCHECK;
+/* Keeps a ParameterStatus body (name, value) as the connection's current value. */
+void server_keep_param(struct server *sv, const uint8_t *body, size_t len);
+/* The kept value of parameter name, or NULL. */
+const char *server_param(const struct server *sv, const char *name);
 /* Closes now and detaches the owner; the memory goes in the close callback. */
 void server_close(struct server *sv);
 

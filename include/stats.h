@@ -117,4 +117,16 @@ size_t stats_recent_refusals(struct stats_refusal *out, size_t cap);
 uint64_t stats_bytes_total(enum stats_bytes_dir d);
 uint64_t stats_reloads(bool ok);
 
+/* Pooled server connections (pool_mode = session), all loops together. */
+enum stats_pool_kind {
+	STATS_POOL_IDLE,    /* gauge: idle in a pool */
+	STATS_POOL_BUSY,    /* gauge: lent to a client, or being reset */
+	STATS_POOL_CREATED, /* counter: logged in for a pool */
+	STATS_POOL_REUSED,  /* counter: an idle one lent to a client */
+	STATS_POOL_NKINDS
+};
+/* Adds d to one of them (d < 0 only for the gauges). */
+void stats_pool(enum stats_pool_kind k, int d);
+int64_t stats_pool_read(enum stats_pool_kind k);
+
 #endif /* TR_STATS_H */

@@ -64,6 +64,7 @@
 #include "health.h"
 #include "log.h"
 #include "peer.h"
+#include "pool.h"
 #include "proto.h"
 #include "route.h"
 #include "router.h"
@@ -97,8 +98,8 @@ static void set_state(struct session *s, enum client_state next)
 		[CLIENT_AUTH_RELAY] = 1u << CLIENT_SPLICING | 1u << CLIENT_CLOSING,
 		[CLIENT_SPLICING] = 1u << CLIENT_CLOSING,
 		[CLIENT_CLOSING] = 0,
-		[CLIENT_LOCAL_AUTH] = 1u << CLIENT_NO_TENANT | 1u << CLIENT_ADMIN |
-				      1u << CLIENT_CLOSING,
+		[CLIENT_LOCAL_AUTH] = 1u << CLIENT_NO_TENANT | 1u << CLIENT_ROUTING |
+				      1u << CLIENT_ADMIN | 1u << CLIENT_CLOSING,
 		[CLIENT_ADMIN] = 1u << CLIENT_CLOSING,
 		[CLIENT_NO_TENANT] = 1u << CLIENT_ROUTING | 1u << CLIENT_CLOSING,
 		[CLIENT_SERVER_LOGIN] = 1u << CLIENT_SPLICING | 1u << CLIENT_CLOSING,
@@ -180,13 +181,37 @@ static void cl_closed(struct conn *c)
 }
 
 /* The server connection goes now (its memory in its own close callback). */
+static struct pool_limits pool_limits_of(const struct config *cfg, const char *cluster)
+{
+	int i = config_cluster_index(cfg, cluster);
+	struct pool_limits lim = {
+		.pool_size = i >= 0 ? cfg->clusters[i].pool_size : cfg->pool_size,
+		.max_server_conn = i >= 0 ? cfg->clusters[i].max_server_conn : cfg->max_server_conn,
+		.idle_timeout_ms = cfg->server_idle_timeout_ms,
+		.lifetime_ms = cfg->server_lifetime_ms,
+		.login_retry_ms = cfg->server_login_retry_ms,
+		.reset_query = cfg->pool_reset_sql ? cfg->pool_reset_sql : "DISCARD ALL",
+	};
+
+	return lim;
+}
+
 static void drop_server(struct session *s)
 {
-	if (s->sv == NULL)
+	struct server *sv = s->sv;
+
+	if (sv == NULL)
 		return;
 	link_detach(s);
-	server_close(s->sv);
 	s->sv = NULL;
+	/* A pooled connection is accounted for by its pool, which closes it. */
+	if (sv->pool) {
+		struct pool_limits lim = pool_limits_of(s->rt->cfg, s->cluster);
+
+		pool_release(sv, false, 'I', &lim);
+	} else {
+		server_close(sv);
+	}
 }
 
 /* Closes every handle now; pending writes are cancelled. */
@@ -205,6 +230,12 @@ static void client_close(struct session *s)
 		uv_cancel((uv_req_t *)&s->login->gai);
 	uv_close((uv_handle_t *)&s->timer, close_cb);
 	drop_server(s);
+	pool_cancel(&s->preq);
+	if (s->login && s->login->pool_slot) {
+		s->login->pool_slot = false;
+		pool_slot_done(s->preq.pool, s->login->pool_state,
+			       s->login->pool_err[0] ? s->login->pool_err : NULL);
+	}
 	conn_close(&s->cl);
 }
 
@@ -434,6 +465,16 @@ static void timer_cb(uv_timer_t *t)
 			      (unsigned long long)cfg->client_login_timeout_ms);
 		break;
 	case CLIENT_CONNECTING:
+		if (s->preq.waiting) {
+			pool_cancel(&s->preq);
+			session_refuse(s, "53300",
+				       "All server connections of this pool are in use: retry, make "
+				       "sessions shorter, or raise pool_size or max_server_conn.",
+				       "no server connection of cluster \"%s\" became free within "
+				       "query_wait_timeout (%llu ms)",
+				       s->cluster, (unsigned long long)cfg->query_wait_timeout_ms);
+			break;
+		}
 		if (login_left(s) == 0)
 			session_refuse(s, "08006", "Retry; if it persists, check the cluster.",
 				      "login timeout while connecting to cluster \"%s\"",
@@ -716,32 +757,20 @@ static void connect_tenant(struct session *s, const struct startup *st, const st
 	}
 	L->extra_off = len;
 	session_log(s, LOG_INFO, "routed host=%s:%u by=%s%s", L->target.host, L->target.port,
-	            pl.source == ROUTE_DIRECTORY ? "directory"
-	            : L->pinned                  ? "pin"
-	                                         : "ring",
-	            L->lc ? " tenant_from=query" : "");
+		    pl.source == ROUTE_DIRECTORY ? "directory" : L->pinned ? "pin" : "ring",
+		    L->lc ? (L->lc->pooled ? " pool_mode=session" : " tenant_from=query") : "");
 	s->stc = stats_cluster(s->cluster);
 	stats_session_routed(s->stc, L->pinned, s->state);
 	connect_server(s);
 }
 
 /* L->target, sv_mode and sv_ctx are set: open the connection to the server. */
-static void connect_server(struct session *s)
+static void open_server(struct session *s)
 {
 	struct router *rt = s->rt;
 	const struct config *cfg = rt->cfg;
 	struct login *L = s->login;
-	char hp[300];
 	int rc;
-
-	/* For SHOW CLIENTS and SHOW TENANTS: where it went, and what decided it. */
-	snprintf(hp, sizeof(hp), strchr(L->target.host, ':') ? "[%s]:%u" : "%s:%u", L->target.host,
-		 L->target.port);
-	roster_set_route(&s->ro, s->cluster, hp,
-	                 s->route[0]       ? ROSTER_SRC_ROUTE
-	                 : L->by_directory ? ROSTER_SRC_DIRECTORY
-	                 : L->pinned       ? ROSTER_SRC_PIN
-	                                   : ROSTER_SRC_RING);
 
 	s->sv = server_new(rt->loop, &sv_ops, s, s->cluster, &L->target, L->sv_ctx, L->sv_mode,
 			   &rc);
@@ -762,6 +791,178 @@ static void connect_server(struct session *s)
 		session_refuse(s, "08006", "Retry.",
 			      "could not connect to cluster \"%s\" coordinator %s:%u: %s",
 			      s->cluster, L->target.host, L->target.port, uv_strerror(rc));
+}
+
+static void pooled_attach(struct session *s, struct server *sv)
+{
+	struct login *L = s->login;
+
+	server_adopt(sv, &sv_ops, s);
+	s->sv = sv;
+	link_attach(s);
+	/* The login framer reads the answers to what we send first; any type may come. */
+	sv->relay = false;
+	sv->hlen = 0;
+	sv->got_ready = true;
+	sv->ready = false;
+	sv->c.halted = false;
+	/* A reused connection keeps the address it was made for. */
+	L->target = sv->target;
+	set_state(s, CLIENT_SERVER_LOGIN);
+	s->login_deadline = uv_now(s->rt->loop) + s->rt->cfg->client_login_timeout_ms;
+	arm_timer(s, login_left(s));
+	session_log(s, LOG_DEBUG, "reusing a pooled server connection pid=%u", sv->pid);
+	local_pooled_attach(s);
+}
+
+/* The pool's line moved for s: a connection (sv), a slot (NULL), or its pool went stale. */
+static void pooled_ready(struct pool_req *r, struct server *sv)
+{
+	struct session *s = container_of(r, struct session, preq);
+
+	if (s->closed || s->state != CLIENT_CONNECTING || s->login == NULL) {
+		/* Cannot happen: a closing session leaves the line first. */
+		if (sv)
+			pool_release(sv, false, 'I', &(struct pool_limits){0});
+		return;
+	}
+	uv_timer_stop(&s->timer);
+	if (r->pool == NULL) {
+		session_refuse(s, "08006", "Retry: the router connects to the new writer.",
+			       "the writer of cluster \"%s\" changed while this client waited for "
+			       "a server connection",
+			       s->cluster);
+		return;
+	}
+	if (sv) {
+		pooled_attach(s, sv);
+		return;
+	}
+	s->login->pool_slot = true;
+	s->login_deadline = uv_now(s->rt->loop) + s->rt->cfg->client_login_timeout_ms;
+	open_server(s);
+}
+
+/*
+ * The pool key: the target and every startup parameter of the packet the
+ * server gets, sorted, but application_name (set with SET when it differs).
+ */
+static size_t pool_key(struct session *s, uint8_t *out, size_t cap)
+{
+	struct login *L = s->login;
+	struct startup st;
+	const char *why;
+	size_t order[STARTUP_MAX_PARAMS];
+	struct wbuf w;
+
+	if (startup_parse(L->pkt, L->pktlen, &st, &why) != PROTO_OK)
+		return 0;
+	for (size_t i = 0; i < st.nparams; i++) {
+		size_t j = i;
+
+		while (j > 0 && strcmp(st.params[order[j - 1]].key, st.params[i].key) > 0) {
+			order[j] = order[j - 1];
+			j--;
+		}
+		order[j] = i;
+	}
+	wb_init(&w, out, cap);
+	wb_cstr(&w, L->target.host);
+	wb_u32(&w, L->target.port);
+	wb_u32(&w, (uint32_t)st.major << 16 | st.minor);
+	for (size_t i = 0; i < st.nparams; i++) {
+		const struct startup_param *p = &st.params[order[i]];
+
+		if (strcmp(p->key, "application_name") == 0)
+			continue;
+		wb_cstr(&w, p->key);
+		wb_cstr(&w, p->val);
+	}
+	return w.failed ? 0 : w.len;
+}
+
+/* pool_mode = session: a pooled connection to the writer, a slot to make one, or the line. */
+static void pooled_connect(struct session *s)
+{
+	struct router *rt = s->rt;
+	const struct config *cfg = rt->cfg;
+	struct pool_limits lim = pool_limits_of(cfg, s->cluster);
+	uint8_t key[PROTO_MAX_STARTUP_LEN + 300];
+	size_t keylen = pool_key(s, key, sizeof(key));
+	struct server *sv = NULL;
+	const char *why = NULL;
+	char state[6] = "08006";
+
+	if (rt->pools == NULL)
+		rt->pools = pool_set_new(rt->loop, rt->health);
+	set_state(s, CLIENT_CONNECTING);
+	s->preq.ready = pooled_ready;
+	switch (pool_acquire(keylen ? rt->pools : NULL, s->cluster, &s->login->target, key, keylen,
+			     &lim, &s->preq, &sv, &why, state)) {
+	case POOL_GOT:
+		pooled_attach(s, sv);
+		return;
+	case POOL_SLOT:
+		s->login->pool_slot = s->preq.pool != NULL;
+		open_server(s);
+		return;
+	case POOL_WAIT:
+		session_log(s, LOG_DEBUG, "waiting for a pooled server connection");
+		if (cfg->query_wait_timeout_ms)
+			arm_timer(s, cfg->query_wait_timeout_ms);
+		else
+			uv_timer_stop(&s->timer);
+		return;
+	case POOL_REFUSE:
+		session_refuse(s, state,
+			       "The router waits server_login_retry after a failed login to the "
+			       "cluster before it tries again; retry then.",
+			       "%s", why);
+		return;
+	}
+}
+
+static void connect_server(struct session *s)
+{
+	struct login *L = s->login;
+	char hp[300];
+
+	/* For SHOW CLIENTS and SHOW TENANTS: where it went, and what decided it. */
+	snprintf(hp, sizeof(hp), strchr(L->target.host, ':') ? "[%s]:%u" : "%s:%u", L->target.host,
+		 L->target.port);
+	roster_set_route(&s->ro, s->cluster, hp,
+			 s->route[0]	   ? ROSTER_SRC_ROUTE
+			 : L->by_directory ? ROSTER_SRC_DIRECTORY
+			 : L->pinned	   ? ROSTER_SRC_PIN
+					   : ROSTER_SRC_RING);
+	if (s->login->lc && s->login->lc->pooled)
+		pooled_connect(s);
+	else
+		open_server(s);
+}
+
+/* The client of a pooled connection is leaving: reset the connection for the next one. */
+static void pooled_logout(struct session *s)
+{
+	struct server *sv = s->sv;
+	struct pool_limits lim = pool_limits_of(s->rt->cfg, s->cluster);
+	char txn;
+	bool clean = pframe_clean(&s->pf, &txn);
+
+	/* From now on a cancel for this client must not reach the connection. */
+	cancel_unregister(s->rt->cancels, &s->ce);
+	if (sv) {
+		link_detach(s);
+		s->sv = NULL;
+		session_log(s, LOG_DEBUG, "giving back the server connection (%s, txn=%c)",
+			    clean ? "clean" : "dirty", txn);
+		/* Made without a pool (out of memory then): nobody keeps it. */
+		if (sv->pool)
+			pool_release(sv, clean, txn, &lim);
+		else
+			server_close(sv);
+	}
+	client_drain(s, &s->cl);
 }
 
 /* A host route's name is resolved: connect to its first address. */
@@ -931,6 +1132,12 @@ static void route(struct session *s, const struct startup *st, size_t len)
 			      "the tenant in \"%s\" is too long", cfg->rule.key);
 		return;
 	}
+	if (cfg->pooling &&
+	    cfg->clusters[route_lookup(cfg->pins, cfg->ring, t.name, t.len, NULL)].pool_mode ==
+		    POOL_SESSION) {
+		local_start_pooled(s, st, len, &t);
+		return;
+	}
 	connect_tenant(s, st, &t, len);
 }
 
@@ -1076,6 +1283,11 @@ static void read_end(struct session *s, struct conn *sd, int err)
 			client_close(s);
 		break;
 	case CLIENT_SPLICING:
+		/* A pooled connection outlives its client: it is reset, not shut down. */
+		if (s->pooled && !server) {
+			pooled_logout(s);
+			break;
+		}
 		/* Whatever one side sent before leaving still goes to the other. */
 		client_drain(s, other(s, sd));
 		break;
@@ -1292,7 +1504,14 @@ static const struct conn_ops cl_ops = {
 
 static void sv_fail(struct server *sv, const char *sqlstate, const char *hint, const char *msg)
 {
-	refuse(sv->owner, sqlstate, hint, msg);
+	struct session *s = sv->owner;
+
+	/* A pool's new connection failed: its next clients wait server_login_retry. */
+	if (s->login && s->login->pool_slot) {
+		snprintf(s->login->pool_state, sizeof(s->login->pool_state), "%s", sqlstate);
+		snprintf(s->login->pool_err, sizeof(s->login->pool_err), "%s", msg);
+	}
+	refuse(s, sqlstate, hint, msg);
 }
 
 static void sv_data(struct server *sv, struct block *b, size_t n)
@@ -1344,6 +1563,8 @@ static const struct session_ops session_up = {
 	.drain = client_drain,
 	.refuse = refuse,
 	.connect_tenant = connect_tenant,
+	.login_done = login_complete,
+	.logout = pooled_logout,
 };
 
 /* At most one line a second about connections refused for a limit, per loop. */

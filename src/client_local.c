@@ -108,6 +108,47 @@ static void refuse_password(struct session *s)
 
 static void local_process(struct session *s);
 
+/* Our own BackendKeyData for the client: a cancel maps to the server connection in use. */
+static bool new_cancel_key(struct session *s)
+{
+	struct local *lc = s->login->lc;
+
+	if (!auth_random(&lc->pid, sizeof(lc->pid)) || !auth_random(lc->key, sizeof(lc->key))) {
+		session_refuse(s, "08006", "Retry.", "no random bytes for a cancel key");
+		return false;
+	}
+	lc->pid = (lc->pid & 0x7fffffffu) | 1u;
+	return true;
+}
+
+/*
+ * pool_mode = session: the client is who it says and its tenant is known.
+ * AuthenticationOk went out; the rest of the login (ParameterStatus,
+ * BackendKeyData, ReadyForQuery) comes once a server connection is ours.
+ */
+static void pooled_auth_ok(struct session *s)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	struct startup st;
+	const char *why;
+
+	lc->phase = LP_DONE;
+	if (!new_cancel_key(s))
+		return;
+	if (startup_parse(L->in, L->extra_off, &st, &why) != PROTO_OK) {
+		s->up->close(s);
+		return;
+	}
+	s->up->set_state(s, CLIENT_ROUTING);
+	conn_stop_reading(&s->cl);
+	if (!conn_out_flush(&s->cl))
+		return;
+	session_log(s, LOG_DEBUG, "logged in at the router user=%s, taking a pooled connection",
+		    lc->user);
+	s->up->connect_tenant(s, &st, &lc->tenant, L->extra_off);
+}
+
 /* The admin console's way to its client: the gathered output, sent at once. */
 static bool console_send(void *arg, const uint8_t *p, size_t n)
 {
@@ -170,6 +211,10 @@ static void local_auth_ok(struct session *s)
 		return;
 	}
 	send_auth_request(s, 0, NULL, 0);
+	if (lc->pooled) {
+		pooled_auth_ok(s);
+		return;
+	}
 	n = health_parameter_status(s->rt->health, buf, sizeof(buf));
 	conn_out_put(&s->cl, buf, n);
 	if (n == 0 && s->admin)
@@ -285,12 +330,27 @@ static void send_negotiate(struct session *s, const struct startup *st)
 		conn_send_msg(&s->cl, 'v', buf, w.len);
 }
 
+void local_start_pooled(struct session *s, const struct startup *st, size_t len,
+			const struct tenant *t)
+{
+	struct local *lc = calloc(1, sizeof(*lc));
+
+	if (lc == NULL) {
+		s->up->close(s);
+		return;
+	}
+	lc->pooled = true;
+	lc->tenant = *t;
+	s->login->lc = lc;
+	local_start(s, st, len);
+}
+
 void local_start(struct session *s, const struct startup *st, size_t len)
 {
 	struct login *L = s->login;
 	const struct config *cfg = s->rt->cfg;
 	const struct startup_param *u = startup_get(st, "user"), *d = startup_get(st, "database");
-	struct local *lc = calloc(1, sizeof(*lc));
+	struct local *lc = L->lc ? L->lc : calloc(1, sizeof(*lc));
 
 	if (lc == NULL) {
 		s->up->close(s);
@@ -306,7 +366,20 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 		return;
 	}
 	memcpy(lc->user, u->val, u->vlen + 1);
+	/* user=name<sep>tenant: the role is name, as the server sees it. */
+	if (lc->pooled && lc->tenant.strip_user) {
+		char *sep = memrchr(lc->user, cfg->rule.separator, u->vlen);
+
+		if (sep)
+			*sep = '\0';
+	}
 	snprintf(lc->database, sizeof(lc->database), "%s", d && d->vlen ? d->val : lc->user);
+	if (lc->pooled && lc->tenant.strip_database) {
+		char *sep = strrchr(lc->database, cfg->rule.separator);
+
+		if (sep)
+			*sep = '\0';
+	}
 	/* Bytes sent after the packet are the client's first messages. */
 	L->extra_off = len;
 	if (L->inlen > len && !client_gbuf_add(&lc->cin, L->in + len, L->inlen - len)) {
@@ -317,7 +390,9 @@ void local_start(struct session *s, const struct startup *st, size_t len)
 	conn_start_reading(&s->cl);
 	if (cfg->auth_type == AUTH_TRUST || (s->admin && cfg->admin_trust)) {
 		local_auth_ok(s);
-		local_process(s);
+		/* A pooled login may be over already (s->login freed). */
+		if (s->login && !s->closed)
+			local_process(s);
 		return;
 	}
 	if (cfg->userlist && userlist_get(cfg->userlist, lc->user, &lc->secret)) {
@@ -1096,6 +1171,161 @@ static void server_login_done(struct session *s)
 	s->sv->ready = true;
 }
 
+/* What the client asked application_name to be ("" when it did not say). */
+static const char *client_app_name(struct session *s, char *buf, size_t cap)
+{
+	struct login *L = s->login;
+	const struct startup_param *app;
+	struct startup st;
+	const char *why;
+
+	buf[0] = '\0';
+	if (startup_parse(L->in, L->extra_off, &st, &why) == PROTO_OK &&
+	    (app = startup_get(&st, "application_name")) != NULL)
+		snprintf(buf, cap, "%s", app->val);
+	return buf;
+}
+
+/*
+ * The pooled connection is set up for the client: the client's login ends
+ * as if it had logged in to that server (its ParameterStatus values, our
+ * BackendKeyData, ReadyForQuery), then what the client sent meanwhile goes
+ * to the server. direct: not inside the server's login framing, so the
+ * splice starts here.
+ */
+static void pooled_done(struct session *s, bool direct)
+{
+	struct local *lc = s->login->lc;
+	struct server *sv = s->sv;
+	uint8_t kd[8], idle = 'I';
+	size_t off = 0;
+	int rc;
+
+	while (off < sv->paramslen) {
+		size_t t = 1 + proto_get_u32(sv->params + off + 1);
+
+		if (!conn_out_put(&s->cl, sv->params + off, t))
+			return;
+		off += t;
+	}
+	proto_put_u32(kd, lc->pid);
+	memcpy(kd + 4, lc->key, 4);
+	if (!conn_send_msg(&s->cl, 'K', kd, sizeof(kd)) || !conn_send_msg(&s->cl, 'Z', &idle, 1))
+		return;
+	rc = cancel_register_mapped(s->rt->cancels, &s->ce, lc->pid, lc->key, sizeof(lc->key),
+				    sv->pid, sv->key, sv->keylen,
+				    (const struct sockaddr *)&sv->target.addr);
+	if (rc < 0)
+		session_log(s, LOG_WARN, "could not remember cancel key: %s", uv_strerror(rc));
+	s->pooled = true;
+	pframe_init(&s->pf);
+	sv->ready = true;
+	if (!conn_out_flush(&s->cl))
+		return;
+	session_log(s, LOG_INFO, "logged in user=%s on a pooled connection pid=%u", lc->user,
+		    sv->pid);
+	if (lc->cin.len > lc->cin_off) {
+		link_client_bytes(s, lc->cin.p + lc->cin_off, lc->cin.len - lc->cin_off);
+		if (s->closed || s->state == CLIENT_CLOSING)
+			return;
+	}
+	if (direct)
+		s->up->login_done(s);
+}
+
+/* A SET of application_name in a dollar quote the value cannot end. */
+static bool app_name_set(const char *v, char *out, size_t cap)
+{
+	const char *tag = "tr";
+	int n;
+
+	if (strstr(v, "$tr$"))
+		tag = "tr_app_name_";
+	if (strstr(v, "$tr_app_name_$"))
+		return false;
+	n = snprintf(out, cap, "SET application_name = $%s$%s$%s$", tag, v, tag);
+	return n > 0 && (size_t)n < cap;
+}
+
+void local_pooled_attach(struct session *s)
+{
+	struct local *lc = s->login->lc;
+	const char *have = server_param(s->sv, "application_name");
+	char want[256], sql[700];
+
+	client_app_name(s, want, sizeof(want));
+	lc->server_ready = true;
+	if (have && strcmp(have, want) == 0) {
+		pooled_done(s, true);
+		return;
+	}
+	if (!app_name_set(want, sql, sizeof(sql))) {
+		session_refuse(s, "22023", "Use another application_name.",
+			       "application_name \"%s\" cannot be set", want);
+		return;
+	}
+	lc->replay_left = 1;
+	if (server_send_msg(s->sv, 'Q', sql, strlen(sql) + 1) < 0)
+		s->up->close(s);
+}
+
+/* A message on a pooled connection while the router logs in or sets it up for the client. */
+static bool pooled_server_message(struct session *s, uint8_t type, const uint8_t *body,
+				  size_t len)
+{
+	struct login *L = s->login;
+	struct local *lc = L->lc;
+	struct proto_error_fields f;
+
+	switch (type) {
+	case 'R':
+		if (!server_auth_request(s, body, len))
+			server_login_failed(s, "08P01", "malformed authentication request");
+		return true;
+	case 'S':
+		/* Kept by server.c during the login; later ones are answers to our SET. */
+		if (lc->server_ready)
+			server_keep_param(s->sv, body, len);
+		return true;
+	case 'E':
+		if (proto_parse_error(body, len, &f) != PROTO_OK)
+			f.message = f.sqlstate = NULL;
+		if (lc->server_ready) {
+			/* Our SET failed: the connection is not what the client asked for. */
+			s->sv->dirty = true;
+			session_refuse(s, "08006", "Retry.",
+				       "setting up a pooled connection to cluster \"%s\" failed: %s",
+				       s->cluster, f.message ? f.message : "?");
+			return true;
+		}
+		snprintf(L->pool_state, sizeof(L->pool_state), "%s",
+			 f.sqlstate && strlen(f.sqlstate) == 5 ? f.sqlstate : "08006");
+		snprintf(L->pool_err, sizeof(L->pool_err),
+			 "cluster \"%s\" refused the login of user \"%s\": %s", s->cluster,
+			 lc->user, f.message ? f.message : "?");
+		session_refuse(s, L->pool_state,
+			       "The router logs in to the cluster for pooled clients.", "%s",
+			       L->pool_err);
+		return true;
+	case 'Z':
+		if (!lc->server_ready) {
+			/* A new connection has logged in: it is the pool's from now on. */
+			lc->server_ready = true;
+			L->pool_slot = false;
+			if (s->preq.pool)
+				pool_adopt(s->preq.pool, s->sv);
+			pooled_done(s, false);
+			return true;
+		}
+		if (--lc->replay_left == 0)
+			pooled_done(s, false);
+		return true;
+	default:
+		/* BackendKeyData is kept by server.c; notices and CommandComplete go. */
+		return true;
+	}
+}
+
 /* One message from the server while we log in for the client and replay. */
 bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, size_t len)
 {
@@ -1104,6 +1334,8 @@ bool local_server_message(struct session *s, uint8_t type, const uint8_t *body, 
 	struct proto_error_fields f;
 	int rc;
 
+	if (lc->pooled)
+		return pooled_server_message(s, type, body, len);
 	switch (type) {
 	case 'R':
 		if (!server_auth_request(s, body, len))

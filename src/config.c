@@ -410,6 +410,17 @@ static void set_uint(struct loader *L, const char *sec, const char *key, const c
 			value, min, max);
 }
 
+static void set_pool_mode(struct loader *L, const char *sec, const char *value,
+			  enum pool_mode *out)
+{
+	if (strcmp(value, "none") == 0)
+		*out = POOL_NONE;
+	else if (strcmp(value, "session") == 0)
+		*out = POOL_SESSION;
+	else
+		problem(L, L->line, "[%s] pool_mode: \"%s\" is not none or session", sec, value);
+}
+
 /* A relative path is relative to the configuration file's directory. */
 static char *resolve_path(struct loader *L, const char *value)
 {
@@ -672,6 +683,29 @@ static void router_key(struct loader *L, const char *key, const char *value)
 				"at most 107)");
 		else if ((c->peer_socket_dir = strdup(value)) == NULL)
 			L->oom = true;
+	} else if (strcmp(key, "pool_mode") == 0) {
+		set_pool_mode(L, "router", value, &c->pool_mode);
+	} else if (strcmp(key, "pool_size") == 0) {
+		set_uint(L, "router", key, value, 1, 100000, &c->pool_size);
+	} else if (strcmp(key, "max_server_conn") == 0) {
+		set_uint(L, "router", key, value, 0, 1000000, &c->max_server_conn);
+	} else if (strcmp(key, "server_idle_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->server_idle_timeout_ms);
+	} else if (strcmp(key, "server_lifetime") == 0) {
+		set_duration(L, "router", key, value, &c->server_lifetime_ms);
+	} else if (strcmp(key, "query_wait_timeout") == 0) {
+		set_duration(L, "router", key, value, &c->query_wait_timeout_ms);
+	} else if (strcmp(key, "server_login_retry") == 0) {
+		set_duration(L, "router", key, value, &c->server_login_retry_ms);
+	} else if (strcmp(key, "server_reset_query") == 0) {
+		free(c->server_reset_query);
+		/* One simple Query: no NUL, and short enough to stay one small message. */
+		if (strlen(value) > 1024) {
+			problem(L, L->line, "[router] server_reset_query: at most 1024 bytes");
+			c->server_reset_query = NULL;
+		} else if ((c->server_reset_query = strdup(value)) == NULL) {
+			L->oom = true;
+		}
 	} else if (strcmp(key, "admin_users") == 0) {
 		admin_users_key(L, value);
 	} else if (strcmp(key, "admin_trust") == 0) {
@@ -986,6 +1020,15 @@ static void cluster_key(struct loader *L, const char *section, const char *key, 
 		}
 	} else if (strcmp(key, "weight") == 0) {
 		set_uint(L, section, key, value, 1, 1000, &cl->weight);
+	} else if (strcmp(key, "pool_mode") == 0) {
+		set_pool_mode(L, section, value, &cl->pool_mode);
+		cl->pool_mode_set = true;
+	} else if (strcmp(key, "pool_size") == 0) {
+		set_uint(L, section, key, value, 1, 100000, &cl->pool_size);
+		cl->pool_size_set = true;
+	} else if (strcmp(key, "max_server_conn") == 0) {
+		set_uint(L, section, key, value, 0, 1000000, &cl->max_server_conn);
+		cl->max_server_conn_set = true;
 	} else if (strcmp(key, "server_tls_mode") == 0) {
 		if (!tls_server_mode_parse(value, &cl->tls_mode))
 			problem(L, L->line,
@@ -1361,6 +1404,13 @@ static void set_defaults(struct config *c)
 	c->dir_lease_ms = 10000;
 	c->dir_move_drain_timeout_ms = 10000;
 	c->move_fence_timeout_ms = 60000;
+	/* PgBouncer's defaults. */
+	c->pool_mode = POOL_NONE;
+	c->pool_size = 20;
+	c->server_idle_timeout_ms = 600000;
+	c->server_lifetime_ms = 3600000;
+	c->query_wait_timeout_ms = 120000;
+	c->server_login_retry_ms = 15000;
 	c->pause_timeout_ms = 30000;
 }
 
@@ -1537,6 +1587,55 @@ static void validate(struct loader *L)
 		problem(L, 0,
 			"[auth]: tenant source \"query\" needs auth_file or auth_query (or auth_type "
 			"= trust): the router authenticates those clients itself");
+	if (c->server_reset_query == NULL && !L->oom &&
+	    (c->server_reset_query = strdup("DISCARD ALL")) == NULL)
+		L->oom = true;
+	/*
+	 * Whatever the reset query, the tenant setting goes back to the startup
+	 * value (part of the pool key): the next client's tenant, always.
+	 */
+	if (c->server_reset_query && c->rule.key && !L->oom) {
+		size_t cap = strlen(c->server_reset_query) + 2 * strlen(c->rule.key) + 16;
+
+		c->pool_reset_sql = malloc(cap);
+		if (c->pool_reset_sql == NULL) {
+			L->oom = true;
+		} else if (c->server_reset_query[0]) {
+			snprintf(c->pool_reset_sql, cap, "%s", c->server_reset_query);
+		} else {
+			size_t n = (size_t)snprintf(c->pool_reset_sql, cap, "RESET \"");
+
+			for (const char *k = c->rule.key; *k; k++) {
+				if (*k == '"')
+					c->pool_reset_sql[n++] = '"';
+				c->pool_reset_sql[n++] = *k;
+			}
+			snprintf(c->pool_reset_sql + n, cap - n, "\"");
+		}
+	}
+	for (size_t i = 0; i < c->nclusters; i++) {
+		struct cluster_cfg *cl = &c->clusters[i];
+
+		if (!cl->pool_mode_set)
+			cl->pool_mode = c->pool_mode;
+		if (!cl->pool_size_set)
+			cl->pool_size = c->pool_size;
+		if (!cl->max_server_conn_set)
+			cl->max_server_conn = c->max_server_conn;
+		c->pooling |= cl->pool_mode == POOL_SESSION;
+		if (cl->pool_mode == POOL_SESSION && cl->pool_mode_set && c->auth_type != AUTH_TRUST &&
+		    c->auth_file == NULL && c->auth_query == NULL)
+			problem(L, 0,
+				"[cluster.%s] pool_mode = session needs [auth] auth_file or auth_query "
+				"(or auth_type = trust): the router authenticates pooled clients "
+				"itself",
+				cl->name);
+	}
+	if (c->pool_mode == POOL_SESSION && c->pooling && c->auth_type != AUTH_TRUST &&
+	    c->auth_file == NULL && c->auth_query == NULL)
+		problem(L, 0,
+			"[router] pool_mode = session needs [auth] auth_file or auth_query (or "
+			"auth_type = trust): the router authenticates pooled clients itself");
 	if (c->nadmin_users && c->auth_type == AUTH_TRUST && !c->admin_trust)
 		problem(L, L->admin_users_line,
 			"[router] admin_users: with [auth] auth_type = trust anyone who reaches a "
@@ -1732,6 +1831,8 @@ static void free_config(struct config *c)
 	free(c->auth_file);
 	free(c->auth_query);
 	free(c->server_passfile);
+	free(c->server_reset_query);
+	free(c->pool_reset_sql);
 	free(c->peer_socket_dir);
 	free_admin_users(c);
 	if (c->userlist)

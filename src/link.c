@@ -7,7 +7,13 @@
  * conns: a leg whose write queue passes the high-water mark stops reading
  * its peer, and a write completing under the low-water mark reads it again.
  *
- * This file parses nothing and calls only down: conn.c and the guard.
+ * On a pooled connection (pool_mode = session) pframe.c reads the message
+ * headers both ways, without a copy: the client's Terminate is not passed
+ * on (the connection outlives the client), and at logout the pool learns
+ * whether the connection is clean. With pool_mode = none nothing is framed.
+ *
+ * This file calls only down (conn.c, pframe.c, the guard), and up through
+ * s->up.
  */
 #include "session.h"
 
@@ -28,14 +34,47 @@ void link_detach(struct session *s)
 
 void link_client_data(struct session *s, struct block *b, size_t n)
 {
+	if (s->pooled) {
+		size_t k = pframe_client(&s->pf, (const uint8_t *)b->data, n);
+
+		/* The client's Terminate ends its session, not the pooled connection. */
+		if (s->pf.terminated) {
+			if (k == 0) {
+				block_put(b);
+			} else if (s->g.on) {
+				guard_client(s, b, k);
+			} else {
+				conn_forward(&s->sv->c, b, k);
+			}
+			if (!s->closed && s->state == CLIENT_SPLICING)
+				s->up->logout(s);
+			return;
+		}
+	}
 	if (s->g.on)
 		guard_client(s, b, n);
 	else
 		conn_forward(&s->sv->c, b, n);
 }
 
+void link_client_bytes(struct session *s, const uint8_t *p, size_t n)
+{
+	size_t k = s->pooled ? pframe_client(&s->pf, p, n) : n;
+
+	if (s->g.on) {
+		guard_client_bytes(s, p, k);
+	} else if (k && conn_send_copy(&s->sv->c, p, k) < 0) {
+		conn_send_failed(&s->sv->c, UV_EPIPE);
+		return;
+	}
+	if (s->pooled && s->pf.terminated && !s->closed && s->state != CLIENT_CLOSING)
+		s->up->logout(s);
+}
+
 void link_server_data(struct session *s, struct block *b, size_t n)
 {
+	if (s->pooled)
+		pframe_server(&s->pf, (const uint8_t *)b->data, n);
 	if (s->g.on)
 		guard_server(s, b, n);
 	else

@@ -57,6 +57,7 @@
 #include "metrics.h"
 #include "admin.h"
 #include "peer.h"
+#include "pool.h"
 #include "pins.h"
 #include "ring.h"
 #include "route.h"
@@ -270,6 +271,8 @@ static void finish(void)
 	metrics_stop(D.metrics);
 	D.metrics = NULL;
 	peer_stop();
+	/* Idle pooled server connections would keep the loop running. */
+	pool_set_shutdown(D.workers[0].rt.pools);
 	for (size_t i = 1; i < D.nworkers; i++) {
 		if (D.workers[i].started)
 			post(&D.workers[i], NULL, false, false, true);
@@ -375,8 +378,10 @@ static void wake_cb(uv_async_t *a)
 		worker_drain(w);
 	if (close_all)
 		client_close_all(&w->rt);
-	if (stop)
+	if (stop) {
+		pool_set_shutdown(w->rt.pools);
 		uv_walk(w->loop, walk_close_cb, NULL);
+	}
 }
 
 /* How often each loop counts its sessions of moving tenants for the fence. */
@@ -1541,6 +1546,7 @@ static void workers_free(void)
 			if (uv_loop_close(w->loop) != 0)
 				log_warn("event loop %zu closed with handles still open", i);
 		}
+		pool_set_free(w->rt.pools);
 		config_unref(w->pending);
 		config_unref(w->check);
 		config_unref(w->rt.cfg);

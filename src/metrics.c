@@ -359,6 +359,22 @@ static void render_metrics(struct metrics *m, struct http_response *res)
 	family(res, "tenant_router_pins", "gauge", "Pinned tenants in the running configuration.");
 	http_printf(res, "tenant_router_pins %zu\n", npins);
 
+	family(res, "tenant_router_pool_server_connections", "gauge",
+	       "Pooled server connections (pool_mode = session), by state (busy: lent to a "
+	       "client or being reset).");
+	http_printf(res,
+	            "tenant_router_pool_server_connections{state=\"idle\"} %" PRId64 "\n"
+	            "tenant_router_pool_server_connections{state=\"busy\"} %" PRId64 "\n",
+	            stats_pool_read(STATS_POOL_IDLE), stats_pool_read(STATS_POOL_BUSY));
+	family(res, "tenant_router_pool_server_logins_total", "counter",
+	       "Server connections the router logged in to for a pool.");
+	http_printf(res, "tenant_router_pool_server_logins_total %" PRId64 "\n",
+	            stats_pool_read(STATS_POOL_CREATED));
+	family(res, "tenant_router_pool_reused_total", "counter",
+	       "Logins served by an idle pooled server connection.");
+	http_printf(res, "tenant_router_pool_reused_total %" PRId64 "\n",
+	            stats_pool_read(STATS_POOL_REUSED));
+
 	family(res, "tenant_router_reloads_total", "counter",
 	       "Configuration reloads, by result (ok: swapped in; failed: kept the old one).");
 	http_printf(res,

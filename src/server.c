@@ -330,14 +330,14 @@ static size_t strip_scram_plus(const uint8_t *body, size_t len, uint8_t *out, si
 }
 
 /* Keeps a ParameterStatus message (framed), replacing an earlier value of the same name. */
-static void keep_param(struct server *sv, const uint8_t *body, size_t len)
+void server_keep_param(struct server *sv, const uint8_t *body, size_t len)
 {
 	size_t total = 5 + len, off = 0;
 	uint8_t *p;
 	const char *name = (const char *)body;
 	size_t nl = strnlen(name, len);
 
-	if (nl == len)
+	if (nl == len || body[len - 1] != '\0')
 		return;
 	while (off < sv->paramslen) {
 		size_t t = 1 + proto_get_u32(sv->params + off + 1);
@@ -358,6 +358,20 @@ static void keep_param(struct server *sv, const uint8_t *body, size_t len)
 	proto_msg_header(p + sv->paramslen, 'S', len);
 	memcpy(p + sv->paramslen + 5, body, len);
 	sv->paramslen += total;
+}
+
+const char *server_param(const struct server *sv, const char *name)
+{
+	size_t nl = strlen(name), off = 0;
+
+	while (off < sv->paramslen) {
+		size_t t = 1 + proto_get_u32(sv->params + off + 1);
+
+		if (t - 5 > nl && memcmp(sv->params + off + 5, name, nl + 1) == 0)
+			return (const char *)sv->params + off + 5 + nl + 1;
+		off += t;
+	}
+	return NULL;
 }
 
 /* One whole server message during login; false stops the framing. */
@@ -390,7 +404,7 @@ static bool login_message(struct server *sv, uint8_t type, const uint8_t *body, 
 		break;
 	case 'S':
 		if (!sv->got_ready)
-			keep_param(sv, body, len);
+			server_keep_param(sv, body, len);
 		break;
 	case 'E':
 		if (sv->relay)

@@ -32,6 +32,8 @@
 #include "gframe.h"
 #include "health.h"
 #include "log.h"
+#include "pframe.h"
+#include "pool.h"
 #include "query.h"
 #include "roster.h"
 #include "server.h"
@@ -117,6 +119,9 @@ struct local {
 	uint32_t pid;	   /* the BackendKeyData we gave the client */
 	uint8_t key[4];
 	char replay_err[400];
+	/* pool_mode = session: the tenant came in the startup packet, the server from a pool. */
+	bool pooled;
+	struct tenant tenant;
 };
 
 struct login {
@@ -136,7 +141,11 @@ struct login {
 	bool direct_tls; /* the client began with a TLS ClientHello (PostgreSQL 17+) */
 	SSL_CTX *sv_ctx; /* owned reference: TLS towards the server, NULL for plaintext */
 	enum tls_server_mode sv_mode;
-	struct local *lc; /* owned: only for tenant source query and the admin console */
+	struct local *lc; /* owned: for tenant source query, pool_mode = session and the admin
+			     console */
+	bool pool_slot;	  /* a pool granted a slot (s->preq.pool) not filled yet */
+	char pool_state[6]; /* why that slot's login failed, for server_login_retry */
+	char pool_err[400];
 	/* Held before connecting: the tenant is paused or its pin is changing (tenant_held). */
 	bool holding;
 	uint64_t hold_since; /* uv_now() when it began to wait */
@@ -193,6 +202,10 @@ struct session_ops {
 	/* The tenant is known: its cluster's writer, and a connection to it (len: startup packet). */
 	void (*connect_tenant)(struct session *s, const struct startup *st, const struct tenant *t,
 			       size_t len);
+	/* The router's login on a pooled connection is over: splice (frees s->login). */
+	void (*login_done)(struct session *s);
+	/* The client of a pooled connection sent Terminate: give the connection back, close. */
+	void (*logout)(struct session *s);
 };
 
 struct session {
@@ -218,6 +231,9 @@ struct session {
 	struct cancel_entry ce;
 	struct guard g;
 	struct stats_cluster *stc; /* borrowed, lives until exit: counters of s->cluster once routed */
+	bool pooled;		   /* on a pooled server connection: pf frames both ways */
+	struct pframe pf;
+	struct pool_req preq; /* waiting for a pooled connection */
 	uint64_t t0_ns;		   /* uv_hrtime() at accept, for the login latency */
 	struct roster_entry ro;	   /* in the roster of every loop's sessions (SHOW CLIENTS, KILL) */
 	bool admin;		   /* asked for the admin console (database tenant_router) */
@@ -237,6 +253,11 @@ bool session_bind_param(const uint8_t *body, size_t len, const struct xstmt *st,
 /* client_local.c: tenant source query, and the admin console's login. */
 /* No tenant in the startup packet (len bytes, in s->login->in): authenticate the client. */
 void local_start(struct session *s, const struct startup *st, size_t len);
+/* pool_mode = session: authenticate the client, then connect_tenant(t) for a pooled server. */
+void local_start_pooled(struct session *s, const struct startup *st, size_t len,
+			const struct tenant *t);
+/* A pooled connection now attached to s (s->sv): set it up for the client, then login_done. */
+void local_pooled_attach(struct session *s);
 /* Client bytes while the router answers the client itself (takes b). */
 void local_in(struct session *s, struct block *b, size_t n);
 /* One server message while the router logs in for the client and replays; false closes. */
@@ -266,6 +287,8 @@ void link_attach(struct session *s);
 void link_detach(struct session *s);
 /* Client bytes for the server / server bytes for the client while splicing (take b). */
 void link_client_data(struct session *s, struct block *b, size_t n);
+/* Client bytes not in a block (held at the router during a pooled login). */
+void link_client_bytes(struct session *s, const uint8_t *p, size_t n);
 void link_server_data(struct session *s, struct block *b, size_t n);
 /* A write to dst completed under the low-water mark: read its source again. */
 void link_writable(struct session *s, struct conn *dst);

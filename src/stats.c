@@ -359,3 +359,15 @@ uint64_t stats_reloads(bool ok)
 {
 	return atomic_load_explicit(&reloads[ok ? 1 : 0], memory_order_relaxed);
 }
+
+static atomic_int_fast64_t pool_counts[STATS_POOL_NKINDS];
+
+void stats_pool(enum stats_pool_kind k, int d)
+{
+	atomic_fetch_add_explicit(&pool_counts[k], d, memory_order_relaxed);
+}
+
+int64_t stats_pool_read(enum stats_pool_kind k)
+{
+	return atomic_load_explicit(&pool_counts[k], memory_order_relaxed);
+}

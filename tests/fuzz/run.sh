@@ -9,8 +9,8 @@
 # kept as build/fuzz/<target>-crash-* (replay: build/fuzz/fuzz_<target> FILE). When clang's fuzzer runtime is missing
 # (Debian: apt-get install clang-14 libclang-rt-14-dev) it says so and exits 0.
 #
-# Environment: FUZZ_CC (default clang), FUZZ_TARGETS (default "startup proto query gframe admin
-# directory").
+# Environment: FUZZ_CC (default clang), FUZZ_TARGETS (default "startup proto query gframe pframe
+# admin directory").
 set -u
 
 secs=${1:-10}
@@ -21,9 +21,10 @@ case $secs in
 	;;
 esac
 cc=${FUZZ_CC:-clang}
-targets=${FUZZ_TARGETS:-startup proto query gframe admin directory}
+targets=${FUZZ_TARGETS:-startup proto query gframe pframe admin directory}
 out=build/fuzz
-srcs="src/proto.c src/startup.c src/query.c src/gframe.c src/admin.c src/directory.c src/pins.c"
+srcs="src/proto.c src/startup.c src/query.c src/gframe.c src/pframe.c src/admin.c src/directory.c
+      src/pins.c"
 libs="-lpg_query -lprotobuf-c -lxxhash"
 cflags="-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Iinclude"
 

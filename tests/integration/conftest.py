@@ -92,13 +92,27 @@ def _clusters_healthy_after(request):
                 pytest.fail(f"test left cluster {s.name} down")
 
 
-def _router_factory(clusters, routers, mark_start_failures=False):
+def pytest_generate_tests(metafunc):
+    """A module with POOL_MODES = ("none", "session") runs each of its tests once per mode:
+    its routers (make_router, router, make_module_router) get pool_mode from the parameter."""
+    modes = getattr(metafunc.module, "POOL_MODES", None)
+    if modes and "pool_mode" in metafunc.fixturenames:
+        metafunc.parametrize("pool_mode", modes, scope="module")
+
+
+@pytest.fixture(scope="module")
+def pool_mode():
+    """The routers' pool_mode: "none" unless the module parametrizes it (POOL_MODES)."""
+    return "none"
+
+
+def _router_factory(clusters, routers, mark_start_failures=False, pool_mode="none"):
     """The factory both router fixtures hand out; every router made goes into routers."""
     def factory(overrides=None, pins_file=None, raw_ini=None, start=True, env=None,
                 cluster_set=None, nofile=None, port=None):
         r = harness.Router(cluster_set if cluster_set is not None else clusters,
                            overrides=overrides, pins_file=pins_file, raw_ini=raw_ini, env=env,
-                           nofile=nofile, port=port)
+                           nofile=nofile, port=port, pool_mode=pool_mode)
         routers.append(r)
         if start:
             try:
@@ -142,13 +156,13 @@ def _stop_and_check(routers, label, died_during):
 
 
 @pytest.fixture
-def make_router(request, clusters):
+def make_router(request, clusters, pool_mode):
     """Factory: make_router(overrides=None, pins_file=None, raw_ini=None, start=True).
     cluster_set={name: PgServer} puts other servers behind the router (default: clusters);
     nofile=N runs it under RLIMIT_NOFILE N."""
     routers = []
     request.node._tr_routers = routers
-    yield _router_factory(clusters, routers)
+    yield _router_factory(clusters, routers, pool_mode=pool_mode)
     _stop_and_check(routers, "router", " during the test")
 
 
@@ -159,12 +173,12 @@ def router(make_router):
 
 
 @pytest.fixture(scope="module")
-def make_module_router(request, clusters):
+def make_module_router(request, clusters, pool_mode):
     """Like make_router, but the routers live for the whole test module (share one router
     between tests to keep a module fast).  Same arguments; the routers are stopped and
     checked (exit code, sanitizer report) when the module ends."""
     routers = []
     request.module._tr_module_routers = routers
-    yield _router_factory(clusters, routers, mark_start_failures=True)
+    yield _router_factory(clusters, routers, mark_start_failures=True, pool_mode=pool_mode)
     request.module._tr_module_routers = []
     _stop_and_check(routers, "module router", "")

@@ -29,6 +29,10 @@ APP_PASSWORD = "app"
 MD5_PASSWORD = "md5pw"
 CLEARTEXT_PASSWORD = "Cleartext-Secret-991"
 
+# The roles a pool_mode = session router authenticates itself (plain secrets: it logs in to
+# the servers with them).
+POOL_USERS = {"app": APP_PASSWORD, "md5user": MD5_PASSWORD, "pwuser": CLEARTEXT_PASSWORD}
+
 # Health settings every test router uses unless a test overrides them.
 HEALTH_INTERVAL = 0.2
 HEALTH_TIMEOUT = 1.0
@@ -322,10 +326,12 @@ class Router:
     """The tenant-router binary with a generated INI in its own temp dir."""
 
     def __init__(self, clusters, overrides=None, pins_file=None, raw_ini=None, env=None,
-                 nofile=None, port=None):
+                 nofile=None, port=None, pool_mode=None):
         """nofile=N starts the router with RLIMIT_NOFILE N (soft and hard: it cannot raise it).
         port=P listens on P instead of a free port: a second router beside a running one
-        (SO_REUSEPORT), as in a rolling restart."""
+        (SO_REUSEPORT), as in a rolling restart. pool_mode="session" runs it with session
+        pooling: the router authenticates clients from an auth_file holding the test roles'
+        passwords (POOL_USERS) and logs in to the servers with them."""
         self.clusters = clusters
         self.nofile = nofile
         self.bin = router_binary()
@@ -336,7 +342,13 @@ class Router:
         self.proc = None
         self.returncode = None
         self.env = dict(os.environ, **(env or {}))
-        self.cfg = merge(default_config(clusters, self.port), overrides)
+        self.pool_mode = pool_mode or "none"
+        base = default_config(clusters, self.port)
+        if self.pool_mode == "session":
+            self.write_file("pool_users.txt", userlist_text(POOL_USERS))
+            base = merge(base, {"router": {"pool_mode": "session"},
+                                "auth": {"auth_file": "pool_users.txt"}})
+        self.cfg = merge(base, overrides)
         if pins_file is not None:
             self.write_pins(pins_file)
         self.write_config(raw_ini=raw_ini)
@@ -436,13 +448,13 @@ class Router:
             return 0
 
     def log_since(self, offset):
+        # Before start() has opened it there is no log yet (log_size says 0 then too).
         try:
-            f = open(self.logfile, "rb")
+            with open(self.logfile, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
-            return ""  # start() (maybe on another thread) has not opened it yet
-        with f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
+            return ""
 
     def log_tail(self, n=60):
         if getattr(self, "_closed_log", None) is not None:

@@ -8,6 +8,9 @@ import time
 import psycopg
 import pytest
 
+# Each test runs with pool_mode = none and again with pool_mode = session (conftest.py).
+POOL_MODES = ("none", "session")
+
 COPY_BYTES = 100 * 1024 * 1024
 
 
@@ -77,12 +80,16 @@ def tenant_on(router, cluster):
 
 
 @pytest.mark.parametrize("cluster", ["a", "b"])
-def test_cancel_request_reaches_the_right_server(router, clusters, cluster):
+def test_cancel_request_reaches_the_right_server(router, clusters, cluster, pool_mode):
     t = tenant_on(router, cluster)
     srv = clusters[cluster]
     conn = router.connect(t)
     try:
-        pid = conn.info.backend_pid
+        # A pooled client holds the router's BackendKeyData, not the server's.
+        if pool_mode == "none":
+            pid = conn.info.backend_pid
+        else:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         result = {}
 
         def run():

@@ -4,6 +4,9 @@ import time
 
 import pytest
 
+# Each test runs with pool_mode = none and again with pool_mode = session (conftest.py).
+POOL_MODES = ("none", "session")
+
 TENANTS = [f"t{i}" for i in range(200)] + ["42", "042"]
 
 

@@ -16,6 +16,9 @@ import pytest
 
 import harness
 
+# Each test runs with pool_mode = none and again with pool_mode = session (conftest.py).
+POOL_MODES = ("none", "session")
+
 THREADS = {"router": {"threads": "2"}}
 
 
@@ -26,7 +29,7 @@ def test_threads_route_like_route_says(make_router, clusters):
     assert {c for c, _ in want.values()} == {"a", "b"}
     for t in tenants:
         assert r.server_port(t) == clusters[want[t][0]].port, t
-    assert "running 2 event-loop threads" in r.log_tail(200)
+    assert "running 2 event-loop threads" in r.log_text()
 
 
 def test_threads_cancel_reaches_session_on_any_loop(make_router):

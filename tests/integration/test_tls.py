@@ -230,6 +230,32 @@ def test_tls_psql_require_both_legs_encrypted(tls_router, tls_clusters, client_h
         assert "SSL connection" in r.stdout, f"client leg is not TLS: {r.stdout}"
 
 
+def test_tls_pooled_both_legs_encrypted_and_reused(request, pki, tls_clusters):
+    """pool_mode = session with TLS on both legs: the router's own login over TLS, pooled
+    server connections over verify-full TLS, reused by the next client."""
+    import conftest
+    routers = []
+    request.node._tr_routers = routers
+    make = conftest._router_factory(tls_clusters, routers, pool_mode="session")
+    try:
+        # One connection per pool, so the next client takes the one given back.
+        r = make(tls_overrides(pki, pool_size="1"), cluster_set=tls_clusters)
+        for name, srv in tls_clusters.items():
+            t = tenant_on(r, name)
+            pids = set()
+            for _ in range(3):
+                with connect(r, t, sslmode="require") as conn:
+                    assert conn.pgconn.ssl_in_use
+                    on, port, pid = conn.execute(
+                        f"SELECT ({SERVER_SSL}), inet_server_port(), pg_backend_pid()"
+                    ).fetchone()
+                    assert (on, port) == (True, srv.port)
+                    pids.add(pid)
+            assert len(pids) == 1, pids
+    finally:
+        conftest._stop_and_check(routers, "router", " during the test")
+
+
 def test_tls_psql_verify_full_router_certificate(tls_router, pki, client_home):
     t = tenant_on(tls_router, "ta")
     # By name (SAN DNS:localhost) and by address (SAN IP:127.0.0.1).

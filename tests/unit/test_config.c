@@ -86,6 +86,56 @@ static void test_config_defaults(void **state)
 	config_unref(c);
 }
 
+static void test_config_pool_keys(void **state)
+{
+	char err[4096];
+	struct config *c = config_load(write_file("pd.ini", base), err, sizeof(err));
+
+	/* PgBouncer's defaults; pooling off. */
+	assert_non_null(c);
+	assert_int_equal(c->pool_mode, POOL_NONE);
+	assert_false(c->pooling);
+	assert_int_equal(c->pool_size, 20);
+	assert_int_equal(c->max_server_conn, 0);
+	assert_int_equal(c->server_idle_timeout_ms, 600000);
+	assert_int_equal(c->server_lifetime_ms, 3600000);
+	assert_int_equal(c->query_wait_timeout_ms, 120000);
+	assert_int_equal(c->server_login_retry_ms, 15000);
+	assert_string_equal(c->server_reset_query, "DISCARD ALL");
+	assert_string_equal(c->pool_reset_sql, "DISCARD ALL");
+	assert_int_equal(c->clusters[0].pool_mode, POOL_NONE);
+	config_unref(c);
+
+	write_file("users.txt", "\"app\" \"pw\"\n");
+	c = config_load(write_file("p.ini", "[router]\npool_size = 5\nmax_server_conn = 9\n"
+					    "server_reset_query =\nquery_wait_timeout = 3s\n"
+					    "[auth]\nauth_file = users.txt\n"
+					    "[cluster.a]\nhosts = 127.0.0.1:5433\npool_mode = session\n"
+					    "pool_size = 2\n"
+					    "[cluster.b]\nhosts = 127.0.0.1:5434\n"),
+			err, sizeof(err));
+	assert_non_null(c);
+	assert_true(c->pooling);
+	assert_int_equal(c->clusters[0].pool_mode, POOL_SESSION);
+	assert_int_equal(c->clusters[0].pool_size, 2);
+	assert_int_equal(c->clusters[0].max_server_conn, 9);
+	assert_int_equal(c->clusters[1].pool_mode, POOL_NONE);
+	assert_int_equal(c->clusters[1].pool_size, 5);
+	assert_int_equal(c->query_wait_timeout_ms, 3000);
+	/* No reset query: the tenant setting is reset all the same. */
+	assert_string_equal(c->server_reset_query, "");
+	assert_string_equal(c->pool_reset_sql, "RESET \"app.tenant_id\"");
+	config_unref(c);
+
+	c = config_load(write_file("pb.ini", "[router]\npool_mode = transaction\npool_size = 0\n"
+					     "[cluster.a]\nhosts = 127.0.0.1:5433\npool_mode = session\n"),
+			err, sizeof(err));
+	assert_null(c);
+	assert_non_null(strstr(err, "[router] pool_mode: \"transaction\" is not none or session"));
+	assert_non_null(strstr(err, "[router] pool_size: \"0\" is not a whole number"));
+	assert_non_null(strstr(err, "[cluster.a] pool_mode = session needs [auth]"));
+}
+
 static void test_config_all_keys(void **state)
 {
 	char err[4096];
@@ -707,6 +757,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_defaults),
+		cmocka_unit_test(test_config_pool_keys),
 		cmocka_unit_test(test_config_admin_console),
 		cmocka_unit_test(test_config_all_keys),
 		cmocka_unit_test(test_config_reports_every_problem),
