@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "proto.h"
 
 enum tok_kind { TOK_END, TOK_WORD, TOK_STRING, TOK_QIDENT, TOK_SEMI, TOK_BAD };
@@ -455,7 +456,6 @@ void admin_result_reset(struct admin_result *r)
 
 static bool reserve(struct admin_result *r, size_t n)
 {
-	size_t cap;
 	uint8_t *p;
 
 	if (r->failed)
@@ -466,18 +466,12 @@ static bool reserve(struct admin_result *r, size_t n)
 		r->failed = true;
 		return false;
 	}
-	cap = r->cap ? r->cap : 1024;
-	while (cap - r->len < n)
-		cap *= 2;
-	if (cap > ADMIN_RESULT_MAX)
-		cap = ADMIN_RESULT_MAX;
-	p = realloc(r->p, cap);
+	p = buf_grow(r->p, &r->cap, r->len + n, 1024, ADMIN_RESULT_MAX);
 	if (p == NULL) {
 		r->failed = true;
 		return false;
 	}
 	r->p = p;
-	r->cap = cap;
 	return true;
 }
 

@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 
 #include "admin.h"
+#include "buf.h"
 #include "config.h"
 #include "router.h"
 
@@ -27,16 +28,11 @@ bool client_gbuf_add(struct gbuf *g, const void *p, size_t n)
 	if (g->len + n > LOCAL_HELD_MAX)
 		return false;
 	if (g->len + n > g->cap) {
-		size_t cap = g->cap ? g->cap : 256;
-		uint8_t *q;
+		uint8_t *q = buf_grow(g->p, &g->cap, g->len + n, 256, LOCAL_HELD_MAX);
 
-		while (cap < g->len + n)
-			cap *= 2;
-		q = realloc(g->p, cap);
 		if (q == NULL)
 			return false;
 		g->p = q;
-		g->cap = cap;
 	}
 	memcpy(g->p + g->len, p, n);
 	g->len += n;

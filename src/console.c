@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "admin.h"
+#include "buf.h"
 #include "config.h"
 #include "directory.h"
 #include "dirsync.h"
@@ -740,16 +741,11 @@ static bool enqueue(struct console *c, uint8_t type, const uint8_t *body, size_t
 	if (len > CONSOLE_QUEUE_MAX || c->qlen + need > CONSOLE_QUEUE_MAX)
 		return false;
 	if (c->qlen + need > c->qcap) {
-		size_t cap = c->qcap ? c->qcap : 1024;
-		uint8_t *q;
+		uint8_t *q = buf_grow(c->q, &c->qcap, c->qlen + need, 1024, CONSOLE_QUEUE_MAX);
 
-		while (cap < c->qlen + need)
-			cap *= 2;
-		q = realloc(c->q, cap);
 		if (q == NULL)
 			return false;
 		c->q = q;
-		c->qcap = cap;
 	}
 	proto_msg_header(c->q + c->qlen, type, len);
 	if (len)

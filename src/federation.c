@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+
 /* Keywords quote_ident() quotes: every category but unreserved (PostgreSQL 15's kwlist.h). */
 static const char *const keywords[] = {
 	"all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric",
@@ -61,18 +63,13 @@ static void sb_put(struct sb *b, const char *s, size_t n)
 	if (b->failed)
 		return;
 	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		char *p;
+		char *p = buf_grow(b->p, &b->cap, b->len + n + 1, 4096, SIZE_MAX);
 
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		p = realloc(b->p, cap);
 		if (p == NULL) {
 			b->failed = true;
 			return;
 		}
 		b->p = p;
-		b->cap = cap;
 	}
 	memcpy(b->p + b->len, s, n);
 	b->len += n;

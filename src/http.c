@@ -32,6 +32,7 @@
 #include <http_parser.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "log.h"
 
 #define HTTP_MAX_URL  2048u
@@ -107,22 +108,17 @@ static void conn_close(struct hconn *c)
 /* Room for n more bytes and a NUL; false (sticky) when out of memory. */
 static bool reserve(struct http_response *res, size_t n)
 {
-	size_t cap = res->cap ? res->cap : 4096;
 	char *b;
 
 	if (res->failed)
 		return false;
-	if (res->len + n + 1 <= res->cap)
-		return true;
-	while (cap < res->len + n + 1)
-		cap *= 2;
-	b = realloc(res->body, cap);
+	/* One more for the NUL. */
+	b = buf_grow(res->body, &res->cap, res->len + n + 1, 4096, SIZE_MAX);
 	if (b == NULL) {
 		res->failed = true;
 		return false;
 	}
 	res->body = b;
-	res->cap = cap;
 	return true;
 }
 
